@@ -1,0 +1,13 @@
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+def f64(*values):
+    return torch.tensor(values, dtype=torch.float64)
