@@ -122,8 +122,8 @@ def test_hsm_and_dsm_gradients_agree_in_expectation():
     g_dsm, se_dsm = grads("dsm")
     z = (g_hsm - g_dsm).abs() / torch.sqrt(se_hsm**2 + se_dsm**2)
     assert (z < 4.5).all(), (g_hsm, g_dsm, z)
-    # The test has power: HSM that marginalises the wrong v0 law (gamma 1, not 0.04) is told apart.
-    g_wrong, se_wrong = grads("hsm", CLD(numerical_eps=1e-6, gamma=1.0))
+    # The test has power: HSM that marginalises the wrong v0 law (gamma 4, not 0.04) is told apart.
+    g_wrong, se_wrong = grads("hsm", CLD(numerical_eps=1e-6, gamma=4.0))
     z_wrong = (g_wrong - g_dsm).abs() / torch.sqrt(se_wrong**2 + se_dsm**2)
     assert (z_wrong > 4.5).any(), z_wrong
 
