@@ -1,6 +1,12 @@
+import os
+
 import numpy as np
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one intra-op thread per xdist worker: two workers x two threads on two cores ran 5x slower
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

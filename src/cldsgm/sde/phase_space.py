@@ -135,6 +135,18 @@ class PhaseSpaceSDE(LinearSDE):
         cov = self.perturbation_cov(t, objective)
         return torch.sqrt(cov.xx / cov.det())
 
+    def splitting_ou(self) -> PhaseSpaceSDE:
+        """The part of the reverse SDE that SSCS solves exactly, as a forward OU process in the clock B.
+
+        Its drift is A~ = -A - Dbar Sigma_inf^{-1} (CLD: [[0, -M^-1], [1, -Gamma M^-1]]), with the same noise
+        and the same stationary law N(0, diag(1, M)); it is again critically damped (psld_spec.md 4.3).
+        """
+        (a_xx, a_xv), (a_vx, a_vv) = self.drift_matrix
+        d_x, d_v = self.noise
+        drift = ((-a_xx - d_x, -a_xv), (-a_vx, -a_vv - d_v / self.mass))
+        return PhaseSpaceSDE(self.schedule, drift, self.noise, self.mass, self.init_v_var, self.numerical_eps,
+                             "lower")
+
     # -- the process --------------------------------------------------------------------------------------
     def drift(self, u: Tensor, t: Tensor) -> Tensor:
         """f(u, t) = beta(t) A u, shaped like u ([B, 2C, ...])."""
@@ -234,12 +246,15 @@ class PhaseSpaceSDE(LinearSDE):
         return (x - a * e_x - b / c * v) / (phi_xx - phi_vx * b / c)
 
     # -- prior --------------------------------------------------------------------------------------------
+    def prior_from_normal(self, z: Tensor) -> Tensor:
+        """Map standard normal z ([B, 2C, ...]) to a prior draw: x = z_x, v = sqrt(M) z_v."""
+        x, v = self.split(z)
+        return self.join(x, math.sqrt(self.mass) * v)
+
     def prior_sample(self, shape, *, generator: torch.Generator | None = None, dtype=torch.float32,
                      device=None) -> Tensor:
         """u_T ~ N(0, I) x N(0, M I) for a state shape [B, 2C, ...]."""
-        z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
-        x, v = self.split(z)
-        return self.join(x, math.sqrt(self.mass) * v)
+        return self.prior_from_normal(torch.randn(shape, generator=generator, dtype=dtype, device=device))
 
     def prior_logp(self, u: Tensor) -> Tensor:
         """log N(x; 0, I) + log N(v; 0, M I), summed per sample: [B]."""

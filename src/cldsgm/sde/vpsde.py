@@ -79,9 +79,13 @@ class VPSDE(LinearSDE):
     def x0_from_eps(self, u: Tensor, eps: Tensor, t: Tensor) -> Tensor:
         return (u - per_sample(self.std(t), u) * eps) / per_sample(self.mean_coeff(t), u)
 
+    def prior_from_normal(self, z: Tensor) -> Tensor:
+        """The prior is N(0, I): z itself."""
+        return z
+
     def prior_sample(self, shape, *, generator: torch.Generator | None = None, dtype=torch.float32,
                      device=None) -> Tensor:
-        return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+        return self.prior_from_normal(torch.randn(shape, generator=generator, dtype=dtype, device=device))
 
     def prior_logp(self, u: Tensor) -> Tensor:
         dims = u[0].numel()

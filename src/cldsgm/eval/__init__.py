@@ -1,0 +1,1 @@
+"""Evaluation: sample distances for small data and likelihood (NLL, bits/dim)."""

@@ -1,0 +1,111 @@
+"""Exact scores of Gaussian-mixture data under VPSDE, CLD and PSLD.
+
+Under a linear SDE a Gaussian data component N(m_k, diag(s_k^2)) stays Gaussian: for phase space (with
+v0 ~ N(0, gamma M), the HSM law) it becomes N((Phi_xx m_k, Phi_vx m_k), Sigma_t(s_k^2, gamma M)) per
+coordinate, for VPSDE N(alpha_t m_k, alpha_t^2 s_k^2 + 1 - alpha_t^2). The perturbed law p_t is the mixture
+of these with the same weights, so its score is the responsibility-weighted sum of Gaussian scores. These
+are the *true* marginals: numerical_eps, a training device, plays no part.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from cldsgm.sde import VPSDE, PhaseSpaceSDE
+from cldsgm.sde.schedule import as_time
+
+__all__ = ["GaussianMixture", "diamond"]
+
+
+@dataclass(frozen=True)
+class GaussianMixture:
+    """A mixture of axis-aligned Gaussians in R^d (float64).
+
+    weights: [K] summing to 1; means: [K, d]; stds: [K, d].
+    """
+
+    weights: Tensor
+    means: Tensor
+    stds: Tensor
+
+    def __post_init__(self) -> None:
+        k, d = self.means.shape
+        if self.weights.shape != (k,) or self.stds.shape != (k, d):
+            raise ValueError(f"weights [K], means [K, d], stds [K, d] expected, got {tuple(self.weights.shape)}, "
+                             f"{tuple(self.means.shape)}, {tuple(self.stds.shape)}")
+        if not (self.stds > 0).all() or not (self.weights >= 0).all():
+            raise ValueError("stds must be > 0 and weights >= 0")
+        if abs(float(self.weights.sum()) - 1) > 1e-9:
+            raise ValueError(f"weights must sum to 1, got {float(self.weights.sum())!r}")
+
+    @classmethod
+    def gaussian(cls, dim: int, std: float = 1.0) -> GaussianMixture:
+        """A single N(0, std^2 I_dim)."""
+        return cls(torch.ones(1, dtype=torch.float64), torch.zeros(1, dim, dtype=torch.float64),
+                   torch.full((1, dim), float(std), dtype=torch.float64))
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """n draws, float64 [n, d]."""
+        component = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        return self.means[component] + self.stds[component] * z
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """log p(x) of the data, [n]."""
+        z = (x.to(torch.float64)[:, None, :] - self.means) / self.stds
+        log_comp = -0.5 * (z**2 + math.log(2 * math.pi)).sum(-1) - torch.log(self.stds).sum(-1)
+        return torch.logsumexp(torch.log(self.weights) + log_comp, dim=1)
+
+    def score_fn(self, sde):
+        """The exact score (u, t) -> grad_u log p_t(u) of the perturbed data law under `sde`.
+
+        u: [B, state_channels] with state_channels = d (VPSDE) or 2d (phase space); t: float64 [] or [B].
+        """
+        if isinstance(sde, VPSDE):
+            return lambda u, t: self._vp_score(sde, u, t)
+        if isinstance(sde, PhaseSpaceSDE):
+            return lambda u, t: self._phase_score(sde, u, t)
+        raise TypeError(f"no exact score for {type(sde).__name__}")
+
+    def _responsibilities(self, log_comp: Tensor) -> Tensor:
+        return torch.softmax(torch.log(self.weights)[:, None] + log_comp.sum(-1).T, dim=0).T  # [B, K]
+
+    def _vp_score(self, sde: VPSDE, u: Tensor, t: Tensor) -> Tensor:
+        t = as_time(t).to(u.device).reshape(-1, 1, 1)
+        mean = sde.mean_coeff(t) * self.means
+        var = sde.var(t, self.stds**2)
+        diff = u.to(torch.float64)[:, None, :] - mean  # [B, K, d]
+        log_comp = -0.5 * (diff**2 / var + torch.log(2 * math.pi * var))
+        weights = self._responsibilities(log_comp)
+        return (weights[:, :, None] * (-diff / var)).sum(1).to(u.dtype)
+
+    def _phase_score(self, sde: PhaseSpaceSDE, u: Tensor, t: Tensor) -> Tensor:
+        t = as_time(t).to(u.device).reshape(-1, 1, 1)
+        phi_xx, _, phi_vx, _ = sde.transition(sde.clock(t))
+        cov = sde.cov(t, self.stds**2, sde.init_v_var)  # entries [B or 1, K, d]
+        x, v = sde.split(u.to(torch.float64))
+        diff_x, diff_v = x[:, None, :] - phi_xx * self.means, v[:, None, :] - phi_vx * self.means
+        prec_x, prec_v = cov.solve(diff_x, diff_v)
+        log_comp = -0.5 * (diff_x * prec_x + diff_v * prec_v + torch.log(cov.det()) + 2 * math.log(2 * math.pi))
+        weights = self._responsibilities(log_comp)[:, :, None]
+        return sde.join(-(weights * prec_x).sum(1), -(weights * prec_v).sum(1)).to(u.dtype)
+
+
+def diamond(std: float = 0.04) -> GaussianMixture:
+    """The 9-component 'diamond' of the CLD toy experiments (cld_spec.md section 5.2).
+
+    Means: the grid {-0.5, 0, 0.5}^2 rotated by 45 degrees, i.e. right-multiplied by [[1, -1], [1, 1]] / sqrt(2);
+    equal weights, isotropic std 0.04.
+    """
+    grid = torch.tensor([(a, b) for a in (-0.5, 0.0, 0.5) for b in (-0.5, 0.0, 0.5)], dtype=torch.float64)
+    rotation = torch.tensor([[1.0, -1.0], [1.0, 1.0]], dtype=torch.float64) / math.sqrt(2)
+    return GaussianMixture(torch.full((9,), 1 / 9, dtype=torch.float64), grid @ rotation,
+                           torch.full((9, 2), float(std), dtype=torch.float64))

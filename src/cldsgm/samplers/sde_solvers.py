@@ -1,0 +1,157 @@
+"""Fixed-step samplers of the reverse-time SDE: Euler-Maruyama, SSCS and predictor-corrector.
+
+All share one signature, sample_<name>(sde, score_fn, u, ts, *, noise, ...) -> u:
+    sde:      the forward process; score_fn(u, t) -> score shaped like u (t a float64 0-d tensor).
+    u:        [B, n_state_channels, ...] a draw from the prior.
+    ts:       forward times t_0 = 1 > ... > t_n = t_min (samplers.grids.time_grid), float64.
+    noise:    a samplers.noise.PerSampleNoise; each sampler draws from it in a fixed order.
+    denoise:  finish with one noise-free Euler step of the reverse SDE from t_min to 0 (the references' default).
+Steps run in reverse time: a step from t_i to t_{i+1} has size dt = t_i - t_{i+1} > 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from cldsgm.sde import VPSDE, PhaseSpaceSDE
+from cldsgm.sde._broadcast import per_sample
+
+__all__ = ["denoise_step", "sample_em", "sample_pc", "sample_sscs", "SCORE_TIMES", "SCORE_STEPS", "SECOND_HALVES"]
+
+SCORE_TIMES = ("start", "midpoint")
+SCORE_STEPS = ("euler", "exponential")
+SECOND_HALVES = ("exact", "reference")
+
+
+def _steps(ts: Tensor):
+    ts = torch.as_tensor(ts, dtype=torch.float64)
+    for t, t_next in zip(ts[:-1], ts[1:], strict=True):
+        yield t, float(t - t_next)
+
+
+def denoise_step(sde, score_fn, u: Tensor, t_min: Tensor) -> Tensor:
+    """One noise-free Euler step of the reverse SDE from forward time t_min to 0 (one NFE)."""
+    t_min = torch.as_tensor(t_min, dtype=torch.float64)
+    return u + sde.reverse_drift(u, t_min, score_fn(u, t_min)) * float(t_min)
+
+
+def _finish(sde, score_fn, u, ts, denoise):
+    return denoise_step(sde, score_fn, u, ts[-1]) if denoise else u
+
+
+def sample_em(sde, score_fn, u: Tensor, ts: Tensor, *, noise, denoise: bool = True) -> Tensor:
+    """Euler-Maruyama on the reverse SDE: u <- u + [-f + g^2 s] dt + g sqrt(dt) z, for VPSDE, CLD and PSLD."""
+    for t, dt in _steps(ts):
+        drift = sde.reverse_drift(u, t, score_fn(u, t))
+        u = u + drift * dt + sde.diffusion(t, u) * math.sqrt(dt) * noise.like(u)
+    return _finish(sde, score_fn, u, ts, denoise)
+
+
+def sample_pc(sde, score_fn, u: Tensor, ts: Tensor, *, noise, denoise: bool = True, snr: float = 0.16,
+              n_corrector: int = 1) -> Tensor:
+    """Predictor-corrector for VPSDE (Song et al. 2021): Langevin corrector steps, then an EM predictor step.
+
+    The corrector's step is 2 alpha (snr |z| / |s|)^2. Score-SDE's alpha = 1 - beta(t) dt turns negative on
+    coarse grids (beta = 20, dt = 0.3), so we use alpha = exp(-int beta over the step), equal to first order
+    and always in (0, 1). Unlike Score-SDE, which averages the norms over the batch, the norms are per
+    sample, so a sample does not depend on its batch.
+    NFE = n_steps (1 + n_corrector) + denoising.
+    """
+    if not isinstance(sde, VPSDE):
+        raise ValueError(f"the predictor-corrector sampler is defined for VPSDE only, not {type(sde).__name__}")
+    if snr <= 0 or n_corrector < 0:
+        raise ValueError(f"need snr > 0 and n_corrector >= 0, got snr={snr!r}, n_corrector={n_corrector!r}")
+    for t, dt in _steps(ts):
+        alpha = math.exp(-float(sde.schedule.integral_between(t - dt, t)))
+        for _ in range(n_corrector):
+            grad, z = score_fn(u, t), noise.like(u)
+            # clamp: a zero score (an untrained net) would otherwise divide by zero
+            grad_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
+            step = 2 * alpha * (snr * z.flatten(1).norm(dim=1) / grad_norm) ** 2
+            u = u + per_sample(step, u) * grad + per_sample(torch.sqrt(2 * step), u) * z
+        drift = sde.reverse_drift(u, t, score_fn(u, t))
+        u = u + drift * dt + sde.diffusion(t, u) * math.sqrt(dt) * noise.like(u)
+    return _finish(sde, score_fn, u, ts, denoise)
+
+
+def _phi1(z: float) -> float:
+    """(e^z - 1) / z, with its limit 1 at z = 0 (expm1 keeps small z exact)."""
+    return math.expm1(z) / z if abs(z) > 1e-12 else 1.0
+
+
+class _SSCS:
+    """One SSCS step: exact OU half-step, score step, exact OU half-step (cld_spec.md 3.3, psld_spec.md 4.3)."""
+
+    def __init__(self, sde: PhaseSpaceSDE, score_fn, noise, *, score_time, score_step, second_half, num_stab):
+        self.sde, self.ou, self.score_fn, self.noise = sde, sde.splitting_ou(), score_fn, noise
+        self.score_time, self.score_step, self.second_half = score_time, score_step, second_half
+        self.num_stab = num_stab
+        self.inv_stationary = (1.0, 1.0 / sde.mass)  # Sigma_inf^{-1} = diag(1, 1/M)
+
+    def half_step(self, u: Tensor, clock: Tensor) -> Tensor:
+        """Exact solution of du = A~ u dB + Dbar^(1/2) dW over a clock interval: mean map plus Gaussian noise."""
+        phi_xx, phi_xv, phi_vx, phi_vv = (float(c) for c in self.ou.transition(clock))
+        factor = self.ou.added_cov(clock).add_diag(self.num_stab).factor("lower")
+        x, v = self.sde.split(u)
+        e_x, e_v = self.sde.split(self.noise.like(u))
+        n_x, n_v = factor.matvec(e_x, e_v)  # 0-d float64 factor entries keep the data's dtype
+        return self.sde.join(phi_xx * x + phi_xv * v + n_x, phi_vx * x + phi_vv * v + n_v)
+
+    def score_update(self, u: Tensor, t: Tensor, dt: float) -> Tensor:
+        """du = beta Dbar (s + Sigma_inf^{-1} u) dtau on the noised blocks, by Euler or exponentially."""
+        score = self.score_fn(u, t)
+        beta = float(self.sde.beta(t))
+        blocks, scores = list(self.sde.split(u)), self.sde.split(score)
+        if self.score_step == "exponential":
+            cov = self.sde.perturbation_cov(t, "hsm")
+            precision = (float(cov.vv / cov.det()), float(cov.xx / cov.det()))  # diagonal of Sigma_t^{-1}
+        for i, (d, inv_inf) in enumerate(zip(self.sde.noise, self.inv_stationary, strict=True)):
+            if d == 0:
+                continue
+            if self.score_step == "euler":
+                blocks[i] = blocks[i] + dt * beta * d * (scores[i] + inv_inf * blocks[i])
+            else:
+                # s = -P z + r: integrate the stiff linear part exactly, freeze the residual r.
+                rate = beta * d * (precision[i] - inv_inf)
+                residual = scores[i] + precision[i] * blocks[i]
+                blocks[i] = math.exp(-rate * dt) * blocks[i] + dt * _phi1(-rate * dt) * beta * d * residual
+        return self.sde.join(*blocks)
+
+    def step(self, u: Tensor, t: Tensor, dt: float) -> Tensor:
+        schedule = self.sde.schedule
+        t_mid = t - dt / 2
+        u = self.half_step(u, schedule.integral_between(t_mid, t))
+        u = self.score_update(u, t if self.score_time == "start" else t_mid, dt)
+        t_lo = t_mid - dt / 2 if self.second_half == "exact" else t_mid  # 'reference' reuses [t_mid, t]
+        t_hi = t_mid if self.second_half == "exact" else t
+        return self.half_step(u, schedule.integral_between(t_lo.clamp_min(0.0), t_hi))
+
+
+def sample_sscs(sde, score_fn, u: Tensor, ts: Tensor, *, noise, denoise: bool = True,
+                score_time: str = "midpoint", score_step: str = "exponential", second_half: str = "exact",
+                num_stab: float = 0.0) -> Tensor:
+    """Symmetric splitting CLD sampler (Dockhorn et al. 2022, Alg. 1), and its PSLD generalisation.
+
+    Each step: exact OU/Hamiltonian half-step, one score step (one NFE), exact half-step.
+    score_time: 'start' evaluates the score at the step's start (the reference), 'midpoint' after the
+        first half-step, where the state actually is.
+    score_step: 'euler' (the reference) or 'exponential' (linear part -P_t u of the score integrated exactly,
+        P_t the diagonal precision of the HSM kernel; stable where the Euler step is stiff near the data).
+    second_half: 'exact' uses [t - dt, t - dt/2] for the second half-step; 'reference' reuses the first
+        half-interval as the reference code does (identical for constant beta).
+    num_stab: added to the half-step covariance diagonal (the reference's sscs_num_stab, default 0).
+    """
+    if not isinstance(sde, PhaseSpaceSDE):
+        raise ValueError(f"SSCS needs a phase-space SDE (CLD or PSLD), not {type(sde).__name__}")
+    for name, value, allowed in (("score_time", score_time, SCORE_TIMES), ("score_step", score_step, SCORE_STEPS),
+                                 ("second_half", second_half, SECOND_HALVES)):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    stepper = _SSCS(sde, score_fn, noise, score_time=score_time, score_step=score_step, second_half=second_half,
+                    num_stab=num_stab)
+    for t, dt in _steps(ts):
+        u = stepper.step(u, t, dt)
+    return _finish(sde, score_fn, u, ts, denoise)
