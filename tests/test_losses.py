@@ -9,6 +9,7 @@ import torch
 from cldsgm.losses import sample_time, score_matching_loss
 from cldsgm.models.score import ScoreParameterisation
 from cldsgm.sde import CLD, PSLD, VPSDE
+
 from conftest import f64
 
 

@@ -13,6 +13,7 @@ from cldsgm.oracles import GaussianMixture, diamond
 from cldsgm.samplers import PerSampleNoise, generate, sample_em, sample_seeds, sample_sscs, time_grid
 from cldsgm.samplers.noise import _splitmix64
 from cldsgm.sde import CLD, PSLD, VPSDE
+
 from conftest import f64
 
 # -- time grids -------------------------------------------------------------------------------------------

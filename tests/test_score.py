@@ -5,6 +5,7 @@ import torch
 
 from cldsgm.models.score import ScoreParameterisation, reference_score
 from cldsgm.sde import CLD, PSLD, VPSDE
+
 from conftest import f64
 
 CASES = [

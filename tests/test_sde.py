@@ -10,6 +10,7 @@ from scipy.linalg import expm
 from scipy.stats import multivariate_normal
 
 from cldsgm.sde import CLD, PSLD, VPSDE, LinearBeta, PhaseSpaceSDE
+
 from conftest import f64
 
 PHASE_SDES = [

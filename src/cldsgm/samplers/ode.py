@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
 from cldsgm.samplers.sde_solvers import denoise_step
 
-__all__ = ["ODE_METHODS", "sample_ode", "odeint_options"]
+__all__ = ["ODE_METHODS", "integrate", "sample_ode"]
 
 # 'scipy_rk45' is the references' solver (scipy's RK45 through torchdiffeq); the native torchdiffeq
 # methods run on the data's device without a round trip through numpy.
 ODE_METHODS = ("scipy_rk45", "dopri5", "bosh3", "adaptive_heun")
 
 
-def odeint_options(method: str) -> dict:
-    """Keyword arguments of torchdiffeq.odeint for a method name of ODE_METHODS."""
+def integrate(fn, y0: Tensor, span: Tensor, *, rtol: float, atol: float, method: str) -> Tensor:
+    """Solve dy/ds = fn(s, y) over span = [s0, s1] with torchdiffeq; returns y(s1) (same shape as y0)."""
     if method not in ODE_METHODS:
         raise ValueError(f"ODE method must be one of {ODE_METHODS}, got {method!r}")
-    if method == "scipy_rk45":
-        return {"method": "scipy_solver", "options": {"solver": "RK45"}}
-    return {"method": method}
+    kwargs = {"method": "scipy_solver", "options": {"solver": "RK45"}} if method == "scipy_rk45" else {"method": method}
+    with warnings.catch_warnings():
+        # torchdiffeq passes min_step to every scipy solver; RK45 ignores it and warns each call
+        warnings.filterwarnings("ignore", message=".*no effect for a chosen solver.*", category=UserWarning)
+        return odeint(fn, y0, span, rtol=rtol, atol=atol, **kwargs)[-1]
 
 
 def sample_ode(sde, score_fn, u: Tensor, ts: Tensor, *, noise=None, denoise: bool = True, rtol: float = 1e-5,
@@ -44,5 +48,5 @@ def sample_ode(sde, score_fn, u: Tensor, ts: Tensor, *, noise=None, denoise: boo
 
     span = torch.tensor([0.0, t_start - t_end], dtype=u.dtype, device=u.device)
     with torch.no_grad():
-        u = odeint(velocity, u.reshape(-1), span, rtol=rtol, atol=atol, **odeint_options(method))[-1].reshape(shape)
+        u = integrate(velocity, u.reshape(-1), span, rtol=rtol, atol=atol, method=method).reshape(shape)
     return denoise_step(sde, score_fn, u, ts[-1]) if denoise else u
