@@ -113,3 +113,33 @@ def prepare(name, split, out_dir, source, download, resolution, labels, test_fra
         raise click.ClickException(str(err)) from err
     click.echo(f"prepared {manifest['name']}/{manifest['split']}: {manifest['count']} x {manifest['shape']} "
                f"{manifest['dtype']} -> {out_dir}/{manifest['file']} (sha256 {manifest['sha256'][:12]})")
+
+
+@main.command("train")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True, help="Training YAML.")
+@click.option("--run-dir", type=click.Path(file_okay=False), required=True, help="Checkpoints, loss.csv, config.")
+@click.option("--steps", type=int, default=None, help="Override train.steps.")
+@click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def train_command(config_path, run_dir, steps, no_tracking, progress):
+    """Train a score model (resumes from <run-dir>/checkpoint.pt if present). Under torchrun: DDP."""
+    import torch.distributed as dist
+
+    from cldsgm.config import ConfigError, load_config
+    from cldsgm.training import train
+
+    overrides = {}
+    if steps is not None:
+        overrides["train"] = {"steps": steps}
+    if no_tracking:
+        overrides["tracking"] = {"enabled": False}
+    try:
+        config = load_config(config_path, overrides)
+        result = train(config, run_dir, progress=progress)
+    except (ConfigError, ValueError, FileNotFoundError, FloatingPointError) as err:
+        raise click.ClickException(str(err)) from err
+    finally:
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+    click.echo(f"trained {result.step} steps, final loss {result.final_loss:.4g}, run dir {run_dir}")

@@ -1,0 +1,102 @@
+"""Training configuration: defaults, YAML loading and JSON-Schema validation (unknown keys are errors)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+__all__ = ["DEFAULTS", "SCHEMA", "ConfigError", "flatten", "load_config", "resolve_config"]
+
+
+class ConfigError(ValueError):
+    """A configuration that does not match the schema; the message names the key and what was expected."""
+
+
+def _obj(properties: dict, required=()) -> dict:
+    return {"type": "object", "properties": properties, "required": list(required), "additionalProperties": False}
+
+
+_NUM, _INT, _BOOL, _STR = {"type": "number"}, {"type": "integer"}, {"type": "boolean"}, {"type": "string"}
+
+SCHEMA = _obj({
+    "seed": _INT,
+    "data": _obj({"path": _STR, "hflip": _BOOL}, required=["path"]),
+    "sde": _obj({"name": {"enum": ["cld", "psld", "vpsde"]}, "params": {"type": "object"}}, required=["name"]),
+    "loss": _obj({"objective": {"enum": ["hsm", "dsm"]},
+                  "weighting": {"enum": ["reweightedv2", "reweightedv1", "likelihood"]},
+                  "mixed_score": _BOOL, "t_min": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                  "reduction": {"enum": ["sum", "mean"]}}),
+    "model": _obj({"name": _STR, "options": {"type": "object"}}, required=["name"]),
+    "optim": _obj({"optimizer": {"enum": ["adam", "adamw"]}, "lr": {"type": "number", "exclusiveMinimum": 0},
+                   "weight_decay": {"type": "number", "minimum": 0},
+                   "betas": {"type": "array", "items": _NUM, "minItems": 2, "maxItems": 2},
+                   "eps": {"type": "number", "exclusiveMinimum": 0}, "warmup_steps": {"type": "integer", "minimum": 0},
+                   "grad_clip": {"type": ["number", "null"], "exclusiveMinimum": 0}}),
+    "train": _obj({"steps": {"type": "integer", "minimum": 1}, "batch_size": {"type": "integer", "minimum": 1},
+                   "ema_rate": {"type": "number", "minimum": 0, "maximum": 1},
+                   "precision": {"enum": ["fp32", "bf16", "fp16"]},
+                   "checkpoint_every": {"type": "integer", "minimum": 1},
+                   "log_every": {"type": "integer", "minimum": 1}, "device": {"enum": ["auto", "cpu", "cuda"]}}),
+    "tracking": _obj({"enabled": _BOOL, "experiment": _STR, "run_name": {"type": ["string", "null"]}}),
+}, required=["data", "sde", "model"])
+
+DEFAULTS = {
+    "seed": 0,
+    "data": {"hflip": False},
+    "sde": {"params": {}},
+    "loss": {"objective": "hsm", "weighting": "reweightedv2", "mixed_score": False, "t_min": 1e-5, "reduction": "sum"},
+    "model": {"options": {}},
+    "optim": {"optimizer": "adam", "lr": 2e-4, "weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8,
+              "warmup_steps": 0, "grad_clip": 1.0},
+    "train": {"steps": 1000, "batch_size": 128, "ema_rate": 0.9999, "precision": "fp32", "checkpoint_every": 1000,
+              "log_every": 50, "device": "auto"},
+    "tracking": {"enabled": True, "experiment": "cldsgm", "run_name": None},
+}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def resolve_config(config: dict, *, source: str = "config") -> dict:
+    """Validate `config` against SCHEMA and fill in DEFAULTS; raise ConfigError naming the offending key."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(config).__name__}")
+    errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(config), key=lambda e: list(e.path))
+    if errors:
+        err = errors[0]
+        where = ".".join(str(p) for p in err.path) or "(top level)"
+        raise ConfigError(f"{source}: invalid value at {where}: {err.message}")
+    if config.get("sde", {}).get("name") == "vpsde" and config.get("loss", {}).get("objective", "hsm") == "hsm":
+        config = _merge(config, {"loss": {"objective": "dsm"}})  # VPSDE has a single (DSM) kernel
+    return _merge(DEFAULTS, config)
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> dict:
+    """Read a YAML file, apply overrides (nested dict), validate and resolve."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    return resolve_config(_merge(raw, overrides or {}), source=str(path))
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}, for logging parameters."""
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,250 @@
+"""The training loop: score matching with Adam/AdamW, warm-up, clipping, EMA, AMP, checkpoints and DDP.
+
+Every random draw of step s comes from a generator seeded by (seed, s): the data order (per-epoch seeded
+permutations), t, eps and v0 (drawn for the *global* batch, then sliced per rank) and the dropout masks. A
+run resumed from a checkpoint therefore follows the uninterrupted run exactly, and DDP on W processes sees the
+same global batch as one process.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from tqdm import tqdm
+
+from cldsgm.config import flatten
+from cldsgm.data.prepared import load_prepared
+from cldsgm.losses import sample_time, score_matching_loss
+from cldsgm.models.registry import build_network, count_parameters
+from cldsgm.sde import CLD, PSLD, VPSDE, PhaseSpaceSDE
+from cldsgm.tracking import Tracker, git_commit
+from cldsgm.training.checkpoint import load_checkpoint, save_checkpoint
+from cldsgm.utils.io import atomic_path
+
+__all__ = ["TrainResult", "build_sde", "train"]
+
+_SDES = {"cld": CLD, "psld": PSLD, "vpsde": VPSDE}
+
+
+def build_sde(config: dict):
+    """The SDE of a resolved config (parameter errors surface as ValueError naming the parameter)."""
+    try:
+        return _SDES[config["sde"]["name"]](**config["sde"]["params"])
+    except TypeError as err:
+        raise ValueError(f"sde.params: {err}") from err
+
+
+@dataclass
+class TrainResult:
+    step: int
+    final_loss: float
+    history: list
+    run_dir: Path
+
+
+class _Distributed:
+    """torchrun's environment, or a single process."""
+
+    def __init__(self, device: torch.device):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.active = self.world > 1
+        if self.active and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
+
+
+class _Batches:
+    """Global batch indices of each step: consecutive slices of per-epoch seeded permutations."""
+
+    def __init__(self, count: int, batch: int, seed: int):
+        self.count, self.batch, self.seed, self._cache = count, batch, seed, {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._cache:
+            self._cache = {epoch: np.random.default_rng([self.seed, 1, epoch]).permutation(self.count)}
+        return self._cache[epoch]
+
+    def indices(self, step: int) -> np.ndarray:
+        positions = np.arange(step * self.batch, (step + 1) * self.batch)
+        return np.concatenate([self._perm(int(e))[positions[positions // self.count == e] % self.count]
+                               for e in np.unique(positions // self.count)])
+
+
+def _to_batch(data: np.ndarray, kind: str, indices: np.ndarray, hflip: bool, gen: torch.Generator) -> torch.Tensor:
+    x = torch.from_numpy(data[indices])
+    if kind != "image":
+        return x.float()
+    x = x.float() * (2.0 / 255.0) - 1.0
+    if hflip:
+        flip = torch.rand(len(x), generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+class _EMA:
+    """Exponential moving average with the reference's warm-up decay min(rate, (1 + n) / (10 + n))."""
+
+    def __init__(self, model: torch.nn.Module, rate: float):
+        self.model, self.rate, self.updates = copy.deepcopy(model).eval(), rate, 0
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.rate, (1 + self.updates) / (10 + self.updates))
+        for ema_p, p in zip(self.model.parameters(), model.parameters(), strict=True):
+            ema_p.lerp_(p.detach(), 1 - decay)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def _write_history(path: Path, history: list) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["step", "loss", "lr", "grad_norm"])
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, progress: bool = True) -> TrainResult:
+    """Train (or resume) the run in `run_dir` from a resolved config (cldsgm.config.resolve_config).
+
+    stop_after: leave after this many steps of this call (a checkpoint is written there), as a kill would
+    after a checkpoint; the next call resumes. Only rank 0 writes files and talks to MLflow.
+    """
+    run_dir = Path(run_dir)
+    tcfg, ocfg, lcfg = config["train"], config["optim"], config["loss"]
+    device = _device(tcfg["device"])
+    ddp = _Distributed(device)
+    if tcfg["batch_size"] % ddp.world:
+        raise ValueError(f"train.batch_size {tcfg['batch_size']} is not divisible by the world size {ddp.world}")
+    local = tcfg["batch_size"] // ddp.world
+    sde = build_sde(config)
+    data, _, manifest = load_prepared(config["data"]["path"])
+    data_channels = manifest["shape"][0]
+    network = {"name": config["model"]["name"], "options": config["model"]["options"]}
+    torch.manual_seed(config["seed"])  # the initial weights, identical on every rank and every rerun
+    model = build_network(network["name"], **network["options"]).to(device)
+    ema = _EMA(model, tcfg["ema_rate"])
+    opt_cls = torch.optim.AdamW if ocfg["optimizer"] == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(model.parameters(), lr=ocfg["lr"], betas=tuple(ocfg["betas"]), eps=ocfg["eps"],
+                        weight_decay=ocfg["weight_decay"])
+    scaler = torch.amp.GradScaler(device.type, enabled=tcfg["precision"] == "fp16")
+    step, history = 0, []
+    checkpoint_path = run_dir / "checkpoint.pt"
+    if checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path, network=network)
+        if state["dataset_sha256"] != manifest["sha256"]:
+            raise ValueError(f"checkpoint {checkpoint_path} was trained on another dataset (sha256 "
+                             f"{state['dataset_sha256'][:12]}, {config['data']['path']} has "
+                             f"{manifest['sha256'][:12]}); use a new run directory")
+        model.load_state_dict(state["model"])
+        ema.model.load_state_dict(state["ema"])
+        ema.updates = state["ema_updates"]
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        step, history = state["step"], state["history"]
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if ddp.active else model
+    tracker = Tracker(enabled=ddp.main and config["tracking"]["enabled"], experiment=config["tracking"]["experiment"],
+                      run_name=config["tracking"]["run_name"] or run_dir.name)
+    if ddp.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(run_dir / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+        tracker.log_params(flatten(config))
+        tracker.set_tags({"git_commit": git_commit(), "dataset_sha256": manifest["sha256"],
+                          "n_parameters": str(count_parameters(model)), "world_size": str(ddp.world)})
+
+    def checkpoint() -> None:
+        if ddp.main:
+            save_checkpoint(checkpoint_path, {
+                "step": step, "model": model.state_dict(), "ema": ema.model.state_dict(), "ema_updates": ema.updates,
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "history": history,
+                "config": config, "network": network, "dataset_sha256": manifest["sha256"]})
+            _write_history(run_dir / "loss.csv", history)
+
+    batches = _Batches(len(data), tcfg["batch_size"], config["seed"])
+    last = tcfg["steps"] if stop_after is None else min(tcfg["steps"], step + stop_after)
+    bar = tqdm(total=last, initial=step, disable=not (progress and ddp.main), desc="train", unit="it")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16 if tcfg["precision"] == "bf16" else torch.float16,
+                              enabled=tcfg["precision"] != "fp32")
+    loss_value, status = float("nan"), "FAILED"
+    try:
+        while step < last:
+            gen = _step_generator(config["seed"], step)
+            torch.manual_seed(int(torch.randint(2**62, (), generator=gen)))  # dropout masks
+            x0 = _to_batch(data, manifest["kind"], batches.indices(step), config["data"]["hflip"], gen)
+            state_shape = (len(x0), sde.state_channels(data_channels), *x0.shape[2:])
+            t = sample_time(len(x0), lcfg["t_min"], generator=gen)
+            eps = torch.randn(state_shape, generator=gen)
+            extra = {}
+            if isinstance(sde, PhaseSpaceSDE) and lcfg["objective"] == "dsm":
+                extra["v0"] = math.sqrt(sde.init_v_var) * torch.randn(x0.shape, generator=gen)
+            shard = slice(ddp.rank * local, (ddp.rank + 1) * local)
+            extra = {k: v[shard].to(device) for k, v in extra.items()}
+            lr = ocfg["lr"] * min(step / ocfg["warmup_steps"], 1.0) if ocfg["warmup_steps"] else ocfg["lr"]
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast:
+                loss = score_matching_loss(sde, wrapped, x0[shard].to(device), objective=lcfg["objective"],
+                                           weighting=lcfg["weighting"], mixed_score=lcfg["mixed_score"],
+                                           reduction=lcfg["reduction"], t=t[shard].to(device),
+                                           eps=eps[shard].to(device), **extra).mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite loss ({float(loss.detach())}) at step {step}; the last checkpoint is intact. Try "
+                    "train.precision: fp32 (fp16 autocast overflowed in the reference, CLD-SGM issues #3 and #6), "
+                    "a larger sde.params.numerical_eps, or a lower optim.lr")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            clip = ocfg["grad_clip"] if ocfg["grad_clip"] is not None else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            scaler.step(optimizer)
+            scaler.update()
+            ema.update(model)
+            step += 1
+            loss_value = float(loss.detach())
+            if ddp.active:  # report the global-batch loss
+                reduced = loss.detach().clone()
+                dist.all_reduce(reduced)
+                loss_value = float(reduced) / ddp.world
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4g}")
+            if step % tcfg["log_every"] == 0 or step == last:
+                history.append({"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)})
+                tracker.log_metrics({"loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)}, step)
+            if step % tcfg["checkpoint_every"] == 0 or step == last:
+                checkpoint()
+        status = "FINISHED"
+    finally:
+        bar.close()
+        if ddp.main:
+            tracker.log_artifact(run_dir / "loss.csv")
+        tracker.end(status)
+    return TrainResult(step, loss_value, history, run_dir)
+
+
