@@ -225,3 +225,12 @@ def test_metrics_reach_a_real_mlflow_server(diamond_data, tmp_path, monkeypatch)
             server.wait(15)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].joinpath("params", "train").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_training_configs_validate(path):
+    config = load_config(path)
+    with torch.device("meta"):
+        build_network(config["model"]["name"], **config["model"]["options"])
+    build_sde(config)
