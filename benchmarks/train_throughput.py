@@ -16,9 +16,7 @@ import torch
 
 from cldsgm.losses import score_matching_loss
 from cldsgm.models.registry import PRESETS, build_network, count_parameters
-from cldsgm.sde import CLD, PSLD, VPSDE
-
-SDES = {"cld": CLD, "psld": PSLD, "vpsde": VPSDE}
+from cldsgm.sde import SDES, VPSDE, build_sde
 
 
 def step_rate(net, sde, x0, precision, steps, warmup, device) -> float:
@@ -59,7 +57,7 @@ def main() -> None:
     overrides = {k: v for k, v in (("nf", args.nf), ("num_res_blocks", args.num_res_blocks)) if v is not None}
     torch.manual_seed(0)
     net = build_network(args.network, **overrides).to(device)
-    sde = SDES[args.sde]()
+    sde = build_sde(args.sde)
     options = PRESETS[args.network][1]
     channels = options["in_channels"] // len(sde.state_blocks)
     shape = (args.batch, channels, options["image_size"], options["image_size"]) if "image_size" in options \

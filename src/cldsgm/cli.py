@@ -14,16 +14,6 @@ def _floats(text: str, name: str) -> list[float]:
         raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=name) from err
 
 
-def build_sde(name: str, **params):
-    """An SDE by name with keyword parameters (unknown names raise a clear error)."""
-    from cldsgm.sde import CLD, PSLD, VPSDE
-
-    classes = {"cld": CLD, "psld": PSLD, "vpsde": VPSDE}
-    if name not in classes:
-        raise click.BadParameter(f"unknown SDE {name!r}; choose from {sorted(classes)}", param_hint="--sde")
-    return classes[name](**params)
-
-
 @click.group()
 @click.version_option(__version__, prog_name="cldsgm")
 def main() -> None:
@@ -37,6 +27,8 @@ def main() -> None:
 def kernel(sde_name: str, times: str, numerical_eps: float | None) -> None:
     """Print the perturbation kernel (covariance and l_t) of an SDE at its paper defaults."""
     import torch
+
+    from cldsgm.sde import build_sde
 
     params = {} if numerical_eps is None or sde_name == "vpsde" else {"numerical_eps": numerical_eps}
     sde = build_sde(sde_name, **params)
@@ -71,6 +63,7 @@ def kernel(sde_name: str, times: str, numerical_eps: float | None) -> None:
 def sampler_bench_command(sde_name, samplers, nfes, stridings, dataset, n_samples, seed, t_min, ode_tol, csv_path):
     """Compare samplers on exact scores (no training): distance to the true data law per NFE budget."""
     from cldsgm.bench import sampler_bench
+    from cldsgm.sde import build_sde
     from cldsgm.utils.io import atomic_path
 
     budgets = [int(v) for v in _floats(nfes, "--nfe")]

@@ -7,7 +7,12 @@ from torch.utils.data import Dataset
 
 from cldsgm.data.prepared import load_prepared
 
-__all__ = ["PreparedDataset"]
+__all__ = ["PreparedDataset", "scale_images"]
+
+
+def scale_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixel values k -> float32 2 k / 255 - 1 in [-1, 1] (the references' centring)."""
+    return images.to(torch.float32) * (2.0 / 255.0) - 1.0
 
 
 class PreparedDataset(Dataset):
@@ -34,11 +39,10 @@ class PreparedDataset(Dataset):
     def __getitem__(self, index: int):
         item = self._tensor[index]
         if self.manifest["kind"] == "image":
-            item = item.to(torch.float32)
             if self.dequantize:
-                item = 2.0 * (item + torch.rand(item.shape)) / 256.0 - 1.0
+                item = 2.0 * (item.to(torch.float32) + torch.rand(item.shape)) / 256.0 - 1.0
             else:
-                item = item * (2.0 / 255.0) - 1.0
+                item = scale_images(item)
             if self.hflip and torch.rand(()) < 0.5:
                 item = item.flip(-1)
         if self.return_labels:

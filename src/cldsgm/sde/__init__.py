@@ -6,5 +6,17 @@ from cldsgm.sde.phase_space import CLD, PSLD, PhaseSpaceSDE
 from cldsgm.sde.schedule import LinearBeta, as_time
 from cldsgm.sde.vpsde import VPSDE
 
-__all__ = ["CLD", "PSLD", "VPSDE", "Cov2", "LinearBeta", "LinearSDE", "OBJECTIVES", "Perturbed",
-           "PhaseSpaceSDE", "Tri2", "as_time"]
+__all__ = ["CLD", "PSLD", "SDES", "VPSDE", "Cov2", "LinearBeta", "LinearSDE", "OBJECTIVES", "Perturbed",
+           "PhaseSpaceSDE", "Tri2", "as_time", "build_sde"]
+
+SDES = {"cld": CLD, "psld": PSLD, "vpsde": VPSDE}
+
+
+def build_sde(name: str, **params) -> LinearSDE:
+    """An SDE by name ('cld', 'psld', 'vpsde') with keyword parameters; bad names or parameters raise ValueError."""
+    if name not in SDES:
+        raise ValueError(f"unknown SDE {name!r}; choose from {sorted(SDES)}")
+    try:
+        return SDES[name](**params)
+    except TypeError as err:  # an unknown keyword
+        raise ValueError(f"sde parameters of {name!r}: {err}") from err

@@ -36,6 +36,11 @@ def _check_objective(objective: str) -> str:
     return objective
 
 
+def _broadcast(factor: Tri2, like: Tensor) -> Tri2:
+    """The factor's per-sample entries reshaped (and cast) to broadcast against `like`."""
+    return Tri2(factor.mode, *(per_sample(c, like) for c in (factor.a, factor.b, factor.c)))
+
+
 def _lyapunov_moment(k: int, rate: float, clock: Tensor) -> Tensor:
     """I_k(B) = int_0^B r^k e^{-rate r} dr, stable for small B (no 1 - e^{-x} cancellation)."""
     a = torch.full_like(clock, k + 1.0)
@@ -191,14 +196,12 @@ class PhaseSpaceSDE(LinearSDE):
             v0 = None
         mean_x, mean_v = self.mean(x0, v0, t)
         factor = self.factor(t, objective)
-        scaled = Tri2(factor.mode, *(per_sample(c, x0) for c in (factor.a, factor.b, factor.c)))
-        noise_x, noise_v = scaled.matvec(*self.split(eps))
+        noise_x, noise_v = _broadcast(factor, x0).matvec(*self.split(eps))
         return Perturbed(self.join(mean_x + noise_x, mean_v + noise_v), eps, factor)
 
     # -- conversions between eps, score and x0 ------------------------------------------------------------
     def _scaled_factor(self, t: Tensor, objective: str, like: Tensor) -> Tri2:
-        factor = self.factor(t, objective)
-        return Tri2(factor.mode, *(per_sample(c, like) for c in (factor.a, factor.b, factor.c)))
+        return _broadcast(self.factor(t, objective), like)
 
     def _full_eps(self, eps_noise: Tensor) -> tuple[Tensor, Tensor]:
         parts = torch.chunk(eps_noise, len(self.noise_blocks), dim=1)

@@ -22,25 +22,21 @@ import yaml
 from tqdm import tqdm
 
 from cldsgm.config import flatten
+from cldsgm.data.dataset import scale_images
 from cldsgm.data.prepared import load_prepared
 from cldsgm.losses import sample_time, score_matching_loss
 from cldsgm.models.registry import build_network, count_parameters
-from cldsgm.sde import CLD, PSLD, VPSDE, PhaseSpaceSDE
+from cldsgm.sde import PhaseSpaceSDE
+from cldsgm.sde import build_sde as _build_sde
 from cldsgm.tracking import Tracker, git_commit
 from cldsgm.training.checkpoint import load_checkpoint, save_checkpoint
 from cldsgm.utils.io import atomic_path
 
 __all__ = ["TrainResult", "build_sde", "train"]
 
-_SDES = {"cld": CLD, "psld": PSLD, "vpsde": VPSDE}
-
-
 def build_sde(config: dict):
     """The SDE of a resolved config (parameter errors surface as ValueError naming the parameter)."""
-    try:
-        return _SDES[config["sde"]["name"]](**config["sde"]["params"])
-    except TypeError as err:
-        raise ValueError(f"sde.params: {err}") from err
+    return _build_sde(config["sde"]["name"], **config["sde"]["params"])
 
 
 @dataclass
@@ -91,7 +87,7 @@ def _to_batch(data: np.ndarray, kind: str, indices: np.ndarray, hflip: bool, gen
     x = torch.from_numpy(data[indices])
     if kind != "image":
         return x.float()
-    x = x.float() * (2.0 / 255.0) - 1.0
+    x = scale_images(x)
     if hflip:
         flip = torch.rand(len(x), generator=gen) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
