@@ -97,9 +97,7 @@ def ode_likelihood(sde, score_fn, x: Tensor, *, t_min: float = 1e-5, probes: str
     counting = CountingScore(score_fn)
     shape, n_state = u0.shape, u0.numel()
 
-    def rhs(t: Tensor, y: Tensor) -> Tensor:
-        # forward time; torchdiffeq's first-step probe may leave [t_min, 1]: clamp keeps it defined
-        t = torch.as_tensor(min(max(float(t), t_min), 1.0), dtype=torch.float64)
+    def rhs(t: Tensor, y: Tensor) -> Tensor:  # t: forward time, float64, inside [t_min, 1]
         with torch.enable_grad():  # the scipy wrapper calls us under no_grad
             u = y[:n_state].reshape(shape).detach().requires_grad_(True)
             velocity = -sde.reverse_drift(u, t, counting(u, t), probability_flow=True)

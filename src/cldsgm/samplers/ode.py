@@ -18,14 +18,22 @@ ODE_METHODS = ("scipy_rk45", "dopri5", "bosh3", "adaptive_heun")
 
 
 def integrate(fn, y0: Tensor, span: Tensor, *, rtol: float, atol: float, method: str) -> Tensor:
-    """Solve dy/ds = fn(s, y) over span = [s0, s1] with torchdiffeq; returns y(s1) (same shape as y0)."""
+    """Solve dy/ds = fn(s, y) over span = [s0, s1] with torchdiffeq; returns y(s1) (same shape as y0).
+
+    fn receives s as a float64 0-d tensor inside the span."""
     if method not in ODE_METHODS:
         raise ValueError(f"ODE method must be one of {ODE_METHODS}, got {method!r}")
     kwargs = {"method": "scipy_solver", "options": {"solver": "RK45"}} if method == "scipy_rk45" else {"method": method}
+    lo, hi = sorted((float(span[0]), float(span[-1])))
+
+    def inside_span(s: Tensor, y: Tensor) -> Tensor:
+        # torchdiffeq's initial-step heuristic probes beyond the span; keep those probes where fn is defined
+        return fn(torch.as_tensor(min(max(float(s), lo), hi), dtype=torch.float64), y)
+
     with warnings.catch_warnings():
         # torchdiffeq passes min_step to every scipy solver; RK45 ignores it and warns each call
         warnings.filterwarnings("ignore", message=".*no effect for a chosen solver.*", category=UserWarning)
-        return odeint(fn, y0, span, rtol=rtol, atol=atol, **kwargs)[-1]
+        return odeint(inside_span, y0, span, rtol=rtol, atol=atol, **kwargs)[-1]
 
 
 def sample_ode(sde, score_fn, u: Tensor, ts: Tensor, *, noise=None, denoise: bool = True, rtol: float = 1e-5,
@@ -41,8 +49,7 @@ def sample_ode(sde, score_fn, u: Tensor, ts: Tensor, *, noise=None, denoise: boo
     shape = u.shape
 
     def velocity(tau: Tensor, y: Tensor) -> Tensor:
-        # torchdiffeq's initial-step heuristic probes beyond the span; clamp so those probes stay defined
-        t = torch.as_tensor(min(max(t_start - float(tau), t_end), t_start), dtype=torch.float64)
+        t = t_start - tau  # forward time
         state = y.reshape(shape)
         return sde.reverse_drift(state, t, score_fn(state, t), probability_flow=True).reshape(-1)
 

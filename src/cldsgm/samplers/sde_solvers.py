@@ -42,11 +42,16 @@ def _finish(sde, score_fn, u, ts, denoise):
     return denoise_step(sde, score_fn, u, ts[-1]) if denoise else u
 
 
+def _em_step(sde, score_fn, u: Tensor, t: Tensor, dt: float, noise) -> Tensor:
+    """One Euler-Maruyama step of the reverse SDE: u + [-f + g^2 s] dt + g sqrt(dt) z (one NFE, one draw)."""
+    drift = sde.reverse_drift(u, t, score_fn(u, t))
+    return u + drift * dt + sde.diffusion(t, u) * math.sqrt(dt) * noise.like(u)
+
+
 def sample_em(sde, score_fn, u: Tensor, ts: Tensor, *, noise, denoise: bool = True) -> Tensor:
-    """Euler-Maruyama on the reverse SDE: u <- u + [-f + g^2 s] dt + g sqrt(dt) z, for VPSDE, CLD and PSLD."""
+    """Euler-Maruyama on the reverse SDE, for VPSDE, CLD and PSLD."""
     for t, dt in _steps(ts):
-        drift = sde.reverse_drift(u, t, score_fn(u, t))
-        u = u + drift * dt + sde.diffusion(t, u) * math.sqrt(dt) * noise.like(u)
+        u = _em_step(sde, score_fn, u, t, dt, noise)
     return _finish(sde, score_fn, u, ts, denoise)
 
 
@@ -72,8 +77,7 @@ def sample_pc(sde, score_fn, u: Tensor, ts: Tensor, *, noise, denoise: bool = Tr
             grad_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
             step = 2 * alpha * (snr * z.flatten(1).norm(dim=1) / grad_norm) ** 2
             u = u + per_sample(step, u) * grad + per_sample(torch.sqrt(2 * step), u) * z
-        drift = sde.reverse_drift(u, t, score_fn(u, t))
-        u = u + drift * dt + sde.diffusion(t, u) * math.sqrt(dt) * noise.like(u)
+        u = _em_step(sde, score_fn, u, t, dt, noise)
     return _finish(sde, score_fn, u, ts, denoise)
 
 

@@ -113,8 +113,9 @@ class PhaseSpaceSDE(LinearSDE):
 
     def cov(self, t: Tensor, cov0_xx: float | Tensor = 0.0, cov0_vv: float | Tensor = 0.0) -> Cov2:
         """Exact Sigma_t for a start covariance diag(cov0_xx, cov0_vv) (no numerical_eps), float64."""
-        phi_xx, phi_xv, phi_vx, phi_vv = self.transition(self.clock(t))
-        added = self.added_cov(self.clock(t))
+        clock = self.clock(t)
+        phi_xx, phi_xv, phi_vx, phi_vv = self.transition(clock)
+        added = self.added_cov(clock)
         cov0_xx = torch.as_tensor(cov0_xx, dtype=torch.float64)
         cov0_vv = torch.as_tensor(cov0_vv, dtype=torch.float64)
         return Cov2(
