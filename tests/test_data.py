@@ -233,4 +233,4 @@ def test_prepare_cli_reports_and_rejects(tmp_path):
     manifest = json.loads((tmp_path / "diamond_train.json").read_text())
     assert manifest["count"] == 50 and manifest["file"] == "diamond_train.npz"
     result = CliRunner().invoke(main, ["prepare", "--dataset", "diamond", "--out", str(tmp_path)])
-    assert result.exit_code == 1 and "needs n" in result.output
+    assert result.exit_code == 2 and "needs --n N" in result.output

@@ -8,7 +8,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-__all__ = ["DEFAULTS", "SCHEMA", "ConfigError", "flatten", "load_config", "resolve_config"]
+__all__ = ["DEFAULTS", "RESUMABLE_KEYS", "SCHEMA", "ConfigError", "config_changes", "flatten", "load_config",
+           "resolve_config"]
 
 
 class ConfigError(ValueError):
@@ -40,7 +41,8 @@ SCHEMA = _obj({
                    "precision": {"enum": ["fp32", "bf16", "fp16"]},
                    "checkpoint_every": {"type": "integer", "minimum": 1},
                    "log_every": {"type": "integer", "minimum": 1}, "device": {"enum": ["auto", "cpu", "cuda"]}}),
-    "tracking": _obj({"enabled": _BOOL, "experiment": _STR, "run_name": {"type": ["string", "null"]}}),
+    "tracking": _obj({"enabled": _BOOL, "experiment": _STR, "run_name": {"type": ["string", "null"]},
+                      "uri": {"type": ["string", "null"]}}),
 }, required=["data", "sde", "model"])
 
 DEFAULTS = {
@@ -53,8 +55,25 @@ DEFAULTS = {
               "warmup_steps": 0, "grad_clip": 1.0},
     "train": {"steps": 1000, "batch_size": 128, "ema_rate": 0.9999, "precision": "fp32", "checkpoint_every": 1000,
               "log_every": 50, "device": "auto"},
-    "tracking": {"enabled": True, "experiment": "cldsgm", "run_name": None},
+    "tracking": {"enabled": True, "experiment": "cldsgm", "run_name": None, "uri": None},
 }
+
+# Keys a resumed run may change freely: how long and how often, where it runs, how it is logged. Any other
+# change alters the maths of the steps still to come, so resuming with it needs --allow-config-change.
+RESUMABLE_KEYS = ("train.steps", "train.log_every", "train.checkpoint_every", "train.device", "tracking.")
+
+
+def _hint(err: jsonschema.ValidationError) -> str:
+    """Advice for the usual YAML trap: PyYAML reads 1e-3 (no dot in the mantissa) as a string."""
+    if err.validator == "type" and isinstance(err.instance, str):
+        try:
+            value = float(err.instance)
+        except ValueError:
+            return ""
+        mantissa, _, exponent = err.instance.lower().partition("e")
+        fixed = f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent}" if exponent else repr(value)
+        return f" (YAML reads {err.instance} as a string; write {fixed})"
+    return ""
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -72,7 +91,7 @@ def resolve_config(config: dict, *, source: str = "config") -> dict:
     if errors:
         err = errors[0]
         where = ".".join(str(p) for p in err.path) or "(top level)"
-        raise ConfigError(f"{source}: invalid value at {where}: {err.message}")
+        raise ConfigError(f"{source}: invalid value at {where}: {err.message}{_hint(err)}")
     if config.get("sde", {}).get("name") == "vpsde" and config.get("loss", {}).get("objective", "hsm") == "hsm":
         config = _merge(config, {"loss": {"objective": "dsm"}})  # VPSDE has a single (DSM) kernel
     return _merge(DEFAULTS, config)
@@ -100,3 +119,11 @@ def flatten(config: dict, prefix: str = "") -> dict:
         else:
             out[name] = value
     return out
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """Flattened keys whose values differ between two resolved configs, except RESUMABLE_KEYS."""
+    flat_old, flat_new = flatten(old), flatten(new)
+    keys = sorted(set(flat_old) | set(flat_new))
+    return [k for k in keys if flat_old.get(k) != flat_new.get(k)
+            and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE_KEYS)]

@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
-from cldsgm.data import sources
 from cldsgm.data.prepared import save_prepared
 
-__all__ = ["DATASETS", "prepare"]
+__all__ = ["DATASETS", "TOY_DATASETS", "check_prepare_args", "prepare"]
 
-DATASETS = ("cifar10", "image_folder", "digits", *sources.TOY_DATASETS)
+TOY_DATASETS = ("multimodal_swissroll", "diamond")  # cldsgm.data.sources.TOY_DATASETS, without importing torch
+DATASETS = ("cifar10", "image_folder", "digits", *TOY_DATASETS)
+
+
+def check_prepare_args(name: str, split: str, *, source=None, resolution=None, test_fraction=None, n=None) -> None:
+    """The argument checks of `prepare` that need no data (and no torch): ValueError naming the flag."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if name in ("cifar10", "image_folder") and source is None:
+        what = ("a folder holding cifar-10-python.tar.gz or cifar-10-batches-py/" if name == "cifar10"
+                else "the folder of images")
+        raise ValueError(f"dataset {name!r} needs --source PATH ({what})")
+    if name == "image_folder" and resolution is None:
+        raise ValueError("dataset 'image_folder' needs --resolution N (the output side length in pixels)")
+    if name in TOY_DATASETS and n is None:
+        raise ValueError(f"toy dataset {name!r} needs --n N (the number of points)")
+    if name in ("digits", "image_folder") and split == "test":
+        fraction = (0.2 if name == "digits" else 0.0) if test_fraction is None else test_fraction
+        if fraction <= 0:
+            raise ValueError(f"the test split of {name!r} would be empty with --test-fraction {fraction}; "
+                             "pass --test-fraction > 0 (e.g. 0.2)")
 
 
 def prepare(name: str, split: str, out_dir, *, source=None, download: bool = False, resolution: int | None = None,
@@ -18,17 +39,14 @@ def prepare(name: str, split: str, out_dir, *, source=None, download: bool = Fal
     cifar10: source (folder or archive), download. image_folder: source, resolution, labels, test_fraction.
     digits: test_fraction (0.2), seed. multimodal_swissroll / diamond: n, seed.
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")
-    if name in ("cifar10", "image_folder") and source is None:
-        raise ValueError(f"dataset {name!r} needs a source path")
+    check_prepare_args(name, split, source=source, resolution=resolution, test_fraction=test_fraction, n=n)
+    from cldsgm.data import sources
+
     if name == "cifar10":
         extra = {} if cifar_class is None else {"cifar_class": cifar_class}
         data, targets, params = sources.cifar10(source, split, download=download, **extra)
         kind, origin = "image", f"cifar10:{source}"
     elif name == "image_folder":
-        if resolution is None:
-            raise ValueError("dataset 'image_folder' needs a resolution")
         data, targets, params = sources.image_folder(source, split, resolution=resolution, labels=labels,
                                                      test_fraction=test_fraction or 0.0, seed=seed)
         kind, origin = "image", f"image_folder:{source}"
@@ -37,8 +55,6 @@ def prepare(name: str, split: str, out_dir, *, source=None, download: bool = Fal
                                                seed=seed)
         kind, origin = "image", "sklearn.datasets.load_digits"
     else:
-        if n is None:
-            raise ValueError(f"toy dataset {name!r} needs n (the number of points)")
         data, targets, params = sources.toy(name, split, n=n, seed=seed)
         kind, origin = "points", f"toy:{name}"
     return save_prepared(out_dir, name, split, data, kind=kind, source=origin, labels=targets, params=params)

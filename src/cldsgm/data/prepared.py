@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from cldsgm import __version__
-from cldsgm.utils.io import atomic_path
+from cldsgm.utils.io import atomic_path, atomic_write_json
 
-__all__ = ["array_sha256", "load_prepared", "prepared_paths", "save_prepared"]
+__all__ = ["array_sha256", "load_prepared", "prepared_paths", "read_manifest", "save_prepared"]
 
 
 def array_sha256(array: np.ndarray) -> str:
@@ -40,6 +40,8 @@ def save_prepared(out_dir, name: str, split: str, data: np.ndarray, *, kind: str
         raise ValueError(f"images must be uint8 [N, C, H, W], got {data.dtype} {data.shape}")
     if kind == "points" and (data.dtype != np.float32 or data.ndim != 2):
         raise ValueError(f"points must be float32 [N, d], got {data.dtype} {data.shape}")
+    if len(data) == 0:
+        raise ValueError(f"refusing to write an empty dataset {name}/{split} (0 samples)")
     if labels is not None and labels.shape != (len(data),):
         raise ValueError(f"labels must have shape ({len(data)},), got {labels.shape}")
     array_path, manifest_path = prepared_paths(out_dir, name, split)
@@ -50,8 +52,30 @@ def save_prepared(out_dir, name: str, split: str, data: np.ndarray, *, kind: str
                 "dtype": str(data.dtype), "source": source, "sha256": array_sha256(data),
                 "labels": labels is not None, "params": params or {}, "file": array_path.name,
                 "cldsgm_version": __version__}
-    with atomic_path(manifest_path) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(manifest_path, manifest)
+    return manifest
+
+
+_MANIFEST_KEYS = {"kind": str, "shape": list, "count": int, "sha256": str}
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The JSON manifest of a prepared dataset, checked for the keys that loading relies on.
+
+    Raises ValueError naming the file for unreadable JSON or a missing / mistyped key.
+    """
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"manifest {path} is not valid JSON ({err}); prepare the dataset again") from err
+    if not isinstance(manifest, dict):
+        raise ValueError(f"manifest {path} must hold a JSON object; prepare the dataset again")
+    for key, kind in _MANIFEST_KEYS.items():
+        if not isinstance(manifest.get(key), kind):
+            problem = "lacks" if key not in manifest else "has a malformed"
+            raise ValueError(f"manifest {path} {problem} key {key!r} (expected {kind.__name__}); "
+                             "prepare the dataset again")
     return manifest
 
 
@@ -65,13 +89,15 @@ def load_prepared(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict
     for needed in (array_path, manifest_path):
         if not needed.is_file():
             raise FileNotFoundError(f"prepared dataset file {needed} not found; run `cldsgm prepare` first")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(manifest_path)
     try:
         with np.load(array_path) as arrays:
             data = arrays["data"]
             labels = arrays["labels"] if "labels" in arrays.files else None
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
         raise ValueError(f"prepared dataset {array_path} is unreadable ({err}); prepare it again") from err
+    if len(data) == 0:
+        raise ValueError(f"prepared dataset {array_path} is empty (0 samples); prepare it again")
     if array_sha256(data) != manifest["sha256"]:
         raise ValueError(f"checksum mismatch for {array_path}: the file was modified after preparation "
                          f"(manifest {manifest_path}); prepare it again")

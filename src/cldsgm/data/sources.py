@@ -118,6 +118,9 @@ def _split_indices(count: int, split: str, test_fraction: float, seed: int) -> n
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     order = np.random.default_rng(seed).permutation(count)
     n_test = int(round(test_fraction * count))
+    if split == "test" and n_test == 0:
+        raise ValueError(f"the test split would be empty: test_fraction={test_fraction} of {count} items; "
+                         "pass --test-fraction > 0 (e.g. 0.2)")
     return np.sort(order[:n_test] if split == "test" else order[n_test:])
 
 

@@ -21,7 +21,7 @@ from torch import Tensor
 from cldsgm.sde import VPSDE, LinearSDE
 from cldsgm.sde._broadcast import per_sample
 
-__all__ = ["ScoreParameterisation", "reference_score"]
+__all__ = ["ScoreParameterisation", "check_network_fits", "reference_score"]
 
 
 def reference_score(sde: LinearSDE, u: Tensor, t: Tensor) -> Tensor:
@@ -77,3 +77,28 @@ class ScoreParameterisation:
             return self.score(net(u, t_net.to(u.dtype)), u, t)
 
         return score
+
+
+def check_network_fits(net: torch.nn.Module, sde: LinearSDE, data_shape, *, device=None, what: str = "network") -> None:
+    """Run `net` once on a zero state of one sample; raise ValueError unless it maps
+    [1, state_channels, *spatial] to [1, noise_channels, *spatial] for data of per-sample shape `data_shape`.
+
+    So that a network that does not fit the data (an image net on 2-D points, wrong channel counts) fails with
+    one line before anything is written, instead of deep inside a convolution.
+    """
+    channels, *spatial = [int(d) for d in data_shape]
+    state = torch.zeros(1, sde.state_channels(channels), *spatial, device=device)
+    expected = (1, sde.noise_channels(channels), *spatial)
+    was_training = net.training
+    try:
+        with torch.no_grad():
+            out = net.eval()(state, torch.full((1,), 0.5, device=device))
+    except (RuntimeError, ValueError, IndexError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{what} does not fit data of shape {list(data_shape)}: it cannot take a "
+                         f"{type(sde).__name__} state of shape {list(state.shape)} ({first[:200]})") from None
+    finally:
+        net.train(was_training)
+    if tuple(out.shape) != expected:
+        raise ValueError(f"{what} does not fit data of shape {list(data_shape)}: a {type(sde).__name__} state "
+                         f"{list(state.shape)} gives output {list(out.shape)}, expected {list(expected)}")

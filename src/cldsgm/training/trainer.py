@@ -21,18 +21,19 @@ import torch.distributed as dist
 import yaml
 from tqdm import tqdm
 
-from cldsgm.config import flatten
+from cldsgm.config import config_changes, flatten
 from cldsgm.data.dataset import scale_images
 from cldsgm.data.prepared import load_prepared
 from cldsgm.losses import sample_time, score_matching_loss
 from cldsgm.models.registry import build_network, count_parameters
 from cldsgm.sde import PhaseSpaceSDE
 from cldsgm.sde import build_sde as _build_sde
-from cldsgm.tracking import Tracker, git_commit
+from cldsgm.tracking import TRACKING_FILE, Tracker, git_commit
 from cldsgm.training.checkpoint import load_checkpoint, save_checkpoint
-from cldsgm.utils.io import atomic_path
+from cldsgm.utils.io import atomic_path, atomic_write_text, remove_stale_temporaries
 
 __all__ = ["TrainResult", "build_sde", "train"]
+
 
 def build_sde(config: dict):
     """The SDE of a resolved config (parameter errors surface as ValueError naming the parameter)."""
@@ -45,6 +46,7 @@ class TrainResult:
     final_loss: float
     history: list
     run_dir: Path
+    ran: int = 0  # steps taken by this call (0: the run had already finished)
 
 
 class _Distributed:
@@ -125,11 +127,37 @@ def _write_history(path: Path, history: list) -> None:
         writer.writerows(history)
 
 
-def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, progress: bool = True) -> TrainResult:
+def _check_fits(model: torch.nn.Module, sde, manifest: dict, config: dict, device: torch.device) -> None:
+    """One forward pass on a single zero state, so a network that does not fit the data fails before any write."""
+    from cldsgm.models.score import check_network_fits
+
+    check_network_fits(model, sde, manifest["shape"], device=device,
+                       what=f"network {config['model']['name']!r} for {config['data']['path']}")
+
+
+def _resume_config(config: dict, state: dict, run_dir: Path, allow_change: bool, write: bool) -> None:
+    """Refuse to resume under a config that changes the maths, unless allowed; then keep the old config."""
+    old = state.get("config")
+    changed = config_changes(old, config) if old is not None else []
+    if not changed:
+        return
+    if not allow_change:
+        diffs = "; ".join(f"{k}: {flatten(old).get(k)!r} -> {flatten(config).get(k)!r}" for k in changed)
+        raise ValueError(f"{run_dir} was trained to step {state['step']} under another config ({diffs}); "
+                         "use a new --run-dir, or pass --allow-config-change to continue and keep both configs")
+    if write:
+        atomic_write_text(run_dir / f"config.until-step-{state['step']}.yaml", yaml.safe_dump(old, sort_keys=False))
+
+
+def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, progress: bool = True,
+          allow_config_change: bool = False) -> TrainResult:
     """Train (or resume) the run in `run_dir` from a resolved config (cldsgm.config.resolve_config).
 
     stop_after: leave after this many steps of this call (a checkpoint is written there), as a kill would
-    after a checkpoint; the next call resumes. Only rank 0 writes files and talks to MLflow.
+    after a checkpoint; the next call resumes. A resumed run must have the same config up to
+    config.RESUMABLE_KEYS, unless allow_config_change (then the earlier config is kept as
+    config.until-step-<step>.yaml). A run that already reached train.steps returns at once, opening no
+    MLflow run. Only rank 0 writes files and talks to MLflow.
     """
     run_dir = Path(run_dir)
     tcfg, ocfg, lcfg = config["train"], config["optim"], config["loss"]
@@ -144,6 +172,7 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
     network = {"name": config["model"]["name"], "options": config["model"]["options"]}
     torch.manual_seed(config["seed"])  # the initial weights, identical on every rank and every rerun
     model = build_network(network["name"], **network["options"]).to(device)
+    _check_fits(model, sde, manifest, config, device)
     ema = _EMA(model, tcfg["ema_rate"])
     opt_cls = torch.optim.AdamW if ocfg["optimizer"] == "adamw" else torch.optim.Adam
     optimizer = opt_cls(model.parameters(), lr=ocfg["lr"], betas=tuple(ocfg["betas"]), eps=ocfg["eps"],
@@ -151,28 +180,35 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg["precision"] == "fp16")
     step, history = 0, []
     checkpoint_path = run_dir / "checkpoint.pt"
+    if ddp.main:  # temporaries of a writer killed mid-write (a CIFAR-10 checkpoint with Adam is over 1 GB)
+        remove_stale_temporaries(run_dir, ["checkpoint.pt", "loss.csv", "config.yaml", TRACKING_FILE])
     if checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path, network=network)
         if state["dataset_sha256"] != manifest["sha256"]:
             raise ValueError(f"checkpoint {checkpoint_path} was trained on another dataset (sha256 "
                              f"{state['dataset_sha256'][:12]}, {config['data']['path']} has "
                              f"{manifest['sha256'][:12]}); use a new run directory")
+        _resume_config(config, state, run_dir, allow_config_change, write=ddp.main)
         model.load_state_dict(state["model"])
         ema.model.load_state_dict(state["ema"])
         ema.updates = state["ema_updates"]
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         step, history = state["step"], state["history"]
+    if step >= tcfg["steps"]:  # nothing to do: report what is stored, open no tracking run
+        return TrainResult(step, history[-1]["loss"] if history else float("nan"), history, run_dir, ran=0)
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if ddp.active else model
-    tracker = Tracker(enabled=ddp.main and config["tracking"]["enabled"], experiment=config["tracking"]["experiment"],
-                      run_name=config["tracking"]["run_name"] or run_dir.name)
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(run_dir / "config.yaml") as tmp:
-            tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    tcfg_track = config["tracking"]
+    tracker = Tracker(enabled=ddp.main and tcfg_track["enabled"], experiment=tcfg_track["experiment"],
+                      run_name=tcfg_track["run_name"] or run_dir.name, uri=tcfg_track["uri"], run_dir=run_dir)
+    if ddp.main:
         tracker.log_params(flatten(config))
         tracker.set_tags({"git_commit": git_commit(), "dataset_sha256": manifest["sha256"],
-                          "n_parameters": str(count_parameters(model)), "world_size": str(ddp.world)})
+                          "n_parameters": str(count_parameters(model)), "world_size": str(ddp.world),
+                          "run_dir": str(run_dir.absolute())})
 
     def checkpoint() -> None:
         if ddp.main:
@@ -183,6 +219,7 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
             _write_history(run_dir / "loss.csv", history)
 
     batches = _Batches(len(data), tcfg["batch_size"], config["seed"])
+    first = step
     last = tcfg["steps"] if stop_after is None else min(tcfg["steps"], step + stop_after)
     bar = tqdm(total=last, initial=step, disable=not (progress and ddp.main), desc="train", unit="it")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16 if tcfg["precision"] == "bf16" else torch.float16,
@@ -236,11 +273,14 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
             if step % tcfg["checkpoint_every"] == 0 or step == last:
                 checkpoint()
         status = "FINISHED"
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from a scheduler (the CLI turns it into this)
+        status = "KILLED"
+        raise
     finally:
         bar.close()
         if ddp.main:
             tracker.log_artifact(run_dir / "loss.csv")
         tracker.end(status)
-    return TrainResult(step, loss_value, history, run_dir)
+    return TrainResult(step, loss_value, history, run_dir, ran=step - first)
 
 
