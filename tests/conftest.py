@@ -17,3 +17,102 @@ def _seed():
 
 def f64(*values):
     return torch.tensor(values, dtype=torch.float64)
+
+
+# -- helpers shared by the training, fault-injection and tracking tests -------------------------------------------
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+
+# subprocesses of tests: one intra-op thread each (2 cores are shared with the xdist workers)
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cli(*args, env=None, **kwargs) -> subprocess.Popen:
+    """`python -m cldsgm ARGS` in a subprocess, stdout and stderr together."""
+    return subprocess.Popen([sys.executable, "-m", "cldsgm", *args], env={**SUBPROCESS_ENV, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def run_cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cldsgm", *args], env={**SUBPROCESS_ENV, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 over a SQLite file; stop() and start() again on the same port."""
+
+    def __init__(self, db, artifacts, port=None):
+        self.db, self.artifacts, self.port = db, artifacts, port or free_port()
+        self.uri, self.proc = f"http://127.0.0.1:{self.port}", None
+
+    def start(self) -> "MlflowServer":
+        env = {**SUBPROCESS_ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                                      f"sqlite:///{self.db}", "--artifacts-destination", str(self.artifacts),
+                                      "--host", "127.0.0.1", "--port", str(self.port), "-w", "1"],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
+                    if response.read().decode().strip() == "OK":
+                        return self
+            except OSError:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    pytest.fail("mlflow server did not come up")
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(30)
+        self.proc = None
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    server = MlflowServer(tmp_path / "server.db", tmp_path / "artifacts").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def diamond_data(tmp_path_factory):
+    """20,000 points of the diamond mixture, prepared once per test session (per xdist worker)."""
+    from cldsgm.data import prepare
+
+    out = tmp_path_factory.mktemp("data")
+    prepare("diamond", "train", out, n=20_000, seed=0)
+    return out / "diamond_train.npz"
+
+
+def toy_config(path, **sections):
+    """A resolved toy CLD training config on `path` (40 steps, toy_mlp, CPU, no tracking); sections override."""
+    from cldsgm.config import resolve_config
+
+    config = {"seed": 0, "data": {"path": str(path)}, "sde": {"name": "cld", "params": {"numerical_eps": 1e-6}},
+              "model": {"name": "toy_mlp"}, "optim": {"lr": 1e-3},
+              "train": {"steps": 40, "batch_size": 128, "ema_rate": 0.99, "checkpoint_every": 10, "log_every": 1,
+                        "device": "cpu"},
+              "tracking": {"enabled": False}}
+    for key, value in sections.items():
+        config[key] = {**config.get(key, {}), **value}
+    return resolve_config(config)

@@ -1,12 +1,8 @@
 """Training: learning on toy data, exact resume, failure modes, DDP under torchrun, MLflow logging."""
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +10,7 @@ import pytest
 import torch
 import yaml
 
-from cldsgm.config import ConfigError, load_config, resolve_config
-from cldsgm.data import prepare
+from cldsgm.config import ConfigError, load_config
 from cldsgm.data.prepared import save_prepared
 from cldsgm.eval.distances import energy_distance
 from cldsgm.models.registry import build_network
@@ -25,23 +20,7 @@ from cldsgm.samplers import generate
 from cldsgm.training import load_checkpoint, train
 from cldsgm.training.trainer import build_sde
 
-
-@pytest.fixture(scope="module")
-def diamond_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data")
-    prepare("diamond", "train", out, n=20_000, seed=0)
-    return out / "diamond_train.npz"
-
-
-def toy_config(path, **sections):
-    config = {"seed": 0, "data": {"path": str(path)}, "sde": {"name": "cld", "params": {"numerical_eps": 1e-6}},
-              "model": {"name": "toy_mlp"}, "optim": {"lr": 1e-3},
-              "train": {"steps": 40, "batch_size": 128, "ema_rate": 0.99, "checkpoint_every": 10, "log_every": 1,
-                        "device": "cpu"},
-              "tracking": {"enabled": False}}
-    for key, value in sections.items():
-        config[key] = {**config.get(key, {}), **value}
-    return resolve_config(config)
+from conftest import toy_config
 
 
 def test_toy_cld_learns_the_diamond(diamond_data, tmp_path):
@@ -76,32 +55,6 @@ def test_resume_after_stop_equals_uninterrupted_run(diamond_data, tmp_path):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), (key, name)
     assert (tmp_path / "a" / "loss.csv").read_text() == (tmp_path / "b" / "loss.csv").read_text()
-
-
-def _cli(*args, env=None, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "cldsgm", *args], env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
-
-
-def test_sigkill_then_resume_equals_uninterrupted_run(diamond_data, tmp_path):
-    config = toy_config(diamond_data, train={"steps": 1200, "checkpoint_every": 200, "log_every": 50})
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    killed = _cli("train", "--config", str(path), "--run-dir", str(tmp_path / "killed"), "--no-progress")
-    deadline = time.time() + 120
-    while not (tmp_path / "killed" / "checkpoint.pt").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    stopped_at = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["step"]
-    assert 0 < stopped_at < 1200
-    for run in ("killed", "straight"):
-        proc = _cli("train", "--config", str(path), "--run-dir", str(tmp_path / run), "--no-progress")
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, out
-    a, b = (load_checkpoint(tmp_path / d / "checkpoint.pt") for d in ("killed", "straight"))
-    assert a["history"] == b["history"]
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
 def test_non_finite_loss_stops_with_advice_and_keeps_checkpoint(diamond_data, tmp_path):
@@ -185,46 +138,16 @@ def test_metrics_land_in_a_sqlite_mlflow_store(diamond_data, tmp_path, monkeypat
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["loss.csv"]
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_metrics_reach_a_real_mlflow_server(diamond_data, tmp_path, monkeypatch):
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                               f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
-                               str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "-w", "1"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.read().decode().strip() == "OK":
-                        break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    pytest.fail("mlflow server did not come up")
-                time.sleep(0.3)
-        monkeypatch.chdir(tmp_path)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        config = toy_config(diamond_data, train={"steps": 10, "log_every": 5},
-                            tracking={"enabled": True, "experiment": "server-test"})
-        train(config, tmp_path / "run", progress=False)
-        client, runs = _mlflow_runs(uri, "server-test")
-        assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-        assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] == [5, 10]
-        assert any(Path(tmp_path / "artifacts").rglob("loss.csv"))
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+def test_metrics_reach_a_real_mlflow_server(diamond_data, tmp_path, monkeypatch, mlflow_server):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    config = toy_config(diamond_data, train={"steps": 10, "log_every": 5},
+                        tracking={"enabled": True, "experiment": "server-test"})
+    train(config, tmp_path / "run", progress=False)
+    client, runs = _mlflow_runs(mlflow_server.uri, "server-test")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] == [5, 10]
+    assert any(Path(tmp_path / "artifacts").rglob("loss.csv"))
 
 
 @pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].joinpath("params", "train").glob("*.yaml")),

@@ -153,6 +153,7 @@ class Tracker:
                  tags: dict | None = None):
         self.enabled, self.run_id, self.failure, self.resumed = enabled, None, None, False
         self._logged_params: dict = {}
+        self._logged_until: dict = {}  # metric -> last step a reopened run already holds
         self.uri = tracking_uri(uri) if enabled else None
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if not enabled:
@@ -186,6 +187,8 @@ class Tracker:
             if previous is not None:
                 self.run_id, self.resumed = previous.info.run_id, True
                 self._logged_params = dict(previous.data.params)
+                for key in previous.data.metrics:  # steps redone after a kill are not logged twice
+                    self._logged_until[key] = max(m.step for m in self._client.get_metric_history(self.run_id, key))
                 if previous.info.status == "RUNNING":  # its process died without closing it
                     self._client.set_terminated(self.run_id, "KILLED")
                 self._client.update_run(self.run_id, status="RUNNING")
@@ -235,8 +238,10 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
-        self._call(lambda: self._client.log_batch(self.run_id, metrics=items))
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
+                 if int(step) > self._logged_until.get(k, -1)]
+        if items:
+            self._call(lambda: self._client.log_batch(self.run_id, metrics=items))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if Path(path).exists():
