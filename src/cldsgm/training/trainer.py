@@ -215,7 +215,8 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
             save_checkpoint(checkpoint_path, {
                 "step": step, "model": model.state_dict(), "ema": ema.model.state_dict(), "ema_updates": ema.updates,
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "history": history,
-                "config": config, "network": network, "dataset_sha256": manifest["sha256"]})
+                "config": config, "network": network, "dataset_sha256": manifest["sha256"],
+                "data": {"kind": manifest["kind"], "shape": list(manifest["shape"])}})
             _write_history(run_dir / "loss.csv", history)
 
     batches = _Batches(len(data), tcfg["batch_size"], config["seed"])

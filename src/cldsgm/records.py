@@ -1,0 +1,111 @@
+"""The one JSON record format that every evaluation command writes; the report and MLflow read only these.
+
+A record is one metric of one sample set (or data split): its value and standard error where defined, and
+everything needed to tell two numbers apart: the NFE actually spent, the sampler and its options, striding,
+SDE, network, checkpoint (sha256 and step) or oracle, n, FID mode, seed, wall seconds, device and version.
+Records are validated against RECORD_SCHEMA when written and when read; this module imports no torch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+from pathlib import Path
+
+import jsonschema
+
+from cldsgm import __version__
+from cldsgm.utils.io import atomic_write_json
+
+__all__ = ["METRICS", "RECORD_SCHEMA", "RecordError", "make_record", "read_record", "write_record"]
+
+# metric name -> what it is (the report's column captions come from here)
+METRICS = {
+    "fid": "Fréchet Inception distance (clean-fid)",
+    "kid": "kernel Inception distance (clean-fid)",
+    "fd_digits": "Fréchet distance in the features of the digits classifier (not FID)",
+    "sliced_w2": "sliced 2-Wasserstein distance to fresh data",
+    "energy": "energy distance to fresh data",
+    "mode_tv": "total variation between mode weights and the true weights",
+    "nll_bpd": "negative log-likelihood in bits/dim (probability-flow ODE; CLD/PSLD: upper bound)",
+    "nll_nats": "negative log-likelihood in nats per sample (probability-flow ODE; CLD/PSLD: upper bound)",
+    "classifier_accuracy": "test accuracy of the digits classifier",
+}
+
+_NUM = {"type": "number"}
+_OPT_STR = {"type": ["string", "null"]}
+RECORD_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["format", "metric", "value", "n", "seed", "wall_s", "device", "cldsgm_version", "created"],
+    "additionalProperties": False,
+    "properties": {
+        "format": {"const": "cldsgm-record-v1"},
+        "metric": {"enum": sorted(METRICS)},
+        "value": {"type": ["number", "null"]},
+        "stderr": {"type": ["number", "null"]},
+        "nfe": {"type": ["number", "null"], "minimum": 0},
+        "nfe_budget": {"type": ["integer", "null"], "minimum": 0},
+        "sampler": _OPT_STR,
+        "options": {"type": "object"},
+        "striding": _OPT_STR,
+        "t_min": {"type": ["number", "null"]},
+        "sde": _OPT_STR,
+        "sde_params": {"type": "object"},
+        "network": _OPT_STR,
+        "source": {"type": "object"},  # checkpoint {path, sha256, step, weights} or oracle {oracle}
+        "dataset": {"type": "object"},  # the reference / evaluated data: {path, sha256, split}
+        "samples": _OPT_STR,  # the sample directory evaluated
+        "n": {"type": "integer", "minimum": 0},
+        "mode": _OPT_STR,  # FID: clean | legacy_tensorflow
+        "backbone": _OPT_STR,  # FID: sha256 of the feature extractor file
+        "seed": {"type": ["integer", "null"]},
+        "wall_s": {**_NUM, "minimum": 0},
+        "device": {"type": "string"},
+        "cldsgm_version": {"type": "string"},
+        "created": {"type": "string"},
+        "host": {"type": "string"},
+        "extra": {"type": "object"},
+    },
+}
+
+
+class RecordError(ValueError):
+    """A record that does not match RECORD_SCHEMA; the message names the file and the key."""
+
+
+def make_record(metric: str, value, *, n: int, seed, wall_s: float, device: str, **fields) -> dict:
+    """A record dict with the common fields filled in (format, version, time, host); validated."""
+    record = {"format": "cldsgm-record-v1", "metric": metric, "value": None if value is None else float(value),
+              "n": int(n), "seed": None if seed is None else int(seed), "wall_s": float(wall_s),
+              "device": str(device), "cldsgm_version": __version__,
+              "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "host": platform.node(),
+              **{k: v for k, v in fields.items() if v is not None}}
+    _validate(record, "record")
+    return record
+
+
+def _validate(record: dict, where: str) -> None:
+    errors = sorted(jsonschema.Draft202012Validator(RECORD_SCHEMA).iter_errors(record), key=lambda e: list(e.path))
+    if errors:
+        key = ".".join(str(p) for p in errors[0].path) or "(top level)"
+        raise RecordError(f"{where}: invalid record at {key}: {errors[0].message}")
+
+
+def write_record(path: str | Path, record: dict) -> Path:
+    """Validate and write one record atomically (JSON); return the path."""
+    _validate(record, str(path))
+    atomic_write_json(path, record)
+    return Path(path)
+
+
+def read_record(path: str | Path) -> dict:
+    """Read and validate one record; RecordError names the file for unreadable JSON or a schema mismatch."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RecordError(f"record {path} is unreadable ({err})") from err
+    _validate(record, str(path))
+    return record
