@@ -425,7 +425,9 @@ def _write_grid(out_dir: Path) -> None:
         if manifest["kind"] == "image":
             _image_grid(samples, tmp)
         else:
-            _scatter(samples, tmp, title=f"{manifest['identity']['sampler']}, n = {len(samples)}")
+            ident = manifest["identity"]
+            _scatter(samples, tmp, title=f"{ident['sampler']}, NFE {ident['nfe_budget'] or 'adaptive'}, "
+                                         f"n = {len(samples)}")
 
 
 def _image_grid(images: np.ndarray, path: Path) -> None:

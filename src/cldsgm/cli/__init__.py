@@ -1,0 +1,20 @@
+"""Command-line interface: `cldsgm <command>`. Every workflow rule is a call into one of these commands.
+
+One module per verb group (data, train, bench, sample, evaluate); each verb is a thin click command that
+checks its arguments (before importing torch where it can), calls one library function and prints one line.
+"""
+
+from __future__ import annotations
+
+import click
+
+from cldsgm import __version__
+
+
+@click.group()
+@click.version_option(__version__, prog_name="cldsgm")
+def main() -> None:
+    """cldsgm: reproduce and compare CLD, PSLD and VPSDE score-based generative models."""
+
+
+from cldsgm.cli import bench, data, evaluate, sample, train  # noqa: E402, F401  (registers the verbs)
