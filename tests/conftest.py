@@ -116,3 +116,37 @@ def toy_config(path, **sections):
     for key, value in sections.items():
         config[key] = {**config.get(key, {}), **value}
     return resolve_config(config)
+
+
+@pytest.fixture(scope="session")
+def digits_data(tmp_path_factory):
+    """scikit-learn's digits, prepared: (train path, test path)."""
+    from cldsgm.data import prepare
+
+    out = tmp_path_factory.mktemp("digits")
+    prepare("digits", "train", out)
+    prepare("digits", "test", out)
+    return out / "digits_train.npz", out / "digits_test.npz"
+
+
+@pytest.fixture(scope="session")
+def digits_run(digits_data, tmp_path_factory):
+    """A briefly trained ncsnpp_digits CLD run directory (weights are far from converged: for plumbing tests)."""
+    from cldsgm.training import train
+
+    run_dir = tmp_path_factory.mktemp("digits_run") / "run"
+    config = toy_config(digits_data[0], model={"name": "ncsnpp_digits"}, loss={"mixed_score": True},
+                        train={"steps": 4, "batch_size": 16, "checkpoint_every": 4})
+    train(config, run_dir, progress=False)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def toy_run(diamond_data, tmp_path_factory):
+    """A toy_mlp CLD run on the diamond (300 steps)."""
+    from cldsgm.training import train
+
+    run_dir = tmp_path_factory.mktemp("toy_run") / "run"
+    train(toy_config(diamond_data, train={"steps": 300, "batch_size": 256, "checkpoint_every": 300,
+                                          "log_every": 50}), run_dir, progress=False)
+    return run_dir

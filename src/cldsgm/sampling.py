@@ -42,8 +42,9 @@ from cldsgm.samplers.grids import check_t_min
 from cldsgm.sde import build_sde
 from cldsgm.utils.io import atomic_path, atomic_write_json
 
-__all__ = ["MANIFEST", "ORACLES", "SampleDirError", "ScoreSource", "checkpoint_source", "check_nfe", "file_sha256",
-           "load_samples", "oracle_source", "quantize_images", "sample_to_dir"]
+__all__ = ["MANIFEST", "ORACLES", "SampleDirError", "ScoreSource", "batch_edges", "check_nfe", "check_slice",
+           "checkpoint_source", "file_sha256", "fill_shards", "load_samples", "oracle_source", "quantize_images",
+           "sample_to_dir"]
 
 MANIFEST = "manifest.json"
 FORMAT = "cldsgm-samples-v1"
@@ -298,6 +299,57 @@ def _save_shard(path: Path, array: np.ndarray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def fill_shards(out_dir: Path, identity: dict, kind: str, shape, make_shard, *, n: int, first: int, count: int,
+                shard_size: int, rank: int = 0, world: int = 1, device="cpu", progress: bool = True,
+                unit: str = "img") -> dict:
+    """The resumable shard loop shared by sampling and NLL: claim the directory for `identity`, then make each
+    missing or corrupted shard of [first, first + count) that is this rank's with make_shard(a, b, bar) ->
+    (array [b - a, ...], mean NFE), save it atomically and record it. Returns a summary dict."""
+    from tqdm import tqdm
+
+    _claim_dir(out_dir, identity, kind, shape)
+    manifest = _read_manifest(out_dir)
+    mine = [(a, b) for j, (a, b) in enumerate(_shards(first, count, shard_size)) if j % world == rank]
+    todo = [(a, b) for a, b in mine
+            if not _shard_ok(out_dir, _shard_name(a, b - 1), manifest["shards"].get(_shard_name(a, b - 1)))]
+    bar = tqdm(total=sum(b - a for a, b in todo), disable=not progress, desc=kind, unit=unit, smoothing=0.1)
+    made = []
+    try:
+        for a, b in todo:
+            name, start = _shard_name(a, b - 1), time.perf_counter()
+            array, nfe = make_shard(a, b, bar)
+            sha = _save_shard(out_dir / name, array)
+            _record_shard(out_dir, name, {"first": a, "last": b - 1, "count": b - a, "sha256": sha, "nfe": nfe,
+                                          "wall_s": round(time.perf_counter() - start, 3),
+                                          "device": _device_name(device), "rank": rank, "world": world,
+                                          "cldsgm_version": __version__})
+            made.append(name)
+    finally:
+        bar.close()
+    if kind in ("image", "points"):
+        _write_grid(out_dir)
+    done = sum(e["count"] for e in _read_manifest(out_dir)["shards"].values())
+    return {"made": made, "kept": len(mine) - len(todo), "complete": done == n, "done": done, "n": n,
+            "out_dir": str(out_dir)}
+
+
+def check_slice(n: int, first: int, count: int | None, batch_size: int, shard_size: int) -> int:
+    """The slice's count (default: to the end); ValueError unless 0 <= first < first + count <= n."""
+    count = n - first if count is None else count
+    if n < 1 or first < 0 or count < 1 or first + count > n:
+        raise ValueError(f"need 0 <= first < first + count <= n, got first={first}, count={count}, n={n}")
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError("batch_size and shard_size must be >= 1")
+    return count
+
+
+def batch_edges(a: int, b: int, batch_size: int, *, aligned: bool) -> list[int]:
+    """Batch boundaries in [a, b): every batch_size from a, or (aligned) at global multiples of batch_size."""
+    if aligned:
+        return sorted({a, b, *range((a // batch_size + 1) * batch_size, b, batch_size)})
+    return [*range(a, b, batch_size), b]
+
+
 def sample_to_dir(source: ScoreSource, out_dir: str | Path, *, sampler: str, nfe: int | None, n: int,
                   striding: str = "uniform", t_min: float = 1e-3, seed: int = 0, first: int = 0,
                   count: int | None = None, batch_size: int = 256, shard_size: int = 1000, options: dict | None = None,
@@ -309,61 +361,37 @@ def sample_to_dir(source: ScoreSource, out_dir: str | Path, *, sampler: str, nfe
     rank, world: this process's share (torchrun): shards j with j mod world == rank.
     Raises ValueError (bad arguments, NFE the sampler cannot honour) or SampleDirError.
     """
-    from tqdm import tqdm
-
     options = dict(options or {})
-    count = n - first if count is None else count
-    if n < 1 or first < 0 or count < 1 or first + count > n:
-        raise ValueError(f"need 0 <= first < first + count <= n, got first={first}, count={count}, n={n}")
-    if batch_size < 1 or shard_size < 1:
-        raise ValueError("batch_size and shard_size must be >= 1")
+    count = check_slice(n, first, count, batch_size, shard_size)
     check_sampler(source.sde, sampler)
     check_t_min(t_min)
     if striding not in STRIDINGS:
         raise ValueError(f"striding must be one of {STRIDINGS}, got {striding!r}")
     check_nfe(sampler, nfe, n_corrector=options.get("n_corrector", 1), denoise=denoise)
-    out_dir = Path(out_dir)
     identity = {"source": source.identity, "sde": source.sde_name, "sde_params": source.sde_params,
                 "network": source.network, "sampler": sampler, "options": options, "nfe_budget": nfe,
                 "striding": None if sampler == "ode" else striding, "t_min": t_min, "seed": seed, "n": n,
                 "shard_size": shard_size, "denoise": denoise, "precision": precision, "net_batch": net_batch,
                 "ode_batch": batch_size if sampler == "ode" else None}
-    _claim_dir(out_dir, identity, source.kind, source.data_shape)
-    manifest = _read_manifest(out_dir)
-    mine = [(a, b) for j, (a, b) in enumerate(_shards(first, count, shard_size)) if j % world == rank]
-    todo = [(a, b) for a, b in mine
-            if not _shard_ok(out_dir, _shard_name(a, b - 1), manifest["shards"].get(_shard_name(a, b - 1)))]
-    bar = tqdm(total=sum(b - a for a, b in todo), disable=not progress, desc="sample", unit="img", smoothing=0.1)
-    made = []
-    try:
-        for a, b in todo:
-            name = _shard_name(a, b - 1)
-            start, parts, nfe_total = time.perf_counter(), [], 0
-            # ODE batches start at global multiples of the batch size (its steps are shared by a batch)
-            edges = sorted({a, b, *range((a // batch_size + 1) * batch_size, b, batch_size)}) if sampler == "ode" \
-                else list(range(a, b, batch_size)) + [b]
-            for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-                with torch.inference_mode():
-                    result = generate(source.sde, source.score_fn, hi - lo, source.data_shape, sampler=sampler,
-                                      nfe=nfe, t_min=t_min, striding=striding, seed=seed, first_index=lo,
-                                      denoise=denoise, device=device, **options)
-                parts.append(quantize_images(result.x) if source.kind == "image"
-                             else result.x.detach().to(torch.float32).cpu().numpy())
-                nfe_total += result.nfe * (hi - lo)
-                bar.update(hi - lo)
-            sha = _save_shard(out_dir / name, np.concatenate(parts))
-            entry = {"first": a, "last": b - 1, "count": b - a, "sha256": sha, "nfe": nfe_total / (b - a),
-                     "wall_s": round(time.perf_counter() - start, 3), "device": _device_name(device),
-                     "cldsgm_version": __version__}
-            _record_shard(out_dir, name, entry)
-            made.append(name)
-    finally:
-        bar.close()
-    _write_grid(out_dir)
-    manifest = _read_manifest(out_dir)
-    done = sum(e["count"] for e in manifest["shards"].values())
-    return {"made": made, "kept": len(mine) - len(todo), "complete": done == n, "done": done, "n": n,
-            "out_dir": str(out_dir)}
+
+    def make_shard(a: int, b: int, bar):
+        parts, nfe_total = [], 0
+        # ODE batches start at global multiples of the batch size (its steps are shared by a batch)
+        edges = batch_edges(a, b, batch_size, aligned=sampler == "ode")
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            with torch.inference_mode():
+                result = generate(source.sde, source.score_fn, hi - lo, source.data_shape, sampler=sampler, nfe=nfe,
+                                  t_min=t_min, striding=striding, seed=seed, first_index=lo, denoise=denoise,
+                                  device=device, **options)
+            parts.append(quantize_images(result.x) if source.kind == "image"
+                         else result.x.detach().to(torch.float32).cpu().numpy())
+            nfe_total += result.nfe * (hi - lo)
+            bar.update(hi - lo)
+        return np.concatenate(parts), nfe_total / (b - a)
+
+    return fill_shards(Path(out_dir), identity, source.kind, source.data_shape, make_shard, n=n, first=first,
+                       count=count, shard_size=shard_size, rank=rank, world=world, device=device,
+                       progress=progress)
 
 
 def _device_name(device) -> str:

@@ -1,1 +1,290 @@
-"""placeholder"""
+"""Evaluation verbs: FID/KID (clean-fid, offline), FD-digits, 2-D distances and NLL; each writes JSON records.
+
+Every verb writes one record per metric, `<--out>/<metric>.json` (cldsgm.records), and prints one line.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import click
+
+from cldsgm.cli import main
+from cldsgm.cli._common import click_error, device_for, writable_dir
+from cldsgm.cli.sample import load_source, resolve_source_args, source_options
+
+_MODE = click.Choice(["clean", "legacy_tensorflow"])
+
+
+def _sample_fields(manifest: dict, samples_dir) -> dict:
+    """Record fields describing a sample directory (what produced the samples)."""
+    ident = manifest["identity"]
+    shards = manifest["shards"].values()
+    nfe = sum(e["nfe"] * e["count"] for e in shards) / max(1, sum(e["count"] for e in shards))
+    return {"nfe": nfe, "nfe_budget": ident["nfe_budget"], "sampler": ident["sampler"], "options": ident["options"],
+            "striding": ident["striding"], "t_min": ident["t_min"], "sde": ident["sde"],
+            "sde_params": ident["sde_params"], "network": ident["network"], "source": ident["source"],
+            "samples": str(Path(samples_dir).absolute()), "seed": ident["seed"]}
+
+
+def _write(out_dir, metric, value, **fields):
+    from cldsgm.records import make_record, write_record
+
+    return write_record(Path(out_dir) / f"{metric}.json", make_record(metric, value, **fields))
+
+
+def _dataset_fields(path) -> dict:
+    from cldsgm.data.prepared import read_manifest
+
+    manifest = read_manifest(Path(path).with_suffix(".json"))
+    return {"path": str(Path(path).absolute()), "sha256": manifest["sha256"], "name": manifest.get("name"),
+            "split": manifest.get("split")}
+
+
+@main.command("fid-stats")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False), required=True, help="A prepared split (.npz).")
+@click.option("--inception", type=click.Path(dir_okay=False), default=None,
+              help="inception-2015-12-05.pt (default: $CLDSGM_INCEPTION, else resources/).")
+@click.option("--mode", type=_MODE, default="clean", show_default=True)
+@click.option("--n", "n", type=int, default=None, help="Only the first n images.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="Statistics file (.npz).")
+def fid_stats_command(data_path, inception, mode, n, batch_size, device, out_path):
+    """Reference statistics (mu, sigma, features) of a prepared image split for `cldsgm fid`."""
+    from cldsgm.data.prepared import load_prepared
+    from cldsgm.eval.fid import inception_features, load_inception, save_stats
+
+    try:
+        torch_device = device_for(device)
+        model, backbone = load_inception(inception, mode, torch_device)
+        images, _, manifest = load_prepared(data_path)
+        if manifest["kind"] != "image":
+            raise ValueError(f"{data_path} holds {manifest['kind']}, not images")
+        images = images[:n] if n else images
+        start = time.perf_counter()
+        feats = inception_features(images, model, mode, batch_size=batch_size, device=torch_device, progress=True)
+        save_stats(out_path, feats, {"mode": mode, "backbone": backbone, "n": len(images),
+                                     "dataset": _dataset_fields(data_path), "wall_s": time.perf_counter() - start})
+    except (ValueError, OSError) as err:
+        raise click_error(err) from err
+    click.echo(f"FID statistics of {len(images)} images ({mode}) -> {out_path}")
+
+
+@main.command("fid")
+@click.option("--samples", "samples_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--stats", "stats_path", type=click.Path(dir_okay=False), required=True,
+              help="From `cldsgm fid-stats`, or a file with mu (2048,) and sigma (2048, 2048).")
+@click.option("--inception", type=click.Path(dir_okay=False), default=None,
+              help="inception-2015-12-05.pt (default: $CLDSGM_INCEPTION, else resources/).")
+@click.option("--mode", type=_MODE, default="clean", show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--kid/--no-kid", default=True, show_default=True, help="Also KID (needs features in --stats).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Records: fid.json, kid.json.")
+def fid_command(samples_dir, stats_path, inception, mode, batch_size, device, kid, out_dir):
+    """FID (and KID) of a complete sample directory against reference statistics, with clean-fid's code."""
+    from cldsgm.eval import fid as fidlib
+    from cldsgm.sampling import load_samples
+
+    try:  # cheap checks first: weights, statistics, samples, then the features
+        torch_device = device_for(device)
+        if not fidlib.inception_path(inception).is_file():
+            fidlib.load_inception(inception, mode, torch_device)  # raises the error that says where to get it
+        mu, sigma, ref_feats, meta = fidlib.load_stats(stats_path)
+        if meta.get("mode") not in (None, mode):
+            raise ValueError(f"{stats_path} was computed in mode {meta['mode']!r}, not {mode!r}; FID modes are "
+                             "not interchangeable")
+        images, manifest = load_samples(samples_dir)
+        if manifest["kind"] != "image":
+            raise ValueError(f"{samples_dir} holds {manifest['kind']}: FID needs images (use sample-distance)")
+        writable_dir(out_dir, "--out")
+        model, backbone = fidlib.load_inception(inception, mode, torch_device)
+        start = time.perf_counter()
+        feats = fidlib.inception_features(images, model, mode, batch_size=batch_size, device=torch_device,
+                                          progress=True)
+        value = fidlib.frechet(feats, mu, sigma)
+        common = {"n": len(images), "mode": mode, "backbone": backbone, "device": str(torch_device),
+                  "dataset": {"stats": str(Path(stats_path).absolute()), **meta.get("dataset", {})},
+                  **_sample_fields(manifest, samples_dir)}
+        _write(out_dir, "fid", value, wall_s=time.perf_counter() - start, **common)
+        line = f"FID ({mode}) {value:.4g}"
+        if kid and ref_feats is not None:
+            kid_value = fidlib.kid(feats, ref_feats)
+            _write(out_dir, "kid", kid_value, wall_s=time.perf_counter() - start, **common)
+            line += f", KID {kid_value:.4g}"
+        elif kid:
+            line += " (no KID: the statistics file holds no features)"
+    except (ValueError, OSError) as err:
+        raise click_error(err) from err
+    click.echo(f"{line} over {len(images)} samples -> {out_dir}")
+
+
+@main.command("digits-classifier")
+@click.option("--train", "train_path", type=click.Path(dir_okay=False), required=True, help="digits_train.npz")
+@click.option("--test", "test_path", type=click.Path(dir_okay=False), required=True, help="digits_test.npz")
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="Classifier file (.pt).")
+@click.option("--record-dir", type=click.Path(file_okay=False), default=None,
+              help="Also write classifier_accuracy.json here (default: beside --out).")
+def digits_classifier_command(train_path, test_path, epochs, seed, out_path, record_dir):
+    """Train the FD-digits feature network on the digits training split; record its test accuracy."""
+    import torch
+
+    from cldsgm.data.prepared import load_prepared
+    from cldsgm.eval.digits import accuracy, save_classifier, train_classifier
+
+    try:
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
+        x_train, y_train, _ = load_prepared(train_path)
+        x_test, y_test, _ = load_prepared(test_path)
+        if y_train is None or y_test is None:
+            raise ValueError("the digits classifier needs labelled splits (cldsgm prepare --dataset digits)")
+        start = time.perf_counter()
+        model = train_classifier(x_train, y_train, epochs=epochs, seed=seed)
+        acc = accuracy(model, x_test, y_test)
+        wall = time.perf_counter() - start
+        meta = {"test_accuracy": acc, "train": _dataset_fields(train_path), "test": _dataset_fields(test_path),
+                "epochs": epochs, "seed": seed}
+        save_classifier(out_path, model, meta)
+        _write(record_dir or Path(out_path).parent, "classifier_accuracy", acc, n=len(x_test), seed=seed,
+               wall_s=wall, device="cpu", dataset=meta["test"], extra={"classifier": str(Path(out_path).absolute()),
+                                                                       "epochs": epochs})
+    except (ValueError, OSError) as err:
+        raise click_error(err) from err
+    click.echo(f"digits classifier: test accuracy {acc:.4f} ({len(x_test)} images, {wall:.1f} s) -> {out_path}")
+
+
+@main.command("fd-digits")
+@click.option("--samples", "samples_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--classifier", type=click.Path(dir_okay=False), required=True, help="From `digits-classifier`.")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False), required=True,
+              help="The held-out reference split (digits_test.npz).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Record: fd_digits.json.")
+def fd_digits_command(samples_dir, classifier, data_path, out_dir):
+    """FD-digits of a complete sample directory of 8x8 digits against the held-out split (not FID)."""
+    from cldsgm.data.prepared import load_prepared
+    from cldsgm.eval.digits import fd_digits, load_classifier
+    from cldsgm.sampling import load_samples
+
+    try:
+        model, meta = load_classifier(classifier)
+        reference, _, _ = load_prepared(data_path)
+        images, manifest = load_samples(samples_dir)
+        start = time.perf_counter()
+        value = fd_digits(model, images, reference)
+        _write(out_dir, "fd_digits", value, n=len(images), wall_s=time.perf_counter() - start, device="cpu",
+               dataset=_dataset_fields(data_path), extra={"classifier_accuracy": meta["test_accuracy"]},
+               **_sample_fields(manifest, samples_dir))
+    except (ValueError, OSError) as err:
+        raise click_error(err) from err
+    click.echo(f"FD-digits {value:.4g} over {len(images)} samples -> {out_dir}")
+
+
+@main.command("sample-distance")
+@click.option("--samples", "samples_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--data", "data_path", type=click.Path(dir_okay=False), default=None,
+              help="Fresh data: a prepared split of points (default: draws from --oracle's law).")
+@click.option("--oracle", type=click.Choice(["diamond", "gaussian", "swissroll"]), default=None,
+              help="The data law: reference draws, and mode coverage for mixtures of few components.")
+@click.option("--seed", type=int, default=12345, show_default=True, help="Seed of the oracle's reference draws.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Records: sliced_w2.json, energy.json (+ mode_tv.json).")
+def sample_distance_command(samples_dir, data_path, oracle, seed, out_dir):
+    """Sliced W2, energy distance and mode coverage of 2-D samples against fresh data."""
+    import numpy as np
+    import torch
+
+    from cldsgm.data.prepared import load_prepared
+    from cldsgm.eval.points import point_distances
+    from cldsgm.sampling import ORACLES, load_samples
+
+    if data_path is None and oracle is None:
+        raise click.UsageError("give --data (a prepared split) and/or --oracle (the data law)")
+    try:
+        points, manifest = load_samples(samples_dir)
+        if manifest["kind"] != "points":
+            raise ValueError(f"{samples_dir} holds {manifest['kind']}; sample-distance is for 2-D points")
+        mixture = ORACLES[oracle]() if oracle else None
+        if data_path is not None:
+            reference, _, _ = load_prepared(data_path)
+            dataset = _dataset_fields(data_path)
+        else:
+            reference = mixture.sample(len(points), generator=torch.Generator().manual_seed(seed)).numpy()
+            dataset = {"oracle": oracle, "seed": seed}
+        start = time.perf_counter()
+        result = point_distances(points, np.asarray(reference), mixture=mixture)
+        wall = time.perf_counter() - start
+        common = {"n": result["n"], "wall_s": wall, "device": "cpu", "dataset": dataset,
+                  **_sample_fields(manifest, samples_dir)}
+        for metric in ("sliced_w2", "energy"):
+            _write(out_dir, metric, result[metric], **common)
+        if "mode_tv" in result:
+            _write(out_dir, "mode_tv", result["mode_tv"], extra={"mode_weights": result["mode_weights"]}, **common)
+    except (ValueError, OSError) as err:
+        raise click_error(err) from err
+    extra = f", mode TV {result['mode_tv']:.3g}" if "mode_tv" in result else ""
+    click.echo(f"sliced W2 {result['sliced_w2']:.4g}, energy {result['energy']:.4g}{extra} -> {out_dir}")
+
+
+@main.command("nll")
+@source_options
+@click.option("--data", "data_path", type=click.Path(dir_okay=False), required=True, help="A prepared split.")
+@click.option("--num-samples", "--n", "n", type=int, default=None,
+              help="Only the first n items (under torchrun write --num-samples).")
+@click.option("--first", type=int, default=0, show_default=True)
+@click.option("--count", type=int, default=None)
+@click.option("--probes", type=click.Choice(["rademacher", "gaussian", "exact"]), default="rademacher",
+              show_default=True, help="Hutchinson probes, or the exact divergence (low dimension).")
+@click.option("--n-probes", type=int, default=1, show_default=True)
+@click.option("--rtol", type=float, default=1e-5, show_default=True)
+@click.option("--atol", type=float, default=1e-5, show_default=True)
+@click.option("--ode-method", type=click.Choice(["scipy_rk45", "dopri5"]), default="scipy_rk45", show_default=True)
+@click.option("--t-min", type=float, default=1e-5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--net-batch", type=int, default=256, show_default=True)
+@click.option("--shard-size", type=int, default=1000, show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Shards, manifest and the record nll_bpd.json (images) or nll_nats.json (points).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def nll_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, data_path, n, first, count, probes,
+                n_probes, rtol, atol, ode_method, t_min, seed, batch_size, net_batch, shard_size, precision, device,
+                out_dir, progress):
+    """NLL (bits/dim for images, nats for points) of a prepared split through the probability-flow ODE."""
+    source_args = resolve_source_args(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights)
+    writable_dir(out_dir, "--out")
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    from cldsgm.data.prepared import load_prepared
+    from cldsgm.eval.nll import nll_summary, nll_to_dir
+
+    try:
+        torch_device = device_for(device, int(os.environ.get("LOCAL_RANK", "0")))
+        source = load_source(source_args, precision=precision, device=torch_device, net_batch=net_batch)
+        data, _, _ = load_prepared(data_path)
+        start = time.perf_counter()
+        summary = nll_to_dir(source, data, _dataset_fields(data_path), out_dir, n=n, first=first, count=count,
+                             probes=probes, n_probes=n_probes, rtol=rtol, atol=atol, method=ode_method, t_min=t_min,
+                             seed=seed, batch_size=batch_size, shard_size=shard_size, rank=rank, world=world,
+                             device=torch_device, progress=progress and rank == 0)
+        if not summary["complete"]:
+            click.echo(f"NLL: {summary['done']} of {summary['n']} items done -> {out_dir} (run again to finish)")
+            return
+        result = nll_summary(out_dir)
+        ident = result["identity"]
+        shard_wall = time.perf_counter() - start
+        _write(out_dir, result["metric"], result["value"], stderr=result["stderr"], nfe=result["nfe"],
+               n=result["n"], seed=seed, wall_s=shard_wall, device=str(torch_device), sde=ident["sde"],
+               sde_params=ident["sde_params"], network=ident["network"], source=ident["source"],
+               dataset=ident["dataset"], t_min=t_min, sampler="ode", options={
+                   "probes": probes, "n_probes": ident["n_probes"], "rtol": rtol, "atol": atol, "method": ode_method})
+    except (ValueError, OSError) as err:
+        raise click_error(err) from err
+    unit = "bits/dim" if result["metric"] == "nll_bpd" else "nats"
+    click.echo(f"NLL {result['value']:.4f} ± {result['stderr'] or float('nan'):.2g} {unit} over {result['n']} items "
+               f"(mean NFE {result['nfe']:.0f}) -> {out_dir}")

@@ -74,7 +74,8 @@ def load_source(args: dict, *, precision: str = "fp32", device="cpu", net_batch:
 @click.option("--nfe", type=int, default=None, help="Fixed-step samplers: the NFE budget, denoising included.")
 @click.option("--striding", type=click.Choice(["uniform", "quadratic"]), default="uniform", show_default=True)
 @click.option("--t-min", type=float, default=1e-3, show_default=True, help="Sampling end time (forward).")
-@click.option("--n", "n", type=int, required=True, help="Size of the whole sample set.")
+@click.option("--num-samples", "--n", "n", type=int, required=True,
+              help="Size of the whole sample set (under torchrun write --num-samples: torchrun takes --n as its own).")
 @click.option("--first", type=int, default=0, show_default=True, help="First index of this invocation's slice.")
 @click.option("--count", type=int, default=None, help="Samples in this slice (default: to the end).")
 @click.option("--seed", type=int, default=0, show_default=True)
