@@ -328,9 +328,11 @@ def fill_shards(out_dir: Path, identity: dict, kind: str, shape, make_shard, *, 
         bar.close()
     if kind in ("image", "points"):
         _write_grid(out_dir)
-    done = sum(e["count"] for e in _read_manifest(out_dir)["shards"].values())
+    shards = _read_manifest(out_dir)["shards"]
+    done = sum(e["count"] for e in shards.values())
+    in_slice = all(_shard_name(a, b - 1) in shards for a, b in _shards(first, count, shard_size))
     return {"made": made, "kept": len(mine) - len(todo), "complete": done == n, "done": done, "n": n,
-            "out_dir": str(out_dir)}
+            "slice_complete": in_slice, "first": first, "count": count, "out_dir": str(out_dir)}
 
 
 def check_slice(n: int, first: int, count: int | None, batch_size: int, shard_size: int) -> int:

@@ -27,7 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["TRACKING_FILE", "Tracker", "TrackingError", "git_commit", "init_store", "relog_run_dir", "tracking_uri"]
+__all__ = ["TRACKING_FILE", "Tracker", "TrackingError", "finish_parent", "git_commit", "init_store", "log_records",
+           "open_parent_run", "relog_run_dir", "tracking_uri"]
 
 TRACKING_FILE = "tracking.json"  # beside a run's records: which store and run they were logged to
 
@@ -129,6 +130,37 @@ def init_store(uri: str | None = None, experiment: str | None = None) -> tuple[s
     except Exception as err:  # noqa: BLE001 - MLflow raises many types; all mean "store unusable"
         raise TrackingError(f"MLflow store {uri} is not usable: {_first_line(err)}") from err
     return uri, exp_id
+
+
+def open_parent_run(uri: str, experiment: str, path: str | Path | None) -> dict:
+    """The study's parent run: the one `path` names, else the experiment's active study run, else a new one;
+    written to `path` when given. It stays RUNNING while the jobs log their children; `finish_parent` closes it.
+    """
+    from cldsgm.utils.io import atomic_write_json
+
+    path = Path(path) if path is not None else None
+    try:
+        with _store_lock(uri):
+            client = _client(uri)
+            exp_id = _experiment_id(client, uri, experiment)
+            run_id = None
+            if path is not None and path.is_file():
+                old = json.loads(path.read_text())
+                if old.get("uri") == uri and old.get("experiment_id") == exp_id and old.get("run_id"):
+                    try:
+                        run_id = client.get_run(old["run_id"]).info.run_id
+                    except Exception:  # noqa: BLE001 - deleted or unknown: look further
+                        run_id = None
+            if run_id is None:
+                found = client.search_runs([exp_id], filter_string="tags.`cldsgm.role` = 'study'", max_results=1)
+                run_id = found[0].info.run_id if found else client.create_run(exp_id, run_name=experiment, tags={
+                    "cldsgm.role": "study", "git_commit": git_commit()}).info.run_id
+    except Exception as err:  # noqa: BLE001 - MLflow raises many types; all mean "store unusable"
+        raise TrackingError(f"MLflow store {uri} is not usable: {_first_line(err)}") from err
+    parent = {"uri": uri, "experiment": experiment, "experiment_id": exp_id, "run_id": run_id}
+    if path is not None:
+        atomic_write_json(path, parent)
+    return parent
 
 
 def _first_line(err: BaseException) -> str:
@@ -259,7 +291,8 @@ def _read_loss_csv(path: Path) -> list[dict]:
         return [{k: (int(v) if k == "step" else float(v)) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
-def relog_run_dir(run_dir: str | Path, uri: str | None = None, *, parent_run_id: str | None = None) -> dict:
+def relog_run_dir(run_dir: str | Path, uri: str | None = None, *, parent_run_id: str | None = None,
+                  experiment: str | None = None) -> dict:
     """Log a training run's on-disk records (config.yaml, loss.csv) to the store; only what is missing.
 
     Reopens the run named in run_dir/tracking.json when it is in this store, else creates one. Metrics whose
@@ -278,7 +311,7 @@ def relog_run_dir(run_dir: str | Path, uri: str | None = None, *, parent_run_id:
     history = _read_loss_csv(loss_path) if loss_path.is_file() else []
     finished = bool(history) and history[-1]["step"] >= config["train"]["steps"]
     tracking = config.get("tracking", {})
-    tracker = Tracker(enabled=True, experiment=tracking.get("experiment", "cldsgm"),
+    tracker = Tracker(enabled=True, experiment=experiment or tracking.get("experiment", "cldsgm"),
                       run_name=tracking.get("run_name") or run_dir.name, uri=uri or tracking.get("uri"),
                       run_dir=run_dir, parent_run_id=parent_run_id)
     if tracker.run_id is None:
@@ -300,3 +333,96 @@ def relog_run_dir(run_dir: str | Path, uri: str | None = None, *, parent_run_id:
     if tracker.failure:
         raise TrackingError(tracker.failure)
     return {"run_id": tracker.run_id, "logged": len(missing), "status": status, "uri": tracker.uri}
+
+
+def _record_group(path: Path, records_dir: Path, record: dict) -> tuple[str, dict]:
+    """The child run a record belongs to, and that run's tags: one run per (source, sampler, striding) so that
+    the UI draws each metric against NFE (step = NFE); one per model for NLL; one for the classifier."""
+    parts = path.relative_to(records_dir).parts
+    if record["metric"] == "classifier_accuracy":
+        return "classifier", {"cldsgm.rule": "digits_classifier"}
+    if record["metric"].startswith("nll"):
+        return f"{parts[0]}/nll", {"cldsgm.rule": "nll", "sde": str(record.get("sde")), "model": parts[0]}
+    sampler, striding = record.get("sampler"), record.get("striding") or "adaptive"
+    return f"{parts[0]}/{sampler}-{striding}", {
+        "cldsgm.rule": "sample", "source": parts[0], "sde": str(record.get("sde")), "sampler": str(sampler),
+        "striding": str(striding), "network": str(record.get("network")),
+        "kind": "oracle" if "oracle" in (record.get("source") or {}) else "model"}
+
+
+def log_records(records_dir: str | Path, parent: dict) -> dict:
+    """Log every record under records_dir into child runs of the study's parent run; only what is missing.
+
+    Quality metrics go in with step = NFE budget (the adaptive ODE: its mean NFE), NLL and accuracy at step 0;
+    each sample set's grid.png becomes an artifact of its run. Returns {'runs', 'logged'}; TrackingError
+    names the store when it fails.
+    """
+    from mlflow.entities import Metric
+
+    from cldsgm.records import read_record
+
+    records_dir = Path(records_dir)
+    groups: dict[str, list] = {}
+    tags_of: dict[str, dict] = {}
+    for path in sorted(records_dir.rglob("*.json")):
+        record = read_record(path)
+        name, tags = _record_group(path, records_dir, record)
+        groups.setdefault(name, []).append((path, record))
+        tags_of[name] = tags
+    uri, logged = parent["uri"], 0
+    try:
+        with _store_lock(uri):
+            client = _client(uri)
+            exp_id = _experiment_id(client, uri, parent["experiment"])
+        commit = git_commit()
+        for name, items in groups.items():
+            found = client.search_runs([exp_id], filter_string=f"tags.`cldsgm.group` = '{name}'", max_results=1)
+            if found:
+                run_id = found[0].info.run_id
+                have = {(k, m.step) for k in found[0].data.metrics for m in client.get_metric_history(run_id, k)}
+                client.update_run(run_id, status="RUNNING")
+            else:
+                tags = {**tags_of[name], "cldsgm.group": name, "git_commit": commit}
+                if parent.get("run_id"):
+                    tags["mlflow.parentRunId"] = parent["run_id"]
+                run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+                have = set()
+            now = int(time.time() * 1000)
+            metrics = []
+            for _, record in items:
+                step = int(record.get("nfe_budget") or round(record.get("nfe") or 0))
+                if (record["metric"], step) not in have and record["value"] is not None:
+                    metrics.append(Metric(record["metric"], float(record["value"]), now, step))
+            for start in range(0, len(metrics), 500):
+                client.log_batch(run_id, metrics=metrics[start:start + 500])
+            logged += len(metrics)
+            artifacts = {a.path for a in client.list_artifacts(run_id, "grids")} if found else set()
+            for path, record in items:
+                grid = Path(record.get("samples") or "") / "grid.png"
+                target = f"grids/{path.parent.name}.png"
+                if record.get("samples") and grid.is_file() and target not in artifacts:
+                    import shutil
+                    import tempfile
+
+                    with tempfile.TemporaryDirectory() as tmp:
+                        shutil.copy(grid, Path(tmp) / f"{path.parent.name}.png")
+                        client.log_artifact(run_id, str(Path(tmp) / f"{path.parent.name}.png"), "grids")
+                    artifacts.add(target)
+            client.set_terminated(run_id, "FINISHED")
+    except Exception as err:  # noqa: BLE001 - MLflow raises many types; all mean "store unusable"
+        raise TrackingError(f"MLflow store {uri} failed while logging records: {_first_line(err)}") from err
+    return {"runs": len(groups), "logged": logged}
+
+
+def finish_parent(parent: dict, artifacts: str | Path | None = None) -> None:
+    """Log the report folder as artifacts of the study's parent run and mark it FINISHED."""
+    if not parent.get("run_id"):
+        return
+    try:
+        client = _client(parent["uri"])
+        if artifacts is not None and Path(artifacts).is_dir():
+            client.log_artifacts(parent["run_id"], str(artifacts), "report")
+        client.set_terminated(parent["run_id"], "FINISHED")
+    except Exception as err:  # noqa: BLE001
+        raise TrackingError(f"MLflow store {parent['uri']} failed while closing the study run: "
+                            f"{_first_line(err)}") from err

@@ -85,3 +85,32 @@ def key_values(items, flag: str) -> dict:
         except ValueError:
             out[key] = value
     return out
+
+
+def finish_ranks_and_mark(done_path, summary: dict) -> None:
+    """Under torchrun, wait for every rank (gloo barrier); then rank 0 writes `done_path` if the slice is whole.
+
+    `done_path` is what a workflow declares as the job's output: it appears only when the job's work is
+    complete, so a killed job never leaves a file that looks finished.
+    """
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        dist.barrier()
+        dist.destroy_process_group()
+    if done_path and int(os.environ.get("RANK", "0")) == 0:
+        from pathlib import Path
+
+        from cldsgm.sampling import _read_manifest  # the slice may have been finished by other ranks
+        from cldsgm.utils.io import atomic_write_json
+
+        shards = _read_manifest(Path(summary["out_dir"]))["shards"]
+        covered = sum(e["count"] for e in shards.values()
+                      if summary["first"] <= e["first"] and e["last"] < summary["first"] + summary["count"])
+        if covered == summary["count"]:
+            atomic_write_json(done_path, {k: v for k, v in summary.items() if k != "made"})

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from cldsgm.cli import main
-from cldsgm.cli._common import click_error, device_for, writable_dir
+from cldsgm.cli._common import click_error, device_for, finish_ranks_and_mark, writable_dir
 from cldsgm.cli.sample import load_source, resolve_source_args, source_options
 
 _MODE = click.Choice(["clean", "legacy_tensorflow"])
@@ -252,10 +252,14 @@ def sample_distance_command(samples_dir, data_path, oracle, seed, out_dir):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Shards, manifest and the record nll_bpd.json (images) or nll_nats.json (points).")
+@click.option("--record-dir", type=click.Path(file_okay=False), default=None,
+              help="Write the record here instead of into --out.")
+@click.option("--done", "done_path", type=click.Path(dir_okay=False), default=None,
+              help="Write this JSON summary once this invocation's slice is complete (a workflow's output).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def nll_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, data_path, n, first, count, probes,
                 n_probes, rtol, atol, ode_method, t_min, seed, batch_size, net_batch, shard_size, precision, device,
-                out_dir, progress):
+                out_dir, record_dir, done_path, progress):
     """NLL (bits/dim for images, nats for points) of a prepared split through the probability-flow ODE."""
     source_args = resolve_source_args(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights)
     writable_dir(out_dir, "--out")
@@ -272,13 +276,14 @@ def nll_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, d
                              probes=probes, n_probes=n_probes, rtol=rtol, atol=atol, method=ode_method, t_min=t_min,
                              seed=seed, batch_size=batch_size, shard_size=shard_size, rank=rank, world=world,
                              device=torch_device, progress=progress and rank == 0)
+        finish_ranks_and_mark(done_path if summary["complete"] or count else None, summary)
         if not summary["complete"]:
             click.echo(f"NLL: {summary['done']} of {summary['n']} items done -> {out_dir} (run again to finish)")
             return
         result = nll_summary(out_dir)
         ident = result["identity"]
         shard_wall = time.perf_counter() - start
-        _write(out_dir, result["metric"], result["value"], stderr=result["stderr"], nfe=result["nfe"],
+        _write(record_dir or out_dir, result["metric"], result["value"], stderr=result["stderr"], nfe=result["nfe"],
                n=result["n"], seed=seed, wall_s=shard_wall, device=str(torch_device), sde=ident["sde"],
                sde_params=ident["sde_params"], network=ident["network"], source=ident["source"],
                dataset=ident["dataset"], t_min=t_min, sampler="ode", options={

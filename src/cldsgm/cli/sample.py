@@ -7,7 +7,7 @@ import os
 import click
 
 from cldsgm.cli import main
-from cldsgm.cli._common import click_error, device_for, key_values, writable_dir
+from cldsgm.cli._common import click_error, device_for, finish_ranks_and_mark, key_values, writable_dir
 
 # sampler -> its own options (CLI name -> keyword of the sampler function)
 _SAMPLER_OPTIONS = {
@@ -97,11 +97,13 @@ def load_source(args: dict, *, precision: str = "fp32", device="cpu", net_batch:
 @click.option("--rtol", type=float, default=None, help="ODE (1e-5).")
 @click.option("--atol", type=float, default=None, help="ODE (1e-5).")
 @click.option("--ode-method", type=click.Choice(["scipy_rk45", "dopri5"]), default=None, help="ODE.")
+@click.option("--done", "done_path", type=click.Path(dir_okay=False), default=None,
+              help="Write this JSON summary once this invocation's slice is complete (a workflow's output).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def sample_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, sampler, nfe, striding, t_min, n,
                    first, count, seed, batch_size, net_batch, shard_size, out_dir, precision, device, no_denoise,
                    score_time, score_step, second_half, num_stab, snr, n_corrector, rtol, atol, ode_method,
-                   progress):
+                   done_path, progress):
     """Sample a set of n into DIR/shard_<first>-<last>.npz + manifest.json + grid.png; resumes; torchrun-aware.
 
     Image i of a run (seed) is the same bytes whatever --batch-size and however the set is split (--first/--count
@@ -130,6 +132,7 @@ def sample_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights
                                 options=options, denoise=not no_denoise, rank=rank, world=world,
                                 device=torch_device, precision=precision, net_batch=None if oracle else net_batch,
                                 progress=progress and rank == 0)
+        finish_ranks_and_mark(done_path, summary)
     except (ValueError, OSError) as err:
         raise click_error(err) from err
     state = "complete" if summary["complete"] else f"{summary['done']} of {summary['n']} done"

@@ -2,10 +2,42 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from cldsgm.cli import main
 from cldsgm.cli._common import click_error, remove_if_empty, sigterm_as_interrupt, writable_dir
+
+
+def dotted_overrides(settings) -> dict:
+    """('train.steps=500', 'sde.params.numerical_eps=1.0e-6') -> nested dict, values parsed as YAML."""
+    import yaml
+
+    out: dict = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def read_parent(path) -> dict:
+    """The parent-run file written by `cldsgm track --init --parent-out` ({uri, experiment, run_id})."""
+    import json
+    from pathlib import Path
+
+    try:
+        parent = json.loads(Path(path).read_text())
+        return {"uri": parent["uri"], "experiment": parent["experiment"], "run_id": parent.get("run_id")}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise click.ClickException(f"--parent-run {path} is not a parent-run file of `cldsgm track --init` "
+                                   f"({err})") from err
 
 
 def _check_data_path(config: dict) -> None:
@@ -33,14 +65,21 @@ def _check_data_path(config: dict) -> None:
 @click.option("--allow-config-change", is_flag=True,
               help="Resume even though the config changed more than steps / logging / device; the earlier config "
                    "is kept as config.until-step-<N>.yaml.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value by its dotted key (the value is read as YAML), e.g. train.steps=500.")
+@click.option("--parent-run", type=click.Path(dir_okay=False), default=None,
+              help="JSON from `cldsgm track --init --parent-out`: log as a child run of the study's parent run.")
+@click.option("--done", "done_path", type=click.Path(dir_okay=False), default=None,
+              help="Write this JSON summary once training has reached train.steps (a workflow's output).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def train_command(config_path, run_dir, steps, no_tracking, allow_config_change, progress):
+def train_command(config_path, run_dir, steps, no_tracking, allow_config_change, settings, parent_run, done_path,
+                  progress):
     """Train a score model (resumes from <run-dir>/checkpoint.pt if present). Under torchrun: DDP."""
     from cldsgm.config import ConfigError, load_config
 
-    overrides = {}
+    overrides = dotted_overrides(settings)
     if steps is not None:
-        overrides["train"] = {"steps": steps}
+        overrides.setdefault("train", {})["steps"] = steps
     if no_tracking:
         overrides["tracking"] = {"enabled": False}
     try:  # config, data path and run directory are checked before torch is imported: a typo costs < 1 s
@@ -55,8 +94,15 @@ def train_command(config_path, run_dir, steps, no_tracking, allow_config_change,
 
     from cldsgm.training import train
 
+    parent = read_parent(parent_run) if parent_run and not no_tracking else None
     try:
-        result = train(config, run_dir, progress=progress, allow_config_change=allow_config_change)
+        result = train(config, run_dir, progress=progress, allow_config_change=allow_config_change,
+                       tracking_parent=parent)
+        if done_path and int(os.environ.get("RANK", "0")) == 0:
+            from cldsgm.utils.io import atomic_write_json
+
+            atomic_write_json(done_path, {"run_dir": str(run_dir), "step": result.step,
+                                          "final_loss": result.final_loss, "ran": result.ran})
     except (ValueError, FileNotFoundError, FloatingPointError, OSError) as err:  # UnsafeCheckpointError too
         if created:
             remove_if_empty(run_dir)
@@ -78,20 +124,68 @@ def train_command(config_path, run_dir, steps, no_tracking, allow_config_change,
 @click.option("--run-dir", "run_dirs", multiple=True, type=click.Path(file_okay=False),
               help="Log this training run's records (config.yaml, loss.csv) to the store; only what is missing.")
 @click.option("--experiment", default=None, help="--init: the experiment to create.")
+@click.option("--parent-out", type=click.Path(dir_okay=False), default=None,
+              help="--init: also open the study's parent run (once) and write {uri, experiment, run_id} here.")
+@click.option("--parent-run", type=click.Path(dir_okay=False), default=None,
+              help="A study's parent-run file: runs and records are logged as its children, then it is closed.")
+@click.option("--records", "records_dir", type=click.Path(file_okay=False), default=None,
+              help="With --parent-run: log every evaluation record under this folder (metrics at step = NFE).")
+@click.option("--artifacts", "artifacts_dir", type=click.Path(file_okay=False), default=None,
+              help="With --parent-run: log this folder (the report) as artifacts of the parent run.")
 @click.option("--uri", default=None, help="The store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
-def track_command(init, run_dirs, experiment, uri):
+@click.option("--soft", is_flag=True,
+              help="A store that fails is a warning, not an error: exit 0 with the files written (for workflows).")
+@click.option("--summary", "summary_path", type=click.Path(dir_okay=False), default=None,
+              help="Write what was logged (or the error) to this JSON file.")
+def track_command(init, run_dirs, experiment, parent_out, parent_run, records_dir, artifacts_dir, uri, soft,
+                  summary_path):
     """Set up the MLflow store once before parallel jobs, or (re)log on-disk records into it."""
-    from cldsgm.tracking import TrackingError, init_store, relog_run_dir
+    from cldsgm.tracking import (
+        TrackingError,
+        finish_parent,
+        init_store,
+        log_records,
+        open_parent_run,
+        relog_run_dir,
+        tracking_uri,
+    )
+    from cldsgm.utils.io import atomic_write_json
 
-    if not init and not run_dirs:
-        raise click.UsageError("give --init and/or --run-dir DIR")
+    if not (init or run_dirs or parent_run):
+        raise click.UsageError("give --init, --run-dir DIR and/or --parent-run FILE")
+    if parent_out and not (init and experiment):
+        raise click.UsageError("--parent-out needs --init and --experiment")
+    summary = {"store": tracking_uri(uri), "runs": {}, "error": None}
+    parent = read_parent(parent_run) if parent_run else None
     try:
         if init:
             store, exp_id = init_store(uri, experiment)
             click.echo(f"store {store} ready" + (f", experiment {experiment!r} (id {exp_id})" if experiment else ""))
+            if parent_out:
+                parent = open_parent_run(store, experiment, parent_out)
+                click.echo(f"parent run {parent['run_id']} -> {parent_out}")
+        if parent is not None and not parent.get("run_id"):  # the store was down when the study started
+            parent = open_parent_run(uri or parent["uri"], parent["experiment"], None)
         for run_dir in run_dirs:
-            done = relog_run_dir(run_dir, uri)
+            done = relog_run_dir(run_dir, uri or (parent or {}).get("uri"),
+                                 parent_run_id=(parent or {}).get("run_id"),
+                                 experiment=(parent or {}).get("experiment"))
+            summary["runs"][str(run_dir)] = done
             click.echo(f"{run_dir}: {done['logged']} steps logged to run {done['run_id']} in {done['uri']} "
                        f"({done['status']})")
+        if parent_run and records_dir:
+            summary["records"] = log_records(records_dir, parent)
+            click.echo(f"records: {summary['records']['logged']} metrics logged in {summary['records']['runs']} runs")
+        if parent_run:
+            finish_parent(parent, artifacts_dir)
     except (TrackingError, FileNotFoundError) as err:
-        raise click.ClickException(str(err)) from err
+        if not soft:
+            raise click.ClickException(str(err)) from err
+        summary["error"] = str(err)
+        click.echo(f"warning: {err}. The records stay on disk: run this command again once the store is back.",
+                   err=True)
+        if parent_out and not os.path.isfile(parent_out):
+            atomic_write_json(parent_out, {"uri": summary["store"], "experiment": experiment, "run_id": None,
+                                           "error": str(err)})
+    if summary_path:
+        atomic_write_json(summary_path, summary)

@@ -150,14 +150,15 @@ def _resume_config(config: dict, state: dict, run_dir: Path, allow_change: bool,
 
 
 def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, progress: bool = True,
-          allow_config_change: bool = False) -> TrainResult:
+          allow_config_change: bool = False, tracking_parent: dict | None = None) -> TrainResult:
     """Train (or resume) the run in `run_dir` from a resolved config (cldsgm.config.resolve_config).
 
     stop_after: leave after this many steps of this call (a checkpoint is written there), as a kill would
     after a checkpoint; the next call resumes. A resumed run must have the same config up to
     config.RESUMABLE_KEYS, unless allow_config_change (then the earlier config is kept as
     config.until-step-<step>.yaml). A run that already reached train.steps returns at once, opening no
-    MLflow run. Only rank 0 writes files and talks to MLflow.
+    MLflow run. tracking_parent ({uri, experiment, run_id}): log as a child of a study's parent run.
+    Only rank 0 writes files and talks to MLflow.
     """
     run_dir = Path(run_dir)
     tcfg, ocfg, lcfg = config["train"], config["optim"], config["loss"]
@@ -201,9 +202,12 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    tcfg_track = config["tracking"]
-    tracker = Tracker(enabled=ddp.main and tcfg_track["enabled"], experiment=tcfg_track["experiment"],
-                      run_name=tcfg_track["run_name"] or run_dir.name, uri=tcfg_track["uri"], run_dir=run_dir)
+    tcfg_track, parent = config["tracking"], tracking_parent or {}
+    tracker = Tracker(enabled=ddp.main and tcfg_track["enabled"],
+                      experiment=parent.get("experiment") or tcfg_track["experiment"],
+                      run_name=tcfg_track["run_name"] or run_dir.name, uri=parent.get("uri") or tcfg_track["uri"],
+                      run_dir=run_dir, parent_run_id=parent.get("run_id"),
+                      tags={"cldsgm.role": "train", "sde": config["sde"]["name"], "network": config["model"]["name"]})
     if ddp.main:
         tracker.log_params(flatten(config))
         tracker.set_tags({"git_commit": git_commit(), "dataset_sha256": manifest["sha256"],

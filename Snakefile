@@ -1,0 +1,18 @@
+# cldsgm: one study as a DAG. Plain `snakemake` runs the embedded default study (params/config.yaml);
+# `snakemake --configfile params/<study>.yaml` runs another. Every rule is one `cldsgm <verb>` call.
+#   data -> train -> sample (SDE x sampler x striding x NFE, + exact-score oracle rows) -> evaluate -> report
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/sample.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        report_outputs(),
+        tracked_output(),

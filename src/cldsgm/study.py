@@ -1,0 +1,139 @@
+"""Study files (params/*.yaml): validation and the table of jobs they expand into; imports no torch.
+
+The Snakefile and the tests call `load_study`, which checks a study against the JSON Schema in
+workflow/schemas/study.schema.yaml (unknown keys, wrong values), then what a schema cannot say (an SSCS row
+for VPSDE, a model on a dataset the study does not prepare, a missing CIFAR-10 path, missing Inception
+weights where FID is asked for), so that a study stops before any job runs with one message naming the key,
+the file and the fix. `sample_rows` is the sweep table: one row per valid (source, sampler, striding, NFE).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+__all__ = ["StudyError", "load_study", "model_sde", "sample_rows", "validate_study"]
+
+SCHEMA_PATH = Path("workflow") / "schemas" / "study.schema.yaml"
+_POINTS = ("diamond", "multimodal_swissroll")
+
+
+class StudyError(ValueError):
+    """A study file that cannot run; the message names the file, the key and what to do."""
+
+
+def _defaults(schema: dict, instance, root: dict):
+    """Fill in `default:` values of the schema (object properties, recursively), as Snakemake's validate does."""
+    if isinstance(schema, dict) and "$ref" in schema:
+        target = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+    if not isinstance(instance, dict) or not isinstance(schema, dict):
+        return instance
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and isinstance(sub, dict) and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            instance[key] = _defaults(sub, instance[key], root)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key in set(instance) - set(schema.get("properties", {})):
+            instance[key] = _defaults(extra, instance[key], root)
+    return instance
+
+
+def validate_study(study: dict, source: str, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """Schema check plus defaults; StudyError names the file and the key. Returns a filled-in copy."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    if not isinstance(study, dict):
+        raise StudyError(f"{source}: a study file holds a mapping at the top level")
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(study), key=lambda e: list(e.path))
+    if errors:
+        err = errors[0]
+        where = ".".join(str(p) for p in err.path) or "(top level)"
+        hint = ""
+        if err.validator == "additionalProperties":
+            hint = " (a misspelt key? see workflow/schemas/study.schema.yaml for the keys a study may have)"
+        raise StudyError(f"{source}: invalid study at {where}: {err.message}{hint}")
+    return _defaults(schema, copy.deepcopy(study), schema)
+
+
+def model_sde(model: dict) -> str:
+    """The SDE name of a study model (from its training config and overrides)."""
+    override = (model.get("overrides") or {}).get("sde.name")
+    if override:
+        return override
+    config = yaml.safe_load(Path(model["config"]).read_text()) or {}
+    return config.get("sde", {}).get("name", "cld")
+
+
+def _check_semantics(study: dict, source: str) -> None:
+    for name, model in study["models"].items():
+        if model["data"] not in study["data"]:
+            raise StudyError(f"{source}: models.{name}.data is {model['data']!r}, which the study does not prepare "
+                             f"(data: {sorted(study['data'])})")
+        if not Path(model["config"]).is_file():
+            raise StudyError(f"{source}: models.{name}.config: training config {model['config']} not found")
+    for sde, samplers in study["sampling"].get("samplers", {}).items():
+        for sampler in samplers:
+            if sampler == "sscs" and sde == "vpsde":
+                raise StudyError(f"{source}: sampling.samplers.vpsde lists 'sscs', which needs a phase-space SDE "
+                                 "(cld or psld); remove it or use em / pc / ode")
+            if sampler == "pc" and sde != "vpsde":
+                raise StudyError(f"{source}: sampling.samplers.{sde} lists 'pc', which is defined for vpsde only")
+    for name in study["data"]:
+        if name not in _POINTS and name not in study["sampling"]["num_samples"]:
+            raise StudyError(f"{source}: sampling.num_samples has no entry for dataset {name!r}")
+    cifar = study["data"].get("cifar10")
+    if cifar is not None:
+        path = cifar.get("source")
+        if not path or not Path(path).expanduser().exists():
+            raise StudyError(f"{source}: data.cifar10.source {path!r} does not exist: put cifar-10-python.tar.gz "
+                             "(or cifar-10-batches-py/) there, or point data.cifar10.source at your copy")
+    fid = study["evaluation"].get("fid")
+    if fid:
+        weights = Path(os.environ.get("CLDSGM_INCEPTION") or fid["inception"])
+        if not weights.is_file():
+            raise StudyError(f"{source}: evaluation.fid needs the Inception weights {weights}, which are missing: "
+                             "put NVIDIA's inception-2015-12-05.pt there (see README, FID), set CLDSGM_INCEPTION, or "
+                             "set evaluation.fid to null")
+
+
+def load_study(config: dict, source: str, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """Validate a study (schema, then semantics) and fill in defaults; raise StudyError before any job runs."""
+    study = validate_study(config, source, schema_path)
+    _check_semantics(study, source)
+    return study
+
+
+def sample_rows(study: dict) -> list[dict]:
+    """One row per sample set: {'source', 'kind' ('model' | 'oracle'), 'data', 'sde', 'sampler', 'striding',
+    'nfe', 'row'}; 'row' names the set's directory, e.g. 'em-uniform-nfe20' or 'ode-adaptive'."""
+    sampling = study["sampling"]
+    sources = [(name, "model", model["data"], model_sde(model)) for name, model in study["models"].items()]
+    oracle = sampling.get("oracle", {})
+    sources += [(f"oracle-{data}-{sde}", "oracle", data, sde) for data in oracle.get("data", [])
+                for sde in oracle.get("sdes", [])]
+    rows = []
+    for name, kind, data, sde in sources:
+        for sampler in sampling["samplers"].get(sde, []):
+            if sampler == "ode":
+                rows.append({"source": name, "kind": kind, "data": data, "sde": sde, "sampler": "ode",
+                             "striding": "adaptive", "nfe": 0, "row": "ode-adaptive"})
+                continue
+            for striding in sampling["stridings"]:
+                for budget in sampling["nfe"]:
+                    nfe = budget
+                    if sampler == "pc":  # 1 + n_corrector per step, + 1 to denoise: the largest budget it can honour
+                        per_step = 1 + sampling.get("options", {}).get("pc", {}).get("n_corrector", 1)
+                        nfe = budget - (budget - 1) % per_step
+                        if nfe < 1 + per_step:
+                            continue
+                    rows.append({"source": name, "kind": kind, "data": data, "sde": sde, "sampler": sampler,
+                                 "striding": striding, "nfe": nfe, "row": f"{sampler}-{striding}-nfe{nfe}"})
+    return rows

@@ -1,0 +1,68 @@
+# The report (reports/<study>/: index.html, report.md, metrics.json, CSVs) from the records and the benchmark
+# files, and MLflow: a parent run per study made once before any job, and a track rule that logs whatever the
+# store does not hold yet (it warns and finishes when the store is down; run it again later).
+
+
+rule mlflow_init:
+    output:
+        parent=f"{RESULTS}/tracking/parent.json",
+    params:
+        uri=STUDY["tracking"]["uri"],
+        experiment=NAME,
+    log:
+        f"{LOGS}/mlflow_init.log",
+    conda:
+        "../envs/cldsgm.yaml"
+    shell:
+        "cldsgm track --init --experiment {params.experiment} --uri {params.uri} --parent-out {output.parent} "
+        "--soft > {log} 2>&1"
+
+
+def report_outputs():
+    return [f"reports/{NAME}/index.html", f"reports/{NAME}/metrics.json"]
+
+
+def tracked_output():
+    return [f"{RESULTS}/tracking/tracked.json"] if TRACKING else []
+
+
+rule report:
+    input:
+        records=records(),
+        runs=[train_done(model) for model in STUDY["models"]],
+        study=STUDY_FILE,
+    output:
+        html=f"reports/{NAME}/index.html",
+        metrics=f"reports/{NAME}/metrics.json",
+        markdown=f"reports/{NAME}/report.md",
+    params:
+        results=RESULTS,
+        out=f"reports/{NAME}",
+    log:
+        f"{LOGS}/report.log",
+    benchmark:
+        f"{BENCH}/report.tsv"
+    conda:
+        "../envs/cldsgm.yaml"
+    shell:
+        "cldsgm report --study {input.study} --results {params.results} --out {params.out} > {log} 2>&1"
+
+
+rule track:
+    input:
+        parent=f"{RESULTS}/tracking/parent.json",
+        report=rules.report.output.html,
+        records=records(),
+    output:
+        tracked=f"{RESULTS}/tracking/tracked.json",
+    params:
+        runs=" ".join(f"--run-dir {RESULTS}/runs/{model}" for model in STUDY["models"]),
+        records=f"{RESULTS}/records",
+        report=f"reports/{NAME}",
+    log:
+        f"{LOGS}/track.log",
+    conda:
+        "../envs/cldsgm.yaml"
+    shell:
+        "cldsgm track --parent-run {input.parent} {params.runs} --records {params.records} "
+        "--artifacts {params.report} --soft --summary {output.tracked} > {log} 2>&1"
