@@ -50,3 +50,145 @@ def parent_run():
 
 def parent_flag(wildcards, input):
     return f"--parent-run {input.parent}" if TRACKING else "--no-tracking"
+
+
+# -- used by data.smk --------------------------------------------------------------------------------------------
+
+
+def prepare_flags(wildcards):
+    spec = STUDY["data"][wildcards.data]
+    flags = []
+    if "source" in spec:
+        flags.append(f"--source {spec['source']}")
+    if wildcards.data in POINTS:
+        flags.append(f"--n {spec.get('n_train' if wildcards.split == 'train' else 'n_test', 10000)}")
+    if "test_fraction" in spec:
+        flags.append(f"--test-fraction {spec['test_fraction']}")
+    if "resolution" in spec:
+        flags.append(f"--resolution {spec['resolution']}")
+    return " ".join(flags)
+
+
+# -- used by train.smk -------------------------------------------------------------------------------------------
+
+
+def train_flags(wildcards, input):
+    model = STUDY["models"][wildcards.model]
+    sets = {**(model.get("overrides") or {}), "data.path": input.data, "seed": STUDY["seed"]}
+    return " ".join(f"--set {key}={value}" for key, value in sets.items())
+
+
+def train_launcher(wildcards, resources, threads):
+    """torchrun for several GPUs on one node (one worker per GPU, threads shared), else plain python."""
+    gpus = int(resources.gpu)
+    if gpus > 1:
+        return (f"OMP_NUM_THREADS={max(1, threads // gpus)} torchrun --standalone --nnodes=1 "
+                f"--nproc_per_node={gpus} -m cldsgm")
+    return "cldsgm"
+
+
+def train_done(model):
+    return f"{RESULTS}/runs/{model}/done.json"
+
+
+# -- used by sample.smk ------------------------------------------------------------------------------------------
+
+
+def sample_args(wildcards):
+    row = row_of(wildcards.source, wildcards.row)
+    if row["kind"] == "model":
+        source = f"--run-dir {RESULTS}/runs/{row['source']}"
+    else:
+        source = f"--oracle {row['data'].replace('multimodal_', '')} --sde {row['sde']}"
+    args = [source, f"--sampler {row['sampler']}", f"--num-samples {SAMPLING['num_samples'][row['data']]}",
+            f"--seed {STUDY['seed']}", f"--t-min {SAMPLING['t_min']}", f"--batch-size {SAMPLING['batch_size']}",
+            f"--shard-size {SAMPLING['shard_size']}", f"--precision {SAMPLING['precision']}"]
+    if row["kind"] == "model":
+        args.append(f"--net-batch {SAMPLING['net_batch']}")
+    if row["sampler"] != "ode":
+        args += [f"--nfe {row['nfe']}", f"--striding {row['striding']}"]
+    options = SAMPLING.get("options", {}).get(row["sampler"], {})
+    for key, value in sorted(options.items()):  # a stable order: the param string is a rerun trigger
+        args.append(f"--{'ode-method' if key == 'method' else key.replace('_', '-')} {value}")
+    return " ".join(args)
+
+
+def sample_inputs(wildcards):
+    row = row_of(wildcards.source, wildcards.row)
+    return [train_done(row["source"])] if row["kind"] == "model" else []
+
+
+def part_slice(wildcards):
+    n = SAMPLING["num_samples"][row_of(wildcards.source, wildcards.row)["data"]]
+    k, parts = int(wildcards.part), SAMPLING["shard_jobs"]
+    size = -(-n // parts)
+    first = min(k * size, n - 1)
+    return f"--first {first} --count {max(1, min(size, n - first))}"
+
+
+def gathered_parts(wildcards):
+    parts = SAMPLING["shard_jobs"]
+    if parts == 1:
+        return sample_inputs(wildcards)
+    return [f"{RESULTS}/samples/{wildcards.source}/{wildcards.row}/parts/{k}.json" for k in range(parts)]
+
+
+def samples_done(row):
+    return f"{RESULTS}/samples/{row['source']}/{row['row']}/done.json"
+
+
+# -- used by evaluate.smk ----------------------------------------------------------------------------------------
+
+
+def distance_data(wildcards):
+    return data_file(row_of(wildcards.source, wildcards.row)["data"], "test")
+
+
+def distance_oracle(wildcards):
+    data = row_of(wildcards.source, wildcards.row)["data"]
+    return "--oracle diamond" if data == "diamond" else ""
+
+
+FID = EVALUATION.get("fid") or {}
+
+
+NLL = EVALUATION.get("nll") or {}
+
+
+def nll_metric(model):
+    return "nll_nats" if STUDY["models"][model]["data"] in POINTS else "nll_bpd"
+
+
+def nll_flags(wildcards):
+    keys = {"num_samples": "--num-samples", "probes": "--probes", "n_probes": "--n-probes", "rtol": "--rtol",
+            "atol": "--atol", "batch_size": "--batch-size"}
+    return " ".join(f"{flag} {NLL[key]}" for key, flag in keys.items() if key in NLL)
+
+
+def records():
+    """Every record the study produces (the report's and the track rule's inputs)."""
+    out = []
+    for row in ROWS:
+        base = f"{RESULTS}/records/{row['source']}/{row['row']}"
+        if row["data"] == "digits" and EVALUATION.get("fd_digits") is not None:
+            out.append(f"{base}/fd_digits.json")
+        if row["data"] in POINTS:
+            out += [f"{base}/sliced_w2.json", f"{base}/energy.json"]
+        if row["data"] == "cifar10" and FID:
+            out.append(f"{base}/fid.json")
+    if "digits" in STUDY["data"] and EVALUATION.get("fd_digits") is not None:
+        out.append(rules.digits_classifier.output.record)
+    if NLL:
+        out += [f"{RESULTS}/records/{model}/nll/{nll_metric(model)}.json" for model in STUDY["models"]]
+    return out
+
+
+# -- used by report.smk ------------------------------------------------------------------------------------------
+
+
+def report_outputs():
+    return [f"reports/{NAME}/index.html", f"reports/{NAME}/metrics.json"]
+
+
+def tracked_output():
+    return [f"{RESULTS}/tracking/tracked.json"] if TRACKING else []

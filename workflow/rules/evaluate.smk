@@ -12,7 +12,7 @@ rule digits_classifier:
     params:
         epochs=(EVALUATION.get("fd_digits") or {}).get("epochs", 30),
         seed=STUDY["seed"],
-        records=f"{RESULTS}/records/classifier",
+        records=lambda wc, output: os.path.dirname(output.record),
     threads: 1
     log:
         f"{LOGS}/digits_classifier.log",
@@ -33,8 +33,8 @@ rule fd_digits:
     output:
         record=f"{RESULTS}/records/{{source}}/{{row}}/fd_digits.json",
     params:
-        samples=f"{RESULTS}/samples/{{source}}/{{row}}",
-        out=f"{RESULTS}/records/{{source}}/{{row}}",
+        samples=lambda wc, input: os.path.dirname(input.samples),
+        out=lambda wc, output: os.path.dirname(output.record),
     threads: 1
     log:
         f"{LOGS}/fd_digits/{{source}}/{{row}}.log",
@@ -47,15 +47,6 @@ rule fd_digits:
         "--out {params.out} > {log} 2>&1"
 
 
-def distance_data(wildcards):
-    return data_file(row_of(wildcards.source, wildcards.row)["data"], "test")
-
-
-def distance_oracle(wildcards):
-    data = row_of(wildcards.source, wildcards.row)["data"]
-    return "--oracle diamond" if data == "diamond" else ""
-
-
 rule sample_distance:
     input:
         samples=f"{RESULTS}/samples/{{source}}/{{row}}/done.json",
@@ -64,8 +55,8 @@ rule sample_distance:
         w2=f"{RESULTS}/records/{{source}}/{{row}}/sliced_w2.json",
         energy=f"{RESULTS}/records/{{source}}/{{row}}/energy.json",
     params:
-        samples=f"{RESULTS}/samples/{{source}}/{{row}}",
-        out=f"{RESULTS}/records/{{source}}/{{row}}",
+        samples=lambda wc, input: os.path.dirname(input.samples),
+        out=lambda wc, output: os.path.dirname(output.w2),
         oracle=distance_oracle,
     threads: 1
     log:
@@ -77,9 +68,6 @@ rule sample_distance:
     shell:
         "cldsgm sample-distance --samples {params.samples} --data {input.test} {params.oracle} --out {params.out} "
         "> {log} 2>&1"
-
-
-FID = EVALUATION.get("fid") or {}
 
 
 rule fid_stats:
@@ -111,8 +99,8 @@ rule fid:
     output:
         record=f"{RESULTS}/records/{{source}}/{{row}}/fid.json",
     params:
-        samples=f"{RESULTS}/samples/{{source}}/{{row}}",
-        out=f"{RESULTS}/records/{{source}}/{{row}}",
+        samples=lambda wc, input: os.path.dirname(input.samples),
+        out=lambda wc, output: os.path.dirname(output.record),
         inception=FID.get("inception"),
         mode=FID.get("mode", "clean"),
     threads: 2
@@ -129,19 +117,6 @@ rule fid:
         "--mode {params.mode} --out {params.out} > {log} 2>&1"
 
 
-NLL = EVALUATION.get("nll") or {}
-
-
-def nll_metric(model):
-    return "nll_nats" if STUDY["models"][model]["data"] in POINTS else "nll_bpd"
-
-
-def nll_flags(wildcards):
-    keys = {"num_samples": "--num-samples", "probes": "--probes", "n_probes": "--n-probes", "rtol": "--rtol",
-            "atol": "--atol", "batch_size": "--batch-size"}
-    return " ".join(f"{flag} {NLL[key]}" for key, flag in keys.items() if key in NLL)
-
-
 rule nll:
     input:
         run=lambda wc: train_done(wc.model),
@@ -152,7 +127,7 @@ rule nll:
         run_dir=f"{RESULTS}/runs/{{model}}",
         flags=nll_flags,
         out=f"{RESULTS}/nll/{{model}}",
-        records=f"{RESULTS}/records/{{model}}/nll",
+        records=lambda wc, output: os.path.dirname(output.record),
         seed=STUDY["seed"],
     threads: 1
     resources:
@@ -166,21 +141,3 @@ rule nll:
     shell:
         "cldsgm nll --run-dir {params.run_dir} --data {input.test} {params.flags} --seed {params.seed} "
         "--out {params.out} --record-dir {params.records} --no-progress > {log} 2>&1"
-
-
-def records():
-    """Every record the study produces (the report's and the track rule's inputs)."""
-    out = []
-    for row in ROWS:
-        base = f"{RESULTS}/records/{row['source']}/{row['row']}"
-        if row["data"] == "digits" and EVALUATION.get("fd_digits") is not None:
-            out.append(f"{base}/fd_digits.json")
-        if row["data"] in POINTS:
-            out += [f"{base}/sliced_w2.json", f"{base}/energy.json"]
-        if row["data"] == "cifar10" and FID:
-            out.append(f"{base}/fid.json")
-    if "digits" in STUDY["data"] and EVALUATION.get("fd_digits") is not None:
-        out.append(rules.digits_classifier.output.record)
-    if NLL:
-        out += [f"{RESULTS}/records/{model}/nll/{nll_metric(model)}.json" for model in STUDY["models"]]
-    return out

@@ -18,14 +18,6 @@ rule mlflow_init:
         "--soft > {log} 2>&1"
 
 
-def report_outputs():
-    return [f"reports/{NAME}/index.html", f"reports/{NAME}/metrics.json"]
-
-
-def tracked_output():
-    return [f"{RESULTS}/tracking/tracked.json"] if TRACKING else []
-
-
 rule report:
     input:
         records=records(),
@@ -36,8 +28,8 @@ rule report:
         metrics=f"reports/{NAME}/metrics.json",
         markdown=f"reports/{NAME}/report.md",
     params:
-        results=RESULTS,
-        out=f"reports/{NAME}",
+        results=lambda wc, input: os.path.dirname(os.path.dirname(os.path.dirname(input.runs[0]))),
+        out=lambda wc, output: os.path.dirname(output.html),
     log:
         f"{LOGS}/report.log",
     benchmark:
@@ -57,8 +49,8 @@ rule track:
         tracked=f"{RESULTS}/tracking/tracked.json",
     params:
         runs=" ".join(f"--run-dir {RESULTS}/runs/{model}" for model in STUDY["models"]),
-        records=f"{RESULTS}/records",
-        report=f"reports/{NAME}",
+        records=lambda wc, input: f"{os.path.dirname(os.path.dirname(input.parent))}/records",
+        report=lambda wc, input: os.path.dirname(input.report),
     log:
         f"{LOGS}/track.log",
     conda:

@@ -3,38 +3,6 @@
 # SLURM jobs or GPUs), then gathered: the gathering call verifies every shard by sha256 and writes done.json.
 
 
-def sample_args(wildcards):
-    row = row_of(wildcards.source, wildcards.row)
-    if row["kind"] == "model":
-        source = f"--run-dir {RESULTS}/runs/{row['source']}"
-    else:
-        source = f"--oracle {row['data'].replace('multimodal_', '')} --sde {row['sde']}"
-    args = [source, f"--sampler {row['sampler']}", f"--num-samples {SAMPLING['num_samples'][row['data']]}",
-            f"--seed {STUDY['seed']}", f"--t-min {SAMPLING['t_min']}", f"--batch-size {SAMPLING['batch_size']}",
-            f"--shard-size {SAMPLING['shard_size']}", f"--precision {SAMPLING['precision']}"]
-    if row["kind"] == "model":
-        args.append(f"--net-batch {SAMPLING['net_batch']}")
-    if row["sampler"] != "ode":
-        args += [f"--nfe {row['nfe']}", f"--striding {row['striding']}"]
-    options = SAMPLING.get("options", {}).get(row["sampler"], {})
-    for key, value in options.items():
-        args.append(f"--{'ode-method' if key == 'method' else key.replace('_', '-')} {value}")
-    return " ".join(args)
-
-
-def sample_inputs(wildcards):
-    row = row_of(wildcards.source, wildcards.row)
-    return [train_done(row["source"])] if row["kind"] == "model" else []
-
-
-def part_slice(wildcards):
-    n = SAMPLING["num_samples"][row_of(wildcards.source, wildcards.row)["data"]]
-    k, parts = int(wildcards.part), SAMPLING["shard_jobs"]
-    size = -(-n // parts)
-    first = min(k * size, n - 1)
-    return f"--first {first} --count {max(1, min(size, n - first))}"
-
-
 rule sample_part:
     input:
         sample_inputs,
@@ -58,13 +26,6 @@ rule sample_part:
         "> {log} 2>&1"
 
 
-def gathered_parts(wildcards):
-    parts = SAMPLING["shard_jobs"]
-    if parts == 1:
-        return sample_inputs(wildcards)
-    return [f"{RESULTS}/samples/{wildcards.source}/{wildcards.row}/parts/{k}.json" for k in range(parts)]
-
-
 rule sample:
     input:
         gathered_parts,
@@ -84,7 +45,3 @@ rule sample:
         "../envs/cldsgm.yaml"
     shell:
         "cldsgm sample {params.args} --out {params.out} --done {output.done} --no-progress > {log} 2>&1"
-
-
-def samples_done(row):
-    return f"{RESULTS}/samples/{row['source']}/{row['row']}/done.json"

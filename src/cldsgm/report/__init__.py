@@ -179,6 +179,8 @@ def build_report(study_path: str | Path, results: str | Path, out: str | Path) -
     """Write reports/<study>/ from the study's records; return the metrics.json content."""
     study = yaml.safe_load(Path(study_path).read_text())
     results, out = Path(results), Path(out)
+    if not (results / "records").is_dir():
+        raise ValueError(f"no records under {results / 'records'}: is {results} a study's results folder?")
     df = load_records(results)
     data_of = {name: model["data"] for name, model in study.get("models", {}).items()}
     for data in study.get("sampling", {}).get("oracle", {}).get("data", []):

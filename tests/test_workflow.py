@@ -1,0 +1,314 @@
+"""The workflow as a user runs it: lint, dry runs of every study and profile, bad studies stopped before any
+job, and the smoke study end to end (killed during training and rerun, a second run with nothing to do, an NFE
+change that reruns only what it affects, a store that is down and then filled by `track`, the DVC round trip,
+the report and the MLflow UI in a real headless Chromium)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import SUBPROCESS_ENV, MlflowServer, free_port
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).parents[1]
+BIN = Path(sys.executable).parent
+ENV = {**SUBPROCESS_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+       "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t",
+       "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"}
+ENV.pop("MLFLOW_TRACKING_URI", None)
+
+
+def _project(where: Path) -> Path:
+    """A copy of what a user clones: Snakefile, workflow/, params/, dvc.yaml."""
+    where.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "dvc.yaml"):
+        shutil.copy(ROOT / name, where / name)
+    for name in ("workflow", "params", "reports", "src"):
+        shutil.copytree(ROOT / name, where / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(ROOT / ".dvcignore", where / ".dvcignore")
+    return where
+
+
+def _snakemake(cwd, *args, env=None, timeout=600, check=True):
+    done = subprocess.run([str(BIN / "snakemake"), *map(str, args)], cwd=cwd, env={**ENV, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return done
+
+
+def _planned(output: str) -> dict:
+    """Job counts per rule from a dry run's 'Job stats' table."""
+    counts, table = {}, False
+    for line in output.splitlines():
+        if line.startswith("job ") and "count" in line:
+            table = True
+            continue
+        if table:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                counts[parts[0]] = int(parts[1])
+            elif parts and parts[0] == "total":
+                break
+    return counts
+
+
+def test_lint_is_clean(tmp_path):
+    done = _snakemake(_project(tmp_path / "p"), "--lint")
+    assert "Congratulations" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("study", ["config", "smoke", "cifar10_cld", "cifar10_psld"])
+def test_dry_run_of_every_study(tmp_path, study):
+    project = _project(tmp_path / "p")
+    (project / "resources" / "cifar10").mkdir(parents=True)  # what a CIFAR-10 user supplies (not read by -n)
+    (project / "resources" / "inception-2015-12-05.pt").write_bytes(b"stand-in: a dry run does not read it")
+    done = _snakemake(project, "-n", "--configfile", f"params/{study}.yaml")
+    jobs = _planned(done.stdout)
+    assert jobs["train"] >= 1 and jobs["sample"] >= 1 and jobs["report"] == 1, jobs
+    if study.startswith("cifar10"):
+        assert jobs["fid"] == jobs["sample"] and jobs["sample_part"] == 10 * jobs["sample"]
+    if study == "config":
+        assert jobs["train"] == 6 and jobs["fd_digits"] > 0 and jobs["sample_distance"] > 0
+
+
+def test_dry_run_with_the_slurm_profile(tmp_path):
+    project = _project(tmp_path / "p")
+    done = _snakemake(project, "-n", "--profile", "workflow/profiles/slurm", "--configfile", "params/smoke.yaml")
+    assert _planned(done.stdout)["train"] == 3
+
+
+@pytest.mark.parametrize("case", ["misspelt", "sscs_vpsde", "cifar_path", "inception"])
+def test_bad_studies_stop_before_any_job(tmp_path, case):
+    project = _project(tmp_path / "p")
+    study = yaml.safe_load((project / "params" / "smoke.yaml").read_text())
+    if case == "misspelt":
+        study["sampling"]["stridngs"] = study["sampling"].pop("stridings")
+        expected = "sampling: Additional properties are not allowed ('stridngs' was unexpected)"
+    elif case == "sscs_vpsde":
+        study["sampling"]["samplers"]["vpsde"].append("sscs")
+        expected = "sampling.samplers.vpsde lists 'sscs'"
+    elif case == "cifar_path":
+        study = yaml.safe_load((project / "params" / "cifar10_cld.yaml").read_text())
+        expected = "data.cifar10.source 'resources/cifar10' does not exist"
+    else:
+        study = yaml.safe_load((project / "params" / "cifar10_cld.yaml").read_text())
+        (project / "resources" / "cifar10").mkdir(parents=True)
+        expected = "evaluation.fid needs the Inception weights resources/inception-2015-12-05.pt, which are missing"
+    (project / "params" / "bad.yaml").write_text(yaml.safe_dump(study))
+    done = _snakemake(project, "--cores", "1", "--configfile", "params/bad.yaml", check=False)
+    assert done.returncode != 0
+    assert expected in done.stdout + done.stderr, (done.stdout + done.stderr)[-3000:]
+    assert "params/bad.yaml" in done.stdout + done.stderr
+    assert not (project / "results").exists() and not (project / "logs").exists()
+
+
+# -- the smoke study end to end -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The smoke study on a fresh SQLite store with 2 cores: killed (SIGKILL) during training, then rerun."""
+    project = _project(tmp_path_factory.mktemp("smoke") / "project")
+    args = [str(BIN / "snakemake"), "--cores", "2", "--configfile", "params/smoke.yaml", "--rerun-incomplete"]
+    proc = subprocess.Popen(args, cwd=project, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not list((project / "results" / "smoke" / "runs").glob("*/checkpoint.pt")):
+        assert time.time() < deadline and proc.poll() is None, "training did not start"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and every job it started
+    proc.wait()
+    killed_at = {p.parent.name: p.stat().st_mtime for p in (project / "results/smoke/runs").glob("*/checkpoint.pt")}
+    _snakemake(project, "--unlock")
+    started = time.time()
+    done = _snakemake(project, *args[1:], timeout=900)
+    return {"project": project, "killed_at": killed_at, "log": done.stdout + done.stderr,
+            "wall_s": time.time() - started}
+
+
+@pytest.mark.xdist_group("smoke")
+def test_smoke_study_finishes_with_report_and_records(smoke):
+    project = smoke["project"]
+    metrics = json.loads((project / "reports" / "smoke" / "metrics.json").read_text())
+    assert metrics["study"] == "smoke" and metrics["figures"] >= 5
+    quality = metrics["quality"]
+    assert any(k.startswith("digits/digits_cld/sscs-uniform-nfe6/fd_digits") for k in quality)
+    assert any(k.startswith("diamond/oracle-diamond-cld/ode-adaptive/sliced_w2") for k in quality)
+    assert any(k.startswith("diamond/diamond_vpsde/pc-uniform-nfe5/") for k in quality)
+    assert not any("vpsde/sscs" in k for k in quality)  # SSCS only for phase-space SDEs
+    assert set(metrics["nll"]) == {"digits_cld/nll_bpd", "diamond_cld/nll_nats", "diamond_vpsde/nll_nats"}
+    html = (project / "reports" / "smoke" / "index.html").read_text()
+    assert "SSCS beats Euler-Maruyama" in html and "data:image/png;base64," in html
+    assert (project / "results/smoke/benchmarks/train/digits_cld.tsv").is_file()
+
+
+@pytest.mark.xdist_group("smoke")
+def test_training_resumed_after_the_kill(smoke):
+    project = smoke["project"]
+    for name in smoke["killed_at"]:
+        log = (project / "logs" / "smoke" / "train" / f"{name}.log").read_text()
+        done = json.loads((project / "results/smoke/runs" / name / "done.json").read_text())
+        assert done["ran"] < done["step"], f"{name} restarted from scratch: {log[-500:]}"
+
+
+@pytest.mark.xdist_group("smoke")
+def test_a_second_run_has_nothing_to_do(smoke):
+    done = _snakemake(smoke["project"], "-n", "--configfile", "params/smoke.yaml")
+    assert "Nothing to be done" in done.stdout + done.stderr
+
+
+@pytest.mark.xdist_group("smoke")
+def test_mlflow_parent_and_child_runs(smoke):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{smoke['project'] / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("cldsgm.role") == "study"]
+    assert parent.info.status == "FINISHED"
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert {"digits_cld", "diamond_cld", "diamond_vpsde"} <= set(children)  # training runs, logged live
+    loss = client.get_metric_history(children["digits_cld"].info.run_id, "loss")
+    assert [m.step for m in loss] == [5, 10, 15, 20]
+    sscs = children["oracle-diamond-cld/sscs-uniform"]
+    assert sscs.data.tags["sampler"] == "sscs" and sscs.data.tags["sde"] == "cld"
+    assert [m.step for m in client.get_metric_history(sscs.info.run_id, "sliced_w2")] == [6]
+    pc = children["diamond_vpsde/pc-quadratic"]
+    assert [m.step for m in client.get_metric_history(pc.info.run_id, "energy")] == [5]
+    assert "report" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+def _git(cwd, *args):
+    done = subprocess.run(["git", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _dvc(cwd, *args):
+    done = subprocess.run([str(BIN / "dvc"), *args], cwd=cwd, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.xdist_group("smoke")
+def test_dvc_round_trip(smoke, tmp_path):
+    """commit the study's outputs, push to a local remote, delete them, pull, touch: nothing to do."""
+    project = tmp_path / "clone"
+    shutil.copytree(smoke["project"], project, ignore=shutil.ignore_patterns("mlflow.db*", "mlruns", ".snakemake"))
+    shutil.copytree(ROOT / ".dvc", project / ".dvc", dirs_exist_ok=True)
+    _git(project, "init", "-q")
+    _dvc(project, "remote", "add", "--local", "-d", "test", str(tmp_path / "remote"))
+    _snakemake(project, "--cores", "1", "--configfile", "params/smoke.yaml", "--touch")
+    _dvc(project, "commit", "-f", "smoke")
+    _dvc(project, "push", "smoke")
+    shown = json.loads(_dvc(project, "metrics", "show", "--json"))
+    assert "reports/smoke/metrics.json" in json.dumps(shown)
+    for path in ("results/smoke", "reports/smoke"):
+        shutil.rmtree(project / path)
+    _dvc(project, "pull", "smoke")
+    assert (project / "results/smoke/runs/digits_cld/checkpoint.pt").is_file()
+    _snakemake(project, "--cores", "1", "--configfile", "params/smoke.yaml", "--touch")
+    done = _snakemake(project, "-n", "--configfile", "params/smoke.yaml")
+    assert "Nothing to be done" in done.stdout + done.stderr
+
+
+@pytest.mark.xdist_group("smoke")
+def test_an_nfe_change_reruns_only_what_it_affects_and_a_down_store_is_filled_later(smoke, tmp_path):
+    project = smoke["project"]
+    study = yaml.safe_load((project / "params" / "smoke.yaml").read_text())
+    study["sampling"]["nfe"] = [6, 8]
+    (project / "params" / "smoke_nfe.yaml").write_text(yaml.safe_dump(study))
+    jobs = _planned(_snakemake(project, "-n", "--configfile", "params/smoke_nfe.yaml").stdout)
+    # em + sscs, 2 stridings, for digits_cld, diamond_cld and the oracle; em and PC at 7 NFE (its largest budget
+    # <= 8) for diamond_vpsde; nothing else (the ODE rows, training, data and NLL are untouched)
+    assert jobs.get("sample") == 3 * 4 + 2 * 2, jobs
+    assert "train" not in jobs and "prepare" not in jobs and "nll" not in jobs, jobs
+    # run it with the store down: the study finishes, `track` warns and leaves its note
+    down = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    done = _snakemake(project, "--cores", "2", "--configfile", "params/smoke_nfe.yaml", env=down, timeout=600)
+    tracked = json.loads((project / "results/smoke/tracking/tracked.json").read_text())
+    assert tracked["error"] and "failed" in tracked["error"], done.stdout[-2000:]
+    # the store is back (a real server): the track rule, forced, logs what is missing
+    server = MlflowServer(tmp_path / "server.db", tmp_path / "artifacts").start()
+    try:
+        _snakemake(project, "--cores", "1", "--configfile", "params/smoke_nfe.yaml", "--forcerun", "track",
+                   env={"MLFLOW_TRACKING_URI": server.uri})
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(server.uri)
+        runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+        by_name = {r.info.run_name: r for r in runs}
+        steps = sorted(m.step for m in client.get_metric_history(by_name["diamond_cld/em-uniform"].info.run_id,
+                                                                  "sliced_w2"))
+        assert steps == [6, 8]
+        assert len(client.get_metric_history(by_name["digits_cld"].info.run_id, "loss")) == 4
+    finally:
+        server.stop()
+
+
+# -- what a person looks at: headless Chromium ----------------------------------------------------------------------
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _chromium(tmp_path, *args, timeout=120):
+    return subprocess.run([CHROMIUM, *CHROME_FLAGS, f"--user-data-dir={tmp_path / 'chrome'}", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.xdist_group("smoke")
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_in_a_real_browser(smoke, tmp_path):
+    page = tmp_path / "report.html"
+    probe = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
+             "document.title='images '+i.length+' loaded '+i.filter(x=>x.complete&&x.naturalWidth>0).length;});"
+             "</script></body>")
+    page.write_text((smoke["project"] / "reports/smoke/index.html").read_text().replace("</body>", probe))
+    dom = _chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()).stdout
+    title = dom.split("<title>")[1].split("</title>")[0].split()
+    assert title[0] == "images" and int(title[1]) >= 5 and title[1] == title[3], title
+    shot = tmp_path / "report.png"
+    _chromium(tmp_path, "--window-size=1200,3000", f"--screenshot={shot}",
+              (smoke["project"] / "reports/smoke/index.html").as_uri())
+    assert shot.stat().st_size > 50_000
+    print(f"report screenshot: {shot}")
+
+
+@pytest.mark.xdist_group("smoke")
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_mlflow_ui_shows_the_study(smoke, tmp_path):
+    server = MlflowServer(smoke["project"] / "mlflow.db", tmp_path / "artifacts").start()
+    try:
+        with urllib.request.urlopen(f"{server.uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name=smoke",
+                                    timeout=10) as response:
+            exp_id = json.loads(response.read())["experiment"]["experiment_id"]
+        from mlflow.tracking import MlflowClient
+
+        (child,) = MlflowClient(server.uri).search_runs(
+            [exp_id], filter_string="attributes.run_name = 'oracle-diamond-cld/sscs-uniform'")
+        runs_page = f"{server.uri}/#/experiments/{exp_id}/runs"
+        run_page = f"{runs_page}/{child.info.run_id}"
+        dom = _chromium(tmp_path, "--virtual-time-budget=20000", "--window-size=1400,1000", "--dump-dom", runs_page,
+                        timeout=180).stdout
+        assert "smoke" in dom and "matching runs" in dom, dom[-2000:]  # the study's parent run, children inside
+        dom = _chromium(tmp_path, "--virtual-time-budget=20000", "--window-size=1400,1000", "--dump-dom", run_page,
+                        timeout=180).stdout
+        assert "oracle-diamond-cld/sscs-uniform" in dom and "sliced_w2" in dom, dom[-2000:]
+        shot = tmp_path / "mlflow.png"
+        _chromium(tmp_path, "--virtual-time-budget=20000", "--window-size=1400,1000", f"--screenshot={shot}",
+                  run_page, timeout=180)
+        assert shot.stat().st_size > 20_000
+        print(f"MLflow UI screenshot: {shot}")
+    finally:
+        server.stop()
