@@ -8,8 +8,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-__all__ = ["DEFAULTS", "RESUMABLE_KEYS", "SCHEMA", "ConfigError", "config_changes", "flatten", "load_config",
-           "resolve_config"]
+__all__ = ["DEFAULTS", "RESUMABLE_KEYS", "SCHEMA", "ConfigError", "config_changes", "first_error", "flatten",
+           "load_config", "resolve_config"]
 
 
 class ConfigError(ValueError):
@@ -83,14 +83,21 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
+def first_error(schema: dict, instance) -> tuple[str, jsonschema.ValidationError] | None:
+    """The first JSON-Schema violation of `instance` (ordered by path) and its dotted location, or None."""
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(instance), key=lambda e: list(e.path))
+    if not errors:
+        return None
+    return ".".join(str(p) for p in errors[0].path) or "(top level)", errors[0]
+
+
 def resolve_config(config: dict, *, source: str = "config") -> dict:
     """Validate `config` against SCHEMA and fill in DEFAULTS; raise ConfigError naming the offending key."""
     if not isinstance(config, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(config).__name__}")
-    errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(config), key=lambda e: list(e.path))
-    if errors:
-        err = errors[0]
-        where = ".".join(str(p) for p in err.path) or "(top level)"
+    found = first_error(SCHEMA, config)
+    if found:
+        where, err = found
         raise ConfigError(f"{source}: invalid value at {where}: {err.message}{_hint(err)}")
     if config.get("sde", {}).get("name") == "vpsde" and config.get("loss", {}).get("objective", "hsm") == "hsm":
         config = _merge(config, {"loss": {"objective": "dsm"}})  # VPSDE has a single (DSM) kernel

@@ -13,9 +13,8 @@ import json
 import platform
 from pathlib import Path
 
-import jsonschema
-
 from cldsgm import __version__
+from cldsgm.config import first_error
 from cldsgm.utils.io import atomic_write_json
 
 __all__ = ["METRICS", "RECORD_SCHEMA", "RecordError", "make_record", "read_record", "write_record"]
@@ -87,10 +86,10 @@ def make_record(metric: str, value, *, n: int, seed, wall_s: float, device: str,
 
 
 def _validate(record: dict, where: str) -> None:
-    errors = sorted(jsonschema.Draft202012Validator(RECORD_SCHEMA).iter_errors(record), key=lambda e: list(e.path))
-    if errors:
-        key = ".".join(str(p) for p in errors[0].path) or "(top level)"
-        raise RecordError(f"{where}: invalid record at {key}: {errors[0].message}")
+    found = first_error(RECORD_SCHEMA, record)
+    if found:
+        key, err = found
+        raise RecordError(f"{where}: invalid record at {key}: {err.message}")
 
 
 def write_record(path: str | Path, record: dict) -> Path:

@@ -13,8 +13,9 @@ import copy
 import os
 from pathlib import Path
 
-import jsonschema
 import yaml
+
+from cldsgm.config import first_error
 
 __all__ = ["StudyError", "load_study", "model_sde", "sample_rows", "validate_study"]
 
@@ -52,10 +53,9 @@ def validate_study(study: dict, source: str, schema_path: str | Path = SCHEMA_PA
     schema = yaml.safe_load(Path(schema_path).read_text())
     if not isinstance(study, dict):
         raise StudyError(f"{source}: a study file holds a mapping at the top level")
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(study), key=lambda e: list(e.path))
-    if errors:
-        err = errors[0]
-        where = ".".join(str(p) for p in err.path) or "(top level)"
+    found = first_error(schema, study)
+    if found:
+        where, err = found
         hint = ""
         if err.validator == "additionalProperties":
             hint = " (a misspelt key? see workflow/schemas/study.schema.yaml for the keys a study may have)"

@@ -140,12 +140,27 @@ def samples_done(row):
 # -- used by evaluate.smk ----------------------------------------------------------------------------------------
 
 
+def source_rows(source):
+    return [r for r in ROWS if r["source"] == source]
+
+
+def source_samples(wildcards):
+    """The done-markers of every sample set of one source (trained model or oracle)."""
+    return [samples_done(r) for r in source_rows(wildcards.source)]
+
+
+def eval_pairs(wildcards):
+    """--samples DIR --out DIR for every sample set of the source: one evaluation process per source."""
+    return " ".join(f"--samples {RESULTS}/samples/{r['source']}/{r['row']} "
+                    f"--out {RESULTS}/records/{r['source']}/{r['row']}" for r in source_rows(wildcards.source))
+
+
 def distance_data(wildcards):
-    return data_file(row_of(wildcards.source, wildcards.row)["data"], "test")
+    return data_file(source_rows(wildcards.source)[0]["data"], "test")
 
 
 def distance_oracle(wildcards):
-    data = row_of(wildcards.source, wildcards.row)["data"]
+    data = source_rows(wildcards.source)[0]["data"]
     return "--oracle diamond" if data == "diamond" else ""
 
 
@@ -166,16 +181,17 @@ def nll_flags(wildcards):
 
 
 def records():
-    """Every record the study produces (the report's and the track rule's inputs)."""
+    """What the report and the track job wait for (evaluation markers per source, FID and NLL records)."""
     out = []
+    for source in dict.fromkeys(r["source"] for r in ROWS):
+        data = source_rows(source)[0]["data"]
+        if data == "digits" and EVALUATION.get("fd_digits") is not None:
+            out.append(f"{RESULTS}/records/{source}/fd_digits.done")
+        if data in POINTS:
+            out.append(f"{RESULTS}/records/{source}/sample_distance.done")
     for row in ROWS:
-        base = f"{RESULTS}/records/{row['source']}/{row['row']}"
-        if row["data"] == "digits" and EVALUATION.get("fd_digits") is not None:
-            out.append(f"{base}/fd_digits.json")
-        if row["data"] in POINTS:
-            out += [f"{base}/sliced_w2.json", f"{base}/energy.json"]
         if row["data"] == "cifar10" and FID:
-            out.append(f"{base}/fid.json")
+            out.append(f"{RESULTS}/records/{row['source']}/{row['row']}/fid.json")
     if "digits" in STUDY["data"] and EVALUATION.get("fd_digits") is not None:
         out.append(rules.digits_classifier.output.record)
     if NLL:

@@ -1,5 +1,6 @@
 # Evaluation: one JSON record per metric and sample set (cldsgm.records); FD-digits for the digits, sliced W2 /
-# energy distance / mode coverage for 2-D points, FID/KID where the study asks for it, NLL per trained model.
+# energy distance / mode coverage for 2-D points (one job per source evaluates all its sample sets: one process,
+# one torch import), FID/KID per sample set where the study asks for it, NLL per trained model.
 
 
 rule digits_classifier:
@@ -27,47 +28,44 @@ rule digits_classifier:
 
 rule fd_digits:
     input:
-        samples=f"{RESULTS}/samples/{{source}}/{{row}}/done.json",
+        samples=source_samples,
         classifier=rules.digits_classifier.output.classifier,
         test=data_file("digits", "test"),
     output:
-        record=f"{RESULTS}/records/{{source}}/{{row}}/fd_digits.json",
+        done=f"{RESULTS}/records/{{source}}/fd_digits.done",
     params:
-        samples=lambda wc, input: os.path.dirname(input.samples),
-        out=lambda wc, output: os.path.dirname(output.record),
+        pairs=eval_pairs,
     threads: 1
     log:
-        f"{LOGS}/fd_digits/{{source}}/{{row}}.log",
+        f"{LOGS}/fd_digits/{{source}}.log",
     benchmark:
-        f"{BENCH}/fd_digits/{{source}}/{{row}}.tsv"
+        f"{BENCH}/fd_digits/{{source}}.tsv"
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "cldsgm fd-digits --samples {params.samples} --classifier {input.classifier} --data {input.test} "
-        "--out {params.out} > {log} 2>&1"
+        "cldsgm fd-digits {params.pairs} --classifier {input.classifier} --data {input.test} > {log} 2>&1 "
+        "&& echo complete > {output.done}"
 
 
 rule sample_distance:
     input:
-        samples=f"{RESULTS}/samples/{{source}}/{{row}}/done.json",
+        samples=source_samples,
         test=distance_data,
     output:
-        w2=f"{RESULTS}/records/{{source}}/{{row}}/sliced_w2.json",
-        energy=f"{RESULTS}/records/{{source}}/{{row}}/energy.json",
+        done=f"{RESULTS}/records/{{source}}/sample_distance.done",
     params:
-        samples=lambda wc, input: os.path.dirname(input.samples),
-        out=lambda wc, output: os.path.dirname(output.w2),
+        pairs=eval_pairs,
         oracle=distance_oracle,
     threads: 1
     log:
-        f"{LOGS}/sample_distance/{{source}}/{{row}}.log",
+        f"{LOGS}/sample_distance/{{source}}.log",
     benchmark:
-        f"{BENCH}/sample_distance/{{source}}/{{row}}.tsv"
+        f"{BENCH}/sample_distance/{{source}}.tsv"
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "cldsgm sample-distance --samples {params.samples} --data {input.test} {params.oracle} --out {params.out} "
-        "> {log} 2>&1"
+        "cldsgm sample-distance {params.pairs} --data {input.test} {params.oracle} > {log} 2>&1 "
+        "&& echo complete > {output.done}"
 
 
 rule fid_stats:

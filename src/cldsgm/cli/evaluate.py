@@ -158,42 +158,54 @@ def digits_classifier_command(train_path, test_path, epochs, seed, out_path, rec
     click.echo(f"digits classifier: test accuracy {acc:.4f} ({len(x_test)} images, {wall:.1f} s) -> {out_path}")
 
 
+def _pairs(samples_dirs, out_dirs) -> list[tuple[str, str]]:
+    """--samples / --out given in pairs (several sample sets in one process: one torch import, not one each)."""
+    if len(samples_dirs) != len(out_dirs):
+        raise click.UsageError(f"give one --out per --samples ({len(samples_dirs)} --samples, {len(out_dirs)} --out)")
+    return list(zip(samples_dirs, out_dirs, strict=True))
+
+
 @main.command("fd-digits")
-@click.option("--samples", "samples_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--samples", "samples_dirs", type=click.Path(file_okay=False), required=True, multiple=True,
+              help="A complete sample directory; repeat with --out for several.")
 @click.option("--classifier", type=click.Path(dir_okay=False), required=True, help="From `digits-classifier`.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), required=True,
               help="The held-out reference split (digits_test.npz).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Record: fd_digits.json.")
-def fd_digits_command(samples_dir, classifier, data_path, out_dir):
-    """FD-digits of a complete sample directory of 8x8 digits against the held-out split (not FID)."""
+@click.option("--out", "out_dirs", type=click.Path(file_okay=False), required=True, multiple=True,
+              help="Where the record fd_digits.json of the matching --samples goes.")
+def fd_digits_command(samples_dirs, classifier, data_path, out_dirs):
+    """FD-digits of complete sample directories of 8x8 digits against the held-out split (not FID)."""
     from cldsgm.data.prepared import load_prepared
     from cldsgm.eval.digits import fd_digits, load_classifier
     from cldsgm.sampling import load_samples
 
+    pairs = _pairs(samples_dirs, out_dirs)
     try:
         model, meta = load_classifier(classifier)
         reference, _, _ = load_prepared(data_path)
-        images, manifest = load_samples(samples_dir)
-        start = time.perf_counter()
-        value = fd_digits(model, images, reference)
-        _write(out_dir, "fd_digits", value, n=len(images), wall_s=time.perf_counter() - start, device="cpu",
-               dataset=_dataset_fields(data_path), extra={"classifier_accuracy": meta["test_accuracy"]},
-               **_sample_fields(manifest, samples_dir))
+        for samples_dir, out_dir in pairs:
+            images, manifest = load_samples(samples_dir)
+            start = time.perf_counter()
+            value = fd_digits(model, images, reference)
+            _write(out_dir, "fd_digits", value, n=len(images), wall_s=time.perf_counter() - start, device="cpu",
+                   dataset=_dataset_fields(data_path), extra={"classifier_accuracy": meta["test_accuracy"]},
+                   **_sample_fields(manifest, samples_dir))
+            click.echo(f"FD-digits {value:.4g} over {len(images)} samples of {samples_dir} -> {out_dir}")
     except (ValueError, OSError) as err:
         raise click_error(err) from err
-    click.echo(f"FD-digits {value:.4g} over {len(images)} samples -> {out_dir}")
 
 
 @main.command("sample-distance")
-@click.option("--samples", "samples_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--samples", "samples_dirs", type=click.Path(file_okay=False), required=True, multiple=True,
+              help="A complete sample directory of points; repeat with --out for several.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), default=None,
               help="Fresh data: a prepared split of points (default: draws from --oracle's law).")
 @click.option("--oracle", type=click.Choice(["diamond", "gaussian", "swissroll"]), default=None,
               help="The data law: reference draws, and mode coverage for mixtures of few components.")
 @click.option("--seed", type=int, default=12345, show_default=True, help="Seed of the oracle's reference draws.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Records: sliced_w2.json, energy.json (+ mode_tv.json).")
-def sample_distance_command(samples_dir, data_path, oracle, seed, out_dir):
+@click.option("--out", "out_dirs", type=click.Path(file_okay=False), required=True, multiple=True,
+              help="Records of the matching --samples: sliced_w2.json, energy.json (+ mode_tv.json).")
+def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs):
     """Sliced W2, energy distance and mode coverage of 2-D samples against fresh data."""
     import numpy as np
     import torch
@@ -204,30 +216,34 @@ def sample_distance_command(samples_dir, data_path, oracle, seed, out_dir):
 
     if data_path is None and oracle is None:
         raise click.UsageError("give --data (a prepared split) and/or --oracle (the data law)")
+    pairs = _pairs(samples_dirs, out_dirs)
     try:
-        points, manifest = load_samples(samples_dir)
-        if manifest["kind"] != "points":
-            raise ValueError(f"{samples_dir} holds {manifest['kind']}; sample-distance is for 2-D points")
         mixture = ORACLES[oracle]() if oracle else None
-        if data_path is not None:
-            reference, _, _ = load_prepared(data_path)
-            dataset = _dataset_fields(data_path)
-        else:
-            reference = mixture.sample(len(points), generator=torch.Generator().manual_seed(seed)).numpy()
-            dataset = {"oracle": oracle, "seed": seed}
-        start = time.perf_counter()
-        result = point_distances(points, np.asarray(reference), mixture=mixture)
-        wall = time.perf_counter() - start
-        common = {"n": result["n"], "wall_s": wall, "device": "cpu", "dataset": dataset,
-                  **_sample_fields(manifest, samples_dir)}
-        for metric in ("sliced_w2", "energy"):
-            _write(out_dir, metric, result[metric], **common)
-        if "mode_tv" in result:
-            _write(out_dir, "mode_tv", result["mode_tv"], extra={"mode_weights": result["mode_weights"]}, **common)
+        reference = load_prepared(data_path)[0] if data_path is not None else None
+        for samples_dir, out_dir in pairs:
+            points, manifest = load_samples(samples_dir)
+            if manifest["kind"] != "points":
+                raise ValueError(f"{samples_dir} holds {manifest['kind']}; sample-distance is for 2-D points")
+            if data_path is not None:
+                dataset = _dataset_fields(data_path)
+                ref = reference
+            else:
+                ref = mixture.sample(len(points), generator=torch.Generator().manual_seed(seed)).numpy()
+                dataset = {"oracle": oracle, "seed": seed}
+            start = time.perf_counter()
+            result = point_distances(points, np.asarray(ref), mixture=mixture)
+            common = {"n": result["n"], "wall_s": time.perf_counter() - start, "device": "cpu", "dataset": dataset,
+                      **_sample_fields(manifest, samples_dir)}
+            for metric in ("sliced_w2", "energy"):
+                _write(out_dir, metric, result[metric], **common)
+            if "mode_tv" in result:
+                _write(out_dir, "mode_tv", result["mode_tv"], extra={"mode_weights": result["mode_weights"]},
+                       **common)
+            extra = f", mode TV {result['mode_tv']:.3g}" if "mode_tv" in result else ""
+            click.echo(f"sliced W2 {result['sliced_w2']:.4g}, energy {result['energy']:.4g}{extra} of {samples_dir} "
+                       f"-> {out_dir}")
     except (ValueError, OSError) as err:
         raise click_error(err) from err
-    extra = f", mode TV {result['mode_tv']:.3g}" if "mode_tv" in result else ""
-    click.echo(f"sliced W2 {result['sliced_w2']:.4g}, energy {result['energy']:.4g}{extra} -> {out_dir}")
 
 
 @main.command("nll")
