@@ -170,7 +170,8 @@ def _cost(results: Path) -> pd.DataFrame:
         except (OSError, ValueError, pd.errors.ParserError):
             continue
         rel = path.relative_to(results / "benchmarks")
-        rows.append({"rule": rel.parts[0], "job": str(rel.with_suffix(""))[len(rel.parts[0]) + 1:] or rel.stem,
+        rule = rel.parts[0] if len(rel.parts) > 1 else rel.stem  # benchmarks/<rule>/<job>.tsv or <rule>.tsv
+        rows.append({"rule": rule, "job": str(rel.with_suffix(""))[len(rule) + 1:] or rel.stem,
                      "seconds": float(bench["s"].iloc[0]), "max_rss_mb": float(bench.get("max_rss", [math.nan])[0])})
     return pd.DataFrame(rows, columns=["rule", "job", "seconds", "max_rss_mb"])
 

@@ -6,7 +6,6 @@ import warnings
 
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 
 from cldsgm.samplers.sde_solvers import denoise_step
 
@@ -23,6 +22,8 @@ def integrate(fn, y0: Tensor, span: Tensor, *, rtol: float, atol: float, method:
     fn receives s as a float64 0-d tensor inside the span."""
     if method not in ODE_METHODS:
         raise ValueError(f"ODE method must be one of {ODE_METHODS}, got {method!r}")
+    from torchdiffeq import odeint  # here, not at import: it brings scipy.integrate (1 s per sampling job)
+
     kwargs = {"method": "scipy_solver", "options": {"solver": "RK45"}} if method == "scipy_rk45" else {"method": method}
     lo, hi = sorted((float(span[0]), float(span[-1])))
 
