@@ -11,6 +11,8 @@ rule mlflow_init:
         experiment=NAME,
     log:
         f"{LOGS}/mlflow_init.log",
+    benchmark:
+        f"{BENCH}/mlflow_init.tsv"
     conda:
         "../envs/cldsgm.yaml"
     shell:
@@ -53,6 +55,8 @@ rule track:
         report=lambda wc, input: os.path.dirname(input.report),
     log:
         f"{LOGS}/track.log",
+    benchmark:
+        f"{BENCH}/track.tsv"
     conda:
         "../envs/cldsgm.yaml"
     shell:
