@@ -44,7 +44,7 @@ from cldsgm.utils.io import atomic_path, atomic_write_json
 
 __all__ = ["MANIFEST", "ORACLES", "SampleDirError", "ScoreSource", "batch_edges", "check_nfe", "check_slice",
            "checkpoint_source", "file_sha256", "fill_shards", "load_samples", "oracle_source", "quantize_images",
-           "sample_to_dir"]
+           "sample_to_dir", "slice_complete"]
 
 MANIFEST = "manifest.json"
 FORMAT = "cldsgm-samples-v1"
@@ -328,11 +328,16 @@ def fill_shards(out_dir: Path, identity: dict, kind: str, shape, make_shard, *, 
         bar.close()
     if kind in ("image", "points"):
         _write_grid(out_dir)
-    shards = _read_manifest(out_dir)["shards"]
-    done = sum(e["count"] for e in shards.values())
-    in_slice = all(_shard_name(a, b - 1) in shards for a, b in _shards(first, count, shard_size))
+    done = sum(e["count"] for e in _read_manifest(out_dir)["shards"].values())
     return {"made": made, "kept": len(mine) - len(todo), "complete": done == n, "done": done, "n": n,
-            "slice_complete": in_slice, "first": first, "count": count, "out_dir": str(out_dir)}
+            "slice_complete": slice_complete(out_dir, first, count), "first": first, "count": count,
+            "out_dir": str(out_dir)}
+
+
+def slice_complete(out_dir: str | Path, first: int, count: int) -> bool:
+    """Whether the manifest of out_dir holds shards covering [first, first + count) (by whichever process)."""
+    shards = _read_manifest(Path(out_dir))["shards"].values()
+    return sum(e["count"] for e in shards if first <= e["first"] and e["last"] < first + count) == count
 
 
 def check_slice(n: int, first: int, count: int | None, batch_size: int, shard_size: int) -> int:

@@ -22,8 +22,10 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,6 +96,17 @@ def _store_lock(uri: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _store_errors(uri: str, doing: str = "is not usable"):
+    """Any exception inside (MLflow raises many types; all mean the store is unusable) -> TrackingError."""
+    try:
+        yield
+    except TrackingError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise TrackingError(f"MLflow store {uri} {doing}: {_first_line(err)}") from err
+
+
 def _client(uri: str):
     for key, value in {**_QUIET, **(_HTTP_BUDGET if sqlite_path(uri) is None else {})}.items():
         os.environ.setdefault(key, value)
@@ -121,14 +134,11 @@ def init_store(uri: str | None = None, experiment: str | None = None) -> tuple[s
     (uri, experiment id or None). Raises TrackingError naming the store on failure.
     """
     uri = tracking_uri(uri)
-    try:
-        with _store_lock(uri):
-            client = _client(uri)
-            exp_id = _experiment_id(client, uri, experiment) if experiment else None
-            if exp_id is None:
-                client.search_experiments(max_results=1)  # opens (and for SQLite creates) the store
-    except Exception as err:  # noqa: BLE001 - MLflow raises many types; all mean "store unusable"
-        raise TrackingError(f"MLflow store {uri} is not usable: {_first_line(err)}") from err
+    with _store_errors(uri), _store_lock(uri):
+        client = _client(uri)
+        exp_id = _experiment_id(client, uri, experiment) if experiment else None
+        if exp_id is None:
+            client.search_experiments(max_results=1)  # opens (and for SQLite creates) the store
     return uri, exp_id
 
 
@@ -139,24 +149,21 @@ def open_parent_run(uri: str, experiment: str, path: str | Path | None) -> dict:
     from cldsgm.utils.io import atomic_write_json
 
     path = Path(path) if path is not None else None
-    try:
-        with _store_lock(uri):
-            client = _client(uri)
-            exp_id = _experiment_id(client, uri, experiment)
-            run_id = None
-            if path is not None and path.is_file():
-                old = json.loads(path.read_text())
-                if old.get("uri") == uri and old.get("experiment_id") == exp_id and old.get("run_id"):
-                    try:
-                        run_id = client.get_run(old["run_id"]).info.run_id
-                    except Exception:  # noqa: BLE001 - deleted or unknown: look further
-                        run_id = None
-            if run_id is None:
-                found = client.search_runs([exp_id], filter_string="tags.`cldsgm.role` = 'study'", max_results=1)
-                run_id = found[0].info.run_id if found else client.create_run(exp_id, run_name=experiment, tags={
-                    "cldsgm.role": "study", "git_commit": git_commit()}).info.run_id
-    except Exception as err:  # noqa: BLE001 - MLflow raises many types; all mean "store unusable"
-        raise TrackingError(f"MLflow store {uri} is not usable: {_first_line(err)}") from err
+    with _store_errors(uri), _store_lock(uri):
+        client = _client(uri)
+        exp_id = _experiment_id(client, uri, experiment)
+        run_id = None
+        if path is not None and path.is_file():
+            old = json.loads(path.read_text())
+            if old.get("uri") == uri and old.get("experiment_id") == exp_id and old.get("run_id"):
+                try:
+                    run_id = client.get_run(old["run_id"]).info.run_id
+                except Exception:  # noqa: BLE001 - deleted or unknown: look further
+                    run_id = None
+        if run_id is None:
+            found = client.search_runs([exp_id], filter_string="tags.`cldsgm.role` = 'study'", max_results=1)
+            run_id = found[0].info.run_id if found else client.create_run(exp_id, run_name=experiment, tags={
+                "cldsgm.role": "study", "git_commit": git_commit()}).info.run_id
     parent = {"uri": uri, "experiment": experiment, "experiment_id": exp_id, "run_id": run_id}
     if path is not None:
         atomic_write_json(path, parent)
@@ -267,13 +274,22 @@ class Tracker:
         self._call(lambda: [self._client.set_tag(self.run_id, k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, metrics: dict, step: int) -> None:
+        self.log_metric_rows([{**metrics, "step": step}], keys=list(metrics))
+
+    def log_metric_rows(self, rows: list[dict], keys) -> int:
+        """Log rows {'step', key: value, ...} in batches, skipping steps a reopened run already holds.
+
+        Returns how many rows were new (the store holds a prefix of the steps: once a call fails, tracking
+        stops, and a reopened run continues after its last step)."""
         from mlflow.entities import Metric
 
+        new = [row for row in rows if int(row["step"]) > min(self._logged_until.get(k, -1) for k in keys)]
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
-                 if int(step) > self._logged_until.get(k, -1)]
-        if items:
-            self._call(lambda: self._client.log_batch(self.run_id, metrics=items))
+        items = [Metric(k, float(row[k]), now, int(row["step"])) for row in new for k in keys
+                 if int(row["step"]) > self._logged_until.get(k, -1)]
+        for start in range(0, len(items), 900):  # log_batch takes at most 1000 metrics per call
+            self._call(lambda chunk=items[start:start + 900]: self._client.log_batch(self.run_id, metrics=chunk))
+        return len(new)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if Path(path).exists():
@@ -316,23 +332,14 @@ def relog_run_dir(run_dir: str | Path, uri: str | None = None, *, parent_run_id:
                       run_dir=run_dir, parent_run_id=parent_run_id)
     if tracker.run_id is None:
         raise TrackingError(tracker.failure or f"could not open a run in {tracker.uri}")
-    client = tracker._client
-    have = {m.step for m in client.get_metric_history(tracker.run_id, "loss")} if tracker.resumed else set()
-    missing = [row for row in history if row["step"] not in have]
     tracker.log_params(flatten(config))
-    for start in range(0, len(missing), 300):  # log_batch takes at most 1000 metrics per call
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k, row[k], now, row["step"]) for row in missing[start:start + 300]
-                 for k in ("loss", "lr", "grad_norm")]
-        tracker._call(lambda batch=batch: client.log_batch(tracker.run_id, metrics=batch))
+    logged = tracker.log_metric_rows(history, keys=("loss", "lr", "grad_norm"))
     tracker.log_artifact(loss_path)
     status = "FINISHED" if finished else "KILLED"
     tracker.end(status)
     if tracker.failure:
         raise TrackingError(tracker.failure)
-    return {"run_id": tracker.run_id, "logged": len(missing), "status": status, "uri": tracker.uri}
+    return {"run_id": tracker.run_id, "logged": logged, "status": status, "uri": tracker.uri}
 
 
 def _record_group(path: Path, records_dir: Path, record: dict) -> tuple[str, dict]:
@@ -370,7 +377,7 @@ def log_records(records_dir: str | Path, parent: dict) -> dict:
         groups.setdefault(name, []).append((path, record))
         tags_of[name] = tags
     uri, logged = parent["uri"], 0
-    try:
+    with _store_errors(uri, "failed while logging records"):
         with _store_lock(uri):
             client = _client(uri)
             exp_id = _experiment_id(client, uri, parent["experiment"])
@@ -401,16 +408,11 @@ def log_records(records_dir: str | Path, parent: dict) -> dict:
                 grid = Path(record.get("samples") or "") / "grid.png"
                 target = f"grids/{path.parent.name}.png"
                 if record.get("samples") and grid.is_file() and target not in artifacts:
-                    import shutil
-                    import tempfile
-
-                    with tempfile.TemporaryDirectory() as tmp:
+                    with tempfile.TemporaryDirectory() as tmp:  # the artifact is named after its sample set
                         shutil.copy(grid, Path(tmp) / f"{path.parent.name}.png")
                         client.log_artifact(run_id, str(Path(tmp) / f"{path.parent.name}.png"), "grids")
                     artifacts.add(target)
             client.set_terminated(run_id, "FINISHED")
-    except Exception as err:  # noqa: BLE001 - MLflow raises many types; all mean "store unusable"
-        raise TrackingError(f"MLflow store {uri} failed while logging records: {_first_line(err)}") from err
     return {"runs": len(groups), "logged": logged}
 
 
@@ -418,11 +420,8 @@ def finish_parent(parent: dict, artifacts: str | Path | None = None) -> None:
     """Log the report folder as artifacts of the study's parent run and mark it FINISHED."""
     if not parent.get("run_id"):
         return
-    try:
+    with _store_errors(parent["uri"], "failed while closing the study run"):
         client = _client(parent["uri"])
         if artifacts is not None and Path(artifacts).is_dir():
             client.log_artifacts(parent["run_id"], str(artifacts), "report")
         client.set_terminated(parent["run_id"], "FINISHED")
-    except Exception as err:  # noqa: BLE001
-        raise TrackingError(f"MLflow store {parent['uri']} failed while closing the study run: "
-                            f"{_first_line(err)}") from err

@@ -104,13 +104,9 @@ def finish_ranks_and_mark(done_path, summary: dict) -> None:
         dist.barrier()
         dist.destroy_process_group()
     if done_path and int(os.environ.get("RANK", "0")) == 0:
-        from pathlib import Path
-
-        from cldsgm.sampling import _read_manifest  # the slice may have been finished by other ranks
+        from cldsgm.sampling import slice_complete
         from cldsgm.utils.io import atomic_write_json
 
-        shards = _read_manifest(Path(summary["out_dir"]))["shards"]
-        covered = sum(e["count"] for e in shards.values()
-                      if summary["first"] <= e["first"] and e["last"] < summary["first"] + summary["count"])
-        if covered == summary["count"]:
+        # read again: other ranks may have finished shards of the slice after this one's summary
+        if slice_complete(summary["out_dir"], summary["first"], summary["count"]):
             atomic_write_json(done_path, {k: v for k, v in summary.items() if k != "made"})

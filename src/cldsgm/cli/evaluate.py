@@ -292,7 +292,7 @@ def nll_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, d
                              probes=probes, n_probes=n_probes, rtol=rtol, atol=atol, method=ode_method, t_min=t_min,
                              seed=seed, batch_size=batch_size, shard_size=shard_size, rank=rank, world=world,
                              device=torch_device, progress=progress and rank == 0)
-        finish_ranks_and_mark(done_path if summary["complete"] or count else None, summary)
+        finish_ranks_and_mark(done_path, summary)
         if not summary["complete"]:
             click.echo(f"NLL: {summary['done']} of {summary['n']} items done -> {out_dir} (run again to finish)")
             return

@@ -37,8 +37,9 @@ def read_parent(path) -> dict:
 
         parent = json.loads(Path(path).read_text())
         # $MLFLOW_TRACKING_URI wins over the store recorded at the study's start (e.g. it was down then)
-        return {"uri": tracking_uri(parent["uri"]), "experiment": parent["experiment"],
-                "run_id": parent.get("run_id") if tracking_uri(parent["uri"]) == parent["uri"] else None}
+        uri = tracking_uri(parent["uri"])
+        return {"uri": uri, "experiment": parent["experiment"],
+                "run_id": parent.get("run_id") if uri == parent["uri"] else None}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise click.ClickException(f"--parent-run {path} is not a parent-run file of `cldsgm track --init` "
                                    f"({err})") from err

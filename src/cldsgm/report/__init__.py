@@ -220,7 +220,8 @@ def build_report(study_path: str | Path, results: str | Path, out: str | Path) -
         metrics["nll"][f"{row['source']}/{row['metric']}"] = row["value"]
 
     # claims, published numbers
-    claim_table = pd.DataFrame(claims(df, data_of))
+    claim_rows = claims(df, data_of)
+    claim_table = pd.DataFrame(claim_rows)
     published = pd.DataFrame()
     if "cifar10" in study.get("data", {}):
         from cldsgm.report.published import PUBLISHED
@@ -294,7 +295,7 @@ def build_report(study_path: str | Path, results: str | Path, out: str | Path) -
                                                     if not published.empty else []),
                           *(["\n## Not computed\n", *[f"- {m}" for m in missing]] if missing else []),
                           "\n## Cost\n", _md_table(cost_summary)])
-    metrics["claims"] = {f"{c['claim']} [{c['setting']}]": c["verdict"] for c in claims(df, data_of)}
+    metrics["claims"] = {f"{c['claim']} [{c['setting']}]": c["verdict"] for c in claim_rows}
     metrics["figures"] = figures
     claim_table.to_csv(out / "claims.csv", index=False)
     if not nll_table.empty:
