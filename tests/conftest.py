@@ -150,3 +150,58 @@ def toy_run(diamond_data, tmp_path_factory):
     train(toy_config(diamond_data, train={"steps": 300, "batch_size": 256, "checkpoint_every": 300,
                                           "log_every": 50}), run_dir, progress=False)
     return run_dir
+
+
+# -- the workflow as a user runs it: a copy of the project, snakemake in a subprocess ------------------------------
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).parents[1]
+BIN = Path(sys.executable).parent
+WORKFLOW_ENV = {**SUBPROCESS_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t",
+                "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"}
+WORKFLOW_ENV.pop("MLFLOW_TRACKING_URI", None)
+
+
+def project_copy(where: Path) -> Path:
+    """A copy of what a user clones: Snakefile, workflow/, params/, dvc.yaml."""
+    where.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "dvc.yaml"):
+        shutil.copy(ROOT / name, where / name)
+    for name in ("workflow", "params", "reports", "src"):
+        shutil.copytree(ROOT / name, where / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(ROOT / ".dvcignore", where / ".dvcignore")
+    return where
+
+
+def run_snakemake(cwd, *args, env=None, timeout=600, check=True):
+    done = subprocess.run([str(BIN / "snakemake"), *map(str, args)], cwd=cwd, env={**WORKFLOW_ENV, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return done
+
+
+# -- the smoke study end to end, shared by test_workflow.py and test_slurm.py (xdist group "smoke") -----------------
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory):
+    """The smoke study on a fresh SQLite store with 2 cores: killed (SIGKILL) during training, then rerun."""
+    project = project_copy(tmp_path_factory.mktemp("smoke") / "project")
+    args = [str(BIN / "snakemake"), "--cores", "2", "--configfile", "params/smoke.yaml", "--rerun-incomplete"]
+    proc = subprocess.Popen(args, cwd=project, env=WORKFLOW_ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not list((project / "results" / "smoke" / "runs").glob("*/checkpoint.pt")):
+        assert time.time() < deadline and proc.poll() is None, "training did not start"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and every job it started
+    proc.wait()
+    killed_at = {p.parent.name: p.stat().st_mtime for p in (project / "results/smoke/runs").glob("*/checkpoint.pt")}
+    run_snakemake(project, "--unlock")
+    started = time.time()
+    done = run_snakemake(project, *args[1:], timeout=900)
+    return {"project": project, "killed_at": killed_at, "log": done.stdout + done.stderr,
+            "wall_s": time.time() - started}
+
+

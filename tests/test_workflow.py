@@ -4,48 +4,16 @@ change that reruns only what it affects, a store that is down and then filled by
 the report and the MLflow UI in a real headless Chromium)."""
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import SUBPROCESS_ENV, MlflowServer, free_port
+from conftest import BIN, ROOT, WORKFLOW_ENV, MlflowServer, free_port, project_copy, run_snakemake
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).parents[1]
-BIN = Path(sys.executable).parent
-ENV = {**SUBPROCESS_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-       "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t",
-       "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"}
-ENV.pop("MLFLOW_TRACKING_URI", None)
-
-
-def _project(where: Path) -> Path:
-    """A copy of what a user clones: Snakefile, workflow/, params/, dvc.yaml."""
-    where.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "dvc.yaml"):
-        shutil.copy(ROOT / name, where / name)
-    for name in ("workflow", "params", "reports", "src"):
-        shutil.copytree(ROOT / name, where / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copy(ROOT / ".dvcignore", where / ".dvcignore")
-    return where
-
-
-def _snakemake(cwd, *args, env=None, timeout=600, check=True):
-    done = subprocess.run([str(BIN / "snakemake"), *map(str, args)], cwd=cwd, env={**ENV, **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    return done
-
 
 def _planned(output: str) -> dict:
     """Job counts per rule from a dry run's 'Job stats' table."""
@@ -64,16 +32,16 @@ def _planned(output: str) -> dict:
 
 
 def test_lint_is_clean(tmp_path):
-    done = _snakemake(_project(tmp_path / "p"), "--lint")
+    done = run_snakemake(project_copy(tmp_path / "p"), "--lint")
     assert "Congratulations" in done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("study", ["config", "smoke", "cifar10_cld", "cifar10_psld"])
 def test_dry_run_of_every_study(tmp_path, study):
-    project = _project(tmp_path / "p")
+    project = project_copy(tmp_path / "p")
     (project / "resources" / "cifar10").mkdir(parents=True)  # what a CIFAR-10 user supplies (not read by -n)
     (project / "resources" / "inception-2015-12-05.pt").write_bytes(b"stand-in: a dry run does not read it")
-    done = _snakemake(project, "-n", "--configfile", f"params/{study}.yaml")
+    done = run_snakemake(project, "-n", "--configfile", f"params/{study}.yaml")
     jobs = _planned(done.stdout)
     assert jobs["train"] >= 1 and jobs["sample"] >= 1 and jobs["report"] == 1, jobs
     if study.startswith("cifar10"):
@@ -83,14 +51,14 @@ def test_dry_run_of_every_study(tmp_path, study):
 
 
 def test_dry_run_with_the_slurm_profile(tmp_path):
-    project = _project(tmp_path / "p")
-    done = _snakemake(project, "-n", "--profile", "workflow/profiles/slurm", "--configfile", "params/smoke.yaml")
+    project = project_copy(tmp_path / "p")
+    done = run_snakemake(project, "-n", "--profile", "workflow/profiles/slurm", "--configfile", "params/smoke.yaml")
     assert _planned(done.stdout)["train"] == 3
 
 
-@pytest.mark.parametrize("case", ["misspelt", "sscs_vpsde", "cifar_path", "inception"])
+@pytest.mark.parametrize("case", ["misspelt", "sscs_vpsde", "gpus", "cifar_path", "inception"])
 def test_bad_studies_stop_before_any_job(tmp_path, case):
-    project = _project(tmp_path / "p")
+    project = project_copy(tmp_path / "p")
     study = yaml.safe_load((project / "params" / "smoke.yaml").read_text())
     if case == "misspelt":
         study["sampling"]["stridngs"] = study["sampling"].pop("stridings")
@@ -98,6 +66,9 @@ def test_bad_studies_stop_before_any_job(tmp_path, case):
     elif case == "sscs_vpsde":
         study["sampling"]["samplers"]["vpsde"].append("sscs")
         expected = "sampling.samplers.vpsde lists 'sscs'"
+    elif case == "gpus":  # one GPU per sampling job at most: more would be idle
+        study["sampling"]["gpus"] = 2
+        expected = "invalid study at sampling.gpus: 2 is greater than the maximum of 1"
     elif case == "cifar_path":
         study = yaml.safe_load((project / "params" / "cifar10_cld.yaml").read_text())
         expected = "data.cifar10.source 'resources/cifar10' does not exist"
@@ -106,35 +77,14 @@ def test_bad_studies_stop_before_any_job(tmp_path, case):
         (project / "resources" / "cifar10").mkdir(parents=True)
         expected = "evaluation.fid needs the Inception weights resources/inception-2015-12-05.pt, which are missing"
     (project / "params" / "bad.yaml").write_text(yaml.safe_dump(study))
-    done = _snakemake(project, "--cores", "1", "--configfile", "params/bad.yaml", check=False)
+    done = run_snakemake(project, "--cores", "1", "--configfile", "params/bad.yaml", check=False)
     assert done.returncode != 0
     assert expected in done.stdout + done.stderr, (done.stdout + done.stderr)[-3000:]
     assert "params/bad.yaml" in done.stdout + done.stderr
     assert not (project / "results").exists() and not (project / "logs").exists()
 
 
-# -- the smoke study end to end -----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """The smoke study on a fresh SQLite store with 2 cores: killed (SIGKILL) during training, then rerun."""
-    project = _project(tmp_path_factory.mktemp("smoke") / "project")
-    args = [str(BIN / "snakemake"), "--cores", "2", "--configfile", "params/smoke.yaml", "--rerun-incomplete"]
-    proc = subprocess.Popen(args, cwd=project, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 300
-    while not list((project / "results" / "smoke" / "runs").glob("*/checkpoint.pt")):
-        assert time.time() < deadline and proc.poll() is None, "training did not start"
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and every job it started
-    proc.wait()
-    killed_at = {p.parent.name: p.stat().st_mtime for p in (project / "results/smoke/runs").glob("*/checkpoint.pt")}
-    _snakemake(project, "--unlock")
-    started = time.time()
-    done = _snakemake(project, *args[1:], timeout=900)
-    return {"project": project, "killed_at": killed_at, "log": done.stdout + done.stderr,
-            "wall_s": time.time() - started}
-
-
+# -- the smoke study end to end (fixture `smoke` in conftest.py) ----------------------------------------------------
 @pytest.mark.xdist_group("smoke")
 def test_smoke_study_finishes_with_report_and_records(smoke):
     project = smoke["project"]
@@ -162,7 +112,7 @@ def test_training_resumed_after_the_kill(smoke):
 
 @pytest.mark.xdist_group("smoke")
 def test_a_second_run_has_nothing_to_do(smoke):
-    done = _snakemake(smoke["project"], "-n", "--configfile", "params/smoke.yaml")
+    done = run_snakemake(smoke["project"], "-n", "--configfile", "params/smoke.yaml")
     assert "Nothing to be done" in done.stdout + done.stderr
 
 
@@ -188,13 +138,13 @@ def test_mlflow_parent_and_child_runs(smoke):
 
 
 def _git(cwd, *args):
-    done = subprocess.run(["git", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(["git", *args], cwd=cwd, env=WORKFLOW_ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
 
 def _dvc(cwd, *args):
-    done = subprocess.run([str(BIN / "dvc"), *args], cwd=cwd, env=ENV, capture_output=True, text=True,
+    done = subprocess.run([str(BIN / "dvc"), *args], cwd=cwd, env=WORKFLOW_ENV, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
@@ -208,7 +158,7 @@ def test_dvc_round_trip(smoke, tmp_path):
     shutil.copytree(ROOT / ".dvc", project / ".dvc", dirs_exist_ok=True)
     _git(project, "init", "-q")
     _dvc(project, "remote", "add", "--local", "-d", "test", str(tmp_path / "remote"))
-    _snakemake(project, "--cores", "1", "--configfile", "params/smoke.yaml", "--touch")
+    run_snakemake(project, "--cores", "1", "--configfile", "params/smoke.yaml", "--touch")
     _dvc(project, "commit", "-f", "smoke")
     _dvc(project, "push", "smoke")
     shown = json.loads(_dvc(project, "metrics", "show", "--json"))
@@ -217,8 +167,8 @@ def test_dvc_round_trip(smoke, tmp_path):
         shutil.rmtree(project / path)
     _dvc(project, "pull", "smoke")
     assert (project / "results/smoke/runs/digits_cld/checkpoint.pt").is_file()
-    _snakemake(project, "--cores", "1", "--configfile", "params/smoke.yaml", "--touch")
-    done = _snakemake(project, "-n", "--configfile", "params/smoke.yaml")
+    run_snakemake(project, "--cores", "1", "--configfile", "params/smoke.yaml", "--touch")
+    done = run_snakemake(project, "-n", "--configfile", "params/smoke.yaml")
     assert "Nothing to be done" in done.stdout + done.stderr
 
 
@@ -228,20 +178,20 @@ def test_an_nfe_change_reruns_only_what_it_affects_and_a_down_store_is_filled_la
     study = yaml.safe_load((project / "params" / "smoke.yaml").read_text())
     study["sampling"]["nfe"] = [6, 8]
     (project / "params" / "smoke_nfe.yaml").write_text(yaml.safe_dump(study))
-    jobs = _planned(_snakemake(project, "-n", "--configfile", "params/smoke_nfe.yaml").stdout)
+    jobs = _planned(run_snakemake(project, "-n", "--configfile", "params/smoke_nfe.yaml").stdout)
     # em + sscs, 2 stridings, for digits_cld, diamond_cld and the oracle; em and PC at 7 NFE (its largest budget
     # <= 8) for diamond_vpsde; nothing else (the ODE rows, training, data and NLL are untouched)
     assert jobs.get("sample") == 3 * 4 + 2 * 2, jobs
     assert "train" not in jobs and "prepare" not in jobs and "nll" not in jobs, jobs
     # run it with the store down: the study finishes, `track` warns and leaves its note
     down = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
-    done = _snakemake(project, "--cores", "2", "--configfile", "params/smoke_nfe.yaml", env=down, timeout=600)
+    done = run_snakemake(project, "--cores", "2", "--configfile", "params/smoke_nfe.yaml", env=down, timeout=600)
     tracked = json.loads((project / "results/smoke/tracking/tracked.json").read_text())
     assert tracked["error"] and "failed" in tracked["error"], done.stdout[-2000:]
     # the store is back (a real server): the track rule, forced, logs what is missing
     server = MlflowServer(tmp_path / "server.db", tmp_path / "artifacts").start()
     try:
-        _snakemake(project, "--cores", "1", "--configfile", "params/smoke_nfe.yaml", "--forcerun", "track",
+        run_snakemake(project, "--cores", "1", "--configfile", "params/smoke_nfe.yaml", "--forcerun", "track",
                    env={"MLFLOW_TRACKING_URI": server.uri})
         from mlflow.tracking import MlflowClient
 

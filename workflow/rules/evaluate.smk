@@ -78,7 +78,7 @@ rule fid_stats:
         mode=FID.get("mode", "clean"),
     threads: 2
     resources:
-        gpu=1,
+        gpu=EVALUATION["gpus"],
     log:
         f"{LOGS}/fid_stats.log",
     benchmark:
@@ -103,7 +103,7 @@ rule fid:
         mode=FID.get("mode", "clean"),
     threads: 2
     resources:
-        gpu=1,
+        gpu=EVALUATION["gpus"],
     log:
         f"{LOGS}/fid/{{source}}/{{row}}.log",
     benchmark:
@@ -129,7 +129,7 @@ rule nll:
         seed=STUDY["seed"],
     threads: 1
     resources:
-        gpu=1,
+        gpu=EVALUATION["gpus"],
     log:
         f"{LOGS}/nll/{{model}}_{{metric}}.log",
     benchmark:

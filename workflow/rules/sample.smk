@@ -14,7 +14,7 @@ rule sample_part:
         out=f"{RESULTS}/samples/{{source}}/{{row}}",
     threads: 1
     resources:
-        gpu=1,
+        gpu=SAMPLING["gpus"],
     log:
         f"{LOGS}/sample/{{source}}/{{row}}/part{{part}}.log",
     benchmark:
@@ -36,7 +36,7 @@ rule sample:
         out=f"{RESULTS}/samples/{{source}}/{{row}}",
     threads: 1
     resources:
-        gpu=1,
+        gpu=SAMPLING["gpus"],
     log:
         f"{LOGS}/sample/{{source}}/{{row}}/all.log",
     benchmark:

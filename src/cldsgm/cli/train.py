@@ -107,7 +107,9 @@ def train_command(config_path, run_dir, steps, no_tracking, allow_config_change,
             from cldsgm.utils.io import atomic_write_json
 
             atomic_write_json(done_path, {"run_dir": str(run_dir), "step": result.step,
-                                          "final_loss": result.final_loss, "ran": result.ran})
+                                          "final_loss": result.final_loss, "ran": result.ran,
+                                          # the ranks that trained it (torchrun), for the record and the SLURM tests
+                                          "world_size": int(os.environ.get("WORLD_SIZE", "1"))})
     except (ValueError, FileNotFoundError, FloatingPointError, OSError) as err:  # UnsafeCheckpointError too
         if created:
             remove_if_empty(run_dir)
