@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-__all__ = ["AttnBlock", "FIRConvDown", "GaussianFourierProjection", "ResBlockBigGAN", "fir_downsample",
+__all__ = ["AttnBlock", "FIRConvDown", "GaussianFourierProjection", "PadConvDown", "ResBlockBigGAN", "fir_downsample",
            "fir_upsample", "positional_embedding"]
 
 
@@ -89,6 +89,19 @@ class FIRConvDown(nn.Module):
         return F.conv2d(x, self.weight, stride=2) + self.bias[None, :, None, None]
 
 
+class PadConvDown(nn.Conv2d):
+    """3x3 convolution with stride 2 after padding right and bottom by one pixel (Score-SDE's non-FIR
+    `Downsample(with_conv=True)`); a symmetric padding of 1 would shift the sampling grid by one pixel."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__(in_ch, out_ch, 3, stride=2, padding=0)
+        variance_scaling_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(F.pad(x, (0, 1, 0, 1)))
+
+
 class GaussianFourierProjection(nn.Module):
     """[sin(2 pi W s), cos(2 pi W s)] with frozen W ~ N(0, scale^2): 2 * size features of a scalar s."""
 
@@ -149,7 +162,8 @@ class AttnBlock(nn.Module):
     def __init__(self, channels: int, *, skip_rescale: bool = True, init_scale: float = 0.0):
         super().__init__()
         self.GroupNorm_0 = group_norm(channels)
-        self.NIN_0, self.NIN_1, self.NIN_2 = (conv(channels, channels, 1) for _ in range(3))
+        # q, k, v at init scale 0.1 as the reference's NIN default; only the output projection takes init_scale
+        self.NIN_0, self.NIN_1, self.NIN_2 = (conv(channels, channels, 1, init_scale=0.1) for _ in range(3))
         self.NIN_3 = conv(channels, channels, 1, init_scale=init_scale)
         self.skip_rescale = skip_rescale
 

@@ -17,6 +17,7 @@ from cldsgm.models.layers import (
     AttnBlock,
     FIRConvDown,
     GaussianFourierProjection,
+    PadConvDown,
     ResBlockBigGAN,
     conv,
     group_norm,
@@ -83,7 +84,7 @@ class NCSNpp(nn.Module):
                 stage.append(block(ch, down=True))
                 if progressive_input == "residual":
                     self.pyramid.append(FIRConvDown(pyramid_ch, ch, fir_kernel) if fir
-                                        else conv(pyramid_ch, ch, stride=2, padding=1))
+                                        else PadConvDown(pyramid_ch, ch))
                     pyramid_ch = ch
                 skips.append(ch)
             self.down.append(stage)
@@ -105,11 +106,15 @@ class NCSNpp(nn.Module):
         self.conv_out = conv(ch, out_channels, init_scale=init_scale)
 
     def _time_embedding(self, t: Tensor) -> Tensor:
-        if self.embedding == "fourier":
-            feats = self.fourier(torch.log(t))  # the reference embeds log t: t must stay > 0
-        else:
-            feats = positional_embedding(t, self.nf)
-        return self.temb(feats)
+        # in fp32 even under autocast, as CLD-SGM: sin/cos of 2 pi W log t with |W| ~ 16 * 3 lose all precision
+        # in bf16 (8 bits of mantissa), and nearby times would get the same embedding
+        with torch.autocast(t.device.type, enabled=False):
+            t = t.float()
+            if self.embedding == "fourier":
+                feats = self.fourier(torch.log(t))  # the reference embeds log t: t must stay > 0
+            else:
+                feats = positional_embedding(t, self.nf)
+            return self.temb(feats)
 
     def forward(self, u: Tensor, t: Tensor) -> Tensor:
         """u: [B, in_channels, H, W]; t: [B] forward times in (0, 1]. Returns [B, out_channels, H, W]."""
