@@ -37,7 +37,7 @@ SCHEMA = _obj({
                    "eps": {"type": "number", "exclusiveMinimum": 0}, "warmup_steps": {"type": "integer", "minimum": 0},
                    "grad_clip": {"type": ["number", "null"], "exclusiveMinimum": 0}}),
     "train": _obj({"steps": {"type": "integer", "minimum": 1}, "batch_size": {"type": "integer", "minimum": 1},
-                   "ema_rate": {"type": "number", "minimum": 0, "maximum": 1},
+                   "ema_rate": {"type": "number", "minimum": 0, "maximum": 1}, "ema_warmup": _BOOL,
                    "precision": {"enum": ["fp32", "bf16", "fp16"]},
                    "checkpoint_every": {"type": "integer", "minimum": 1},
                    "log_every": {"type": "integer", "minimum": 1}, "device": {"enum": ["auto", "cpu", "cuda"]}}),
@@ -53,7 +53,7 @@ DEFAULTS = {
     "model": {"options": {}},
     "optim": {"optimizer": "adam", "lr": 2e-4, "weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8,
               "warmup_steps": 0, "grad_clip": 1.0},
-    "train": {"steps": 1000, "batch_size": 128, "ema_rate": 0.9999, "precision": "fp32", "checkpoint_every": 1000,
+    "train": {"steps": 1000, "batch_size": 128, "ema_rate": 0.9999, "ema_warmup": True, "precision": "fp32", "checkpoint_every": 1000,
               "log_every": 50, "device": "auto"},
     "tracking": {"enabled": True, "experiment": "cldsgm", "run_name": None, "uri": None},
 }
@@ -130,7 +130,8 @@ def flatten(config: dict, prefix: str = "") -> dict:
 
 def config_changes(old: dict, new: dict) -> list[str]:
     """Flattened keys whose values differ between two resolved configs, except RESUMABLE_KEYS."""
-    flat_old, flat_new = flatten(old), flatten(new)
+    # a key added to the schema after `old` was written counts as its default there (e.g. train.ema_warmup)
+    flat_old, flat_new = {**flatten(DEFAULTS), **flatten(old)}, {**flatten(DEFAULTS), **flatten(new)}
     keys = sorted(set(flat_old) | set(flat_new))
     return [k for k in keys if flat_old.get(k) != flat_new.get(k)
             and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE_KEYS)]

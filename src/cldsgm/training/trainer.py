@@ -97,17 +97,18 @@ def _to_batch(data: np.ndarray, kind: str, indices: np.ndarray, hflip: bool, gen
 
 
 class _EMA:
-    """Exponential moving average with the reference's warm-up decay min(rate, (1 + n) / (10 + n))."""
+    """Exponential moving average; with warm-up (CLD-SGM, Score-SDE) the decay is min(rate, (1 + n) / (10 + n)),
+    without it (PSLD) the constant rate from the first update."""
 
-    def __init__(self, model: torch.nn.Module, rate: float):
-        self.model, self.rate, self.updates = copy.deepcopy(model).eval(), rate, 0
+    def __init__(self, model: torch.nn.Module, rate: float, warmup: bool = True):
+        self.model, self.rate, self.updates, self.warmup = copy.deepcopy(model).eval(), rate, 0, warmup
         for p in self.model.parameters():
             p.requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         self.updates += 1
-        decay = min(self.rate, (1 + self.updates) / (10 + self.updates))
+        decay = min(self.rate, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.rate
         for ema_p, p in zip(self.model.parameters(), model.parameters(), strict=True):
             ema_p.lerp_(p.detach(), 1 - decay)
 
@@ -174,7 +175,7 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
     torch.manual_seed(config["seed"])  # the initial weights, identical on every rank and every rerun
     model = build_network(network["name"], **network["options"]).to(device)
     _check_fits(model, sde, manifest, config, device)
-    ema = _EMA(model, tcfg["ema_rate"])
+    ema = _EMA(model, tcfg["ema_rate"], tcfg["ema_warmup"])
     opt_cls = torch.optim.AdamW if ocfg["optimizer"] == "adamw" else torch.optim.Adam
     optimizer = opt_cls(model.parameters(), lr=ocfg["lr"], betas=tuple(ocfg["betas"]), eps=ocfg["eps"],
                         weight_decay=ocfg["weight_decay"])
