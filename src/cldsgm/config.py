@@ -53,8 +53,8 @@ DEFAULTS = {
     "model": {"options": {}},
     "optim": {"optimizer": "adam", "lr": 2e-4, "weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8,
               "warmup_steps": 0, "grad_clip": 1.0},
-    "train": {"steps": 1000, "batch_size": 128, "ema_rate": 0.9999, "ema_warmup": True, "precision": "fp32", "checkpoint_every": 1000,
-              "log_every": 50, "device": "auto"},
+    "train": {"steps": 1000, "batch_size": 128, "ema_rate": 0.9999, "ema_warmup": True, "precision": "fp32",
+              "checkpoint_every": 1000, "log_every": 50, "device": "auto"},
     "tracking": {"enabled": True, "experiment": "cldsgm", "run_name": None, "uri": None},
 }
 

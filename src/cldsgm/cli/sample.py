@@ -14,7 +14,7 @@ _SAMPLER_OPTIONS = {
     "sscs": {"score_time": "score_time", "score_step": "score_step", "second_half": "second_half",
              "num_stab": "num_stab"},
     "pc": {"snr": "snr", "n_corrector": "n_corrector"},
-    "ode": {"rtol": "rtol", "atol": "atol", "ode_method": "method"},
+    "ode": {"rtol": "rtol", "atol": "atol", "ode_method": "method", "denoise_drift": "denoise_drift"},
     "em": {},
 }
 
@@ -97,13 +97,16 @@ def load_source(args: dict, *, precision: str = "fp32", device="cpu", net_batch:
 @click.option("--rtol", type=float, default=None, help="ODE (1e-5).")
 @click.option("--atol", type=float, default=None, help="ODE (1e-5).")
 @click.option("--ode-method", type=click.Choice(["scipy_rk45", "dopri5"]), default=None, help="ODE.")
+@click.option("--denoise-drift", type=click.Choice(["sde", "pf"]), default=None,
+              help="ODE: the last step t_min -> 0 with the reverse-SDE drift (sde, CLD-SGM) or the probability-flow "
+                   "drift (pf, PSLD).")
 @click.option("--done", "done_path", type=click.Path(dir_okay=False), default=None,
               help="Write this JSON summary once this invocation's slice is complete (a workflow's output).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def sample_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, sampler, nfe, striding, t_min, n,
                    first, count, seed, batch_size, net_batch, shard_size, out_dir, precision, device, no_denoise,
                    score_time, score_step, second_half, num_stab, snr, n_corrector, rtol, atol, ode_method,
-                   done_path, progress):
+                   denoise_drift, done_path, progress):
     """Sample a set of n into DIR/shard_<first>-<last>.npz + manifest.json + grid.png; resumes; torchrun-aware.
 
     Image i of a run (seed) is the same bytes whatever --batch-size and however the set is split (--first/--count
@@ -113,7 +116,7 @@ def sample_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights
     options = sampler_options(sampler, {"score_time": score_time, "score_step": score_step,
                                         "second_half": second_half, "num_stab": num_stab, "snr": snr,
                                         "n_corrector": n_corrector, "rtol": rtol, "atol": atol,
-                                        "ode_method": ode_method})
+                                        "ode_method": ode_method, "denoise_drift": denoise_drift})
     if sampler == "ode" and nfe is not None:
         raise click.UsageError("the ODE sampler is adaptive: give --rtol/--atol, not --nfe")
     if sampler != "ode" and nfe is None:

@@ -38,13 +38,18 @@ def integrate(fn, y0: Tensor, span: Tensor, *, rtol: float, atol: float, method:
 
 
 def sample_ode(sde, score_fn, u: Tensor, ts: Tensor, *, noise=None, denoise: bool = True, rtol: float = 1e-5,
-               atol: float = 1e-5, method: str = "scipy_rk45") -> Tensor:
+               atol: float = 1e-5, method: str = "scipy_rk45", denoise_drift: str = "sde") -> Tensor:
     """Integrate du/dtau = -f + g^2 s / 2 in reverse time from t = ts[0] (= 1) down to t = ts[-1] (= t_min).
+
+    denoise_drift: the final step t_min -> 0 with the reverse-SDE drift ('sde', CLD-SGM) or the
+    probability-flow drift ('pf', PSLD's ODE sampler).
 
     Only the ends of ts are used; the solver picks its own steps (count them with CountingScore). The batch
     is integrated as one system, as in the references, so the step sizes are shared by the batch and a
     sample can move within the solver tolerance when its batch changes. `noise` is unused (no noise).
     """
+    if denoise_drift not in ("sde", "pf"):
+        raise ValueError(f"denoise_drift must be 'sde' or 'pf', got {denoise_drift!r}")
     ts = torch.as_tensor(ts, dtype=torch.float64)
     t_start, t_end = float(ts[0]), float(ts[-1])
     shape = u.shape
@@ -54,7 +59,8 @@ def sample_ode(sde, score_fn, u: Tensor, ts: Tensor, *, noise=None, denoise: boo
         state = y.reshape(shape)
         return sde.reverse_drift(state, t, score_fn(state, t), probability_flow=True).reshape(-1)
 
-    span = torch.tensor([0.0, t_start - t_end], dtype=u.dtype, device=u.device)
+    # float64 as both references: in float32 the end 1 - 1e-3 would be 0.99900001
+    span = torch.tensor([0.0, t_start - t_end], dtype=torch.float64, device=u.device)
     with torch.no_grad():
         u = integrate(velocity, u.reshape(-1), span, rtol=rtol, atol=atol, method=method).reshape(shape)
-    return denoise_step(sde, score_fn, u, ts[-1]) if denoise else u
+    return denoise_step(sde, score_fn, u, ts[-1], probability_flow=denoise_drift == "pf") if denoise else u

@@ -32,10 +32,12 @@ def _steps(ts: Tensor):
         yield t, float(t - t_next)
 
 
-def denoise_step(sde, score_fn, u: Tensor, t_min: Tensor) -> Tensor:
-    """One noise-free Euler step of the reverse SDE from forward time t_min to 0 (one NFE)."""
+def denoise_step(sde, score_fn, u: Tensor, t_min: Tensor, *, probability_flow: bool = False) -> Tensor:
+    """One noise-free Euler step from forward time t_min to 0 (one NFE), with the reverse-SDE drift -f + g^2 s
+    (CLD-SGM, Score-SDE) or, with probability_flow, the ODE's -f + g^2 s / 2 (PSLD's ODE sampler)."""
     t_min = torch.as_tensor(t_min, dtype=torch.float64)
-    return u + sde.reverse_drift(u, t_min, score_fn(u, t_min)) * float(t_min)
+    drift = sde.reverse_drift(u, t_min, score_fn(u, t_min), probability_flow=probability_flow)
+    return u + drift * float(t_min)
 
 
 def _finish(sde, score_fn, u, ts, denoise):
