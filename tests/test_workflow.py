@@ -36,13 +36,21 @@ def test_lint_is_clean(tmp_path):
     assert "Congratulations" in done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("study", ["config", "smoke", "cifar10_cld", "cifar10_psld"])
+@pytest.mark.parametrize("study", ["config", "smoke", "cifar10_cld", "cifar10_psld", "cifar10_cld_pretrained",
+                                   "cifar10_psld_pretrained"])
 def test_dry_run_of_every_study(tmp_path, study):
     project = project_copy(tmp_path / "p")
     (project / "resources" / "cifar10").mkdir(parents=True)  # what a CIFAR-10 user supplies (not read by -n)
     (project / "resources" / "inception-2015-12-05.pt").write_bytes(b"stand-in: a dry run does not read it")
+    (project / "resources" / "checkpoints").mkdir()
+    for name in ("cld_cifar10_checkpoint_800000.pth", "psld_cifar10_sota.ckpt"):
+        (project / "resources" / "checkpoints" / name).write_bytes(b"stand-in")
     done = run_snakemake(project, "-n", "--configfile", f"params/{study}.yaml")
     jobs = _planned(done.stdout)
+    if study.endswith("pretrained"):  # the released weights are imported, not trained
+        assert jobs["import_checkpoint"] == 1 and "train" not in jobs, jobs
+        assert jobs["fid"] == jobs["sample"] and jobs["nll"] == 1, jobs
+        return
     assert jobs["train"] >= 1 and jobs["sample"] >= 1 and jobs["report"] == 1, jobs
     if study.startswith("cifar10"):
         assert jobs["fid"] == jobs["sample"] and jobs["sample_part"] == 10 * jobs["sample"]
@@ -56,7 +64,8 @@ def test_dry_run_with_the_slurm_profile(tmp_path):
     assert _planned(done.stdout)["train"] == 3
 
 
-@pytest.mark.parametrize("case", ["misspelt", "sscs_vpsde", "gpus", "cifar_path", "inception"])
+@pytest.mark.parametrize("case", ["misspelt", "sscs_vpsde", "gpus", "cifar_path", "inception", "released",
+                                  "psld_sde"])
 def test_bad_studies_stop_before_any_job(tmp_path, case):
     project = project_copy(tmp_path / "p")
     study = yaml.safe_load((project / "params" / "smoke.yaml").read_text())
@@ -69,6 +78,17 @@ def test_bad_studies_stop_before_any_job(tmp_path, case):
     elif case == "gpus":  # one GPU per sampling job at most: more would be idle
         study["sampling"]["gpus"] = 2
         expected = "invalid study at sampling.gpus: 2 is greater than the maximum of 1"
+    elif case in ("released", "psld_sde"):
+        study = yaml.safe_load((project / "params" / "cifar10_psld_pretrained.yaml").read_text())
+        (project / "resources" / "cifar10").mkdir(parents=True)
+        (project / "resources" / "inception-2015-12-05.pt").write_bytes(b"stand-in")
+        expected = ("models.cifar10_psld.checkpoint.file 'resources/checkpoints/psld_cifar10_sota.ckpt' does not "
+                    "exist: download the CIFAR-10 .ckpt from the PSLD README")
+        if case == "psld_sde":
+            (project / "resources" / "checkpoints").mkdir()
+            (project / "resources" / "checkpoints" / "psld_cifar10_sota.ckpt").write_bytes(b"stand-in")
+            del study["models"]["cifar10_psld"]["checkpoint"]["sde_params"]["nu"]
+            expected = "models.cifar10_psld.checkpoint.sde_params lacks ['nu']: a PSLD file does not record its SDE"
     elif case == "cifar_path":
         study = yaml.safe_load((project / "params" / "cifar10_cld.yaml").read_text())
         expected = "data.cifar10.source 'resources/cifar10' does not exist"

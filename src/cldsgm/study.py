@@ -72,6 +72,23 @@ def model_sde(model: dict) -> str:
     return config.get("sde", {}).get("name", "cld")
 
 
+_RELEASED = {"cld-sgm": "checkpoint_800000.pth from the CLD-SGM README (github.com/nv-tlabs/CLD-SGM)",
+             "psld": "the CIFAR-10 .ckpt from the PSLD README (github.com/mandt-lab/PSLD)"}
+
+
+def _check_checkpoint(name: str, checkpoint: dict | None, source: str) -> None:
+    """An imported model: the user's copy of the released file must be there, and a PSLD file needs its SDE."""
+    if checkpoint is None:
+        return
+    if not Path(checkpoint["file"]).expanduser().is_file():
+        raise StudyError(f"{source}: models.{name}.checkpoint.file {checkpoint['file']!r} does not exist: download "
+                         f"{_RELEASED[checkpoint['format']]} and put it there, or point the study at your copy")
+    missing = [p for p in ("Gamma", "nu") if p not in (checkpoint.get("sde_params") or {})]
+    if checkpoint["format"] == "psld" and missing:
+        raise StudyError(f"{source}: models.{name}.checkpoint.sde_params lacks {missing}: a PSLD file does not "
+                         "record its SDE (the released CIFAR-10 SOTA file is named for Gamma 0.02, nu 4.02)")
+
+
 def _check_semantics(study: dict, source: str) -> None:
     for name, model in study["models"].items():
         if model["data"] not in study["data"]:
@@ -79,6 +96,7 @@ def _check_semantics(study: dict, source: str) -> None:
                              f"(data: {sorted(study['data'])})")
         if not Path(model["config"]).is_file():
             raise StudyError(f"{source}: models.{name}.config: training config {model['config']} not found")
+        _check_checkpoint(name, model.get("checkpoint"), source)
     for sde, samplers in study["sampling"].get("samplers", {}).items():
         for sampler in samplers:
             if sampler == "sscs" and sde == "vpsde":

@@ -91,6 +91,23 @@ def train_done(model):
     return f"{RESULTS}/runs/{model}/done.json"
 
 
+IMPORTED = sorted(m for m, spec in STUDY["models"].items() if spec.get("checkpoint"))
+TRAINED = sorted(m for m in STUDY["models"] if m not in IMPORTED)
+
+
+def one_of(names):
+    """A wildcard pattern matching exactly these names (none: a pattern that matches nothing)."""
+    return "|".join(names) if names else "(?!)"
+
+
+def import_flags(wildcards):
+    model = STUDY["models"][wildcards.model]
+    params = (model["checkpoint"].get("sde_params") or {}).items()
+    flags = [f"--format {model['checkpoint']['format']}", *(f"--sde-param {k}={v}" for k, v in params)]
+    flags += [f"--set {key}={value}" for key, value in (model.get("overrides") or {}).items()]
+    return " ".join(flags)
+
+
 # -- used by sample.smk ------------------------------------------------------------------------------------------
 
 

@@ -50,7 +50,7 @@ rule track:
     output:
         tracked=f"{RESULTS}/tracking/tracked.json",
     params:
-        runs=" ".join(f"--run-dir {RESULTS}/runs/{model}" for model in STUDY["models"]),
+        runs=" ".join(f"--run-dir {RESULTS}/runs/{model}" for model in TRAINED),  # imported runs have no log
         records=lambda wc, input: f"{os.path.dirname(os.path.dirname(input.parent))}/records",
         report=lambda wc, input: os.path.dirname(input.report),
     log:

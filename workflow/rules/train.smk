@@ -9,6 +9,8 @@ rule train:
         parent=parent_run(),
     output:
         done=f"{RESULTS}/runs/{{model}}/done.json",
+    wildcard_constraints:
+        model=one_of(TRAINED),
     params:
         flags=train_flags,
         tracking=parent_flag,
@@ -26,3 +28,24 @@ rule train:
     shell:
         "{params.launcher} train --config {input.config} --run-dir {params.run_dir} {params.flags} "
         "{params.tracking} --no-progress --done {output.done} > {log} 2>&1"
+
+
+# A model of the authors' released weights: imported (`cldsgm import-checkpoint`), not trained.
+rule import_checkpoint:
+    input:
+        checkpoint=lambda wc: STUDY["models"][wc.model]["checkpoint"]["file"],
+        config=lambda wc: STUDY["models"][wc.model]["config"],
+    output:
+        done=f"{RESULTS}/runs/{{model}}/done.json",
+    wildcard_constraints:
+        model=one_of(IMPORTED),
+    params:
+        flags=import_flags,
+        run_dir=f"{RESULTS}/runs/{{model}}",
+    log:
+        f"{LOGS}/import/{{model}}.log",
+    conda:
+        "../envs/cldsgm.yaml"
+    shell:
+        "cldsgm import-checkpoint {input.checkpoint} --config {input.config} --out {params.run_dir} {params.flags} "
+        "--done {output.done} > {log} 2>&1"
