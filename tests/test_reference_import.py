@@ -213,3 +213,23 @@ def test_tensors_that_do_not_fit_are_listed_together(tmp_path):
     assert done.returncode != 0 and "156 mis-shaped: all_modules.0.W [16] -> fourier.W [32], " in done.stderr
     assert "all_modules.1.weight [64, 32] -> temb.0.weight [128, 64]" in done.stderr and "missing" not in done.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_the_report_puts_our_numbers_beside_the_papers():
+    import pandas as pd
+
+    from cldsgm.report import published_match
+    from cldsgm.report.published import PUBLISHED
+
+    df = pd.DataFrame([
+        {"sde": "cld", "sampler": "sscs", "nfe_budget": 150, "nfe": 150.0, "metric": "fid", "value": 3.1},
+        {"sde": "cld", "sampler": "ode", "nfe_budget": None, "nfe": 305.0, "metric": "fid", "value": 2.3},
+        {"sde": "cld", "sampler": "ode", "nfe_budget": None, "nfe": 290.0, "metric": "nll_bpd", "value": 3.3},
+    ])
+    paper = pd.DataFrame(PUBLISHED, columns=["sde", "sampler", "NFE", "metric", "paper", "status", "source"])
+    cld = paper[paper.sde == "cld"]
+    ours = {(r["sampler"], r["NFE"], r["metric"]): published_match(df, r) for _, r in cld.iterrows()}
+    assert ours[("sscs", 150, "fid")] == "3.1"
+    assert ours[("ode", 312, "fid")] == "2.3 (NFE 305)"  # adaptive: shown with our NFE
+    assert [v for (_, _, metric), v in ours.items() if metric == "nll_bpd"] == ["3.3 (NFE 290)"]
+    assert ours[("em", 150, "fid")] == "not computed"

@@ -20,7 +20,7 @@ import yaml
 from cldsgm.records import METRICS, read_record
 from cldsgm.utils.io import atomic_path, atomic_write_json, atomic_write_text
 
-__all__ = ["build_report", "claims", "load_records"]
+__all__ = ["build_report", "claims", "load_records", "published_match"]
 
 QUALITY = {"digits": "fd_digits", "cifar10": "fid", "diamond": "sliced_w2", "multimodal_swissroll": "sliced_w2"}
 NOISE = 0.10  # relative difference under which two figures are called equal ("within noise")
@@ -176,6 +176,23 @@ def _cost(results: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["rule", "job", "seconds", "max_rss_mb"])
 
 
+def published_match(df: pd.DataFrame, paper) -> str:
+    """Our value for a published row (sde, sampler, NFE, metric): fixed-step samplers at the same NFE; the adaptive
+    ODE and NLL whatever their NFE (ours is shown with it); 'not computed' where the study has none."""
+    if df.empty:
+        return "not computed"
+    sub = df[(df["sde"] == paper["sde"]) & (df["metric"] == paper["metric"])]
+    adaptive = paper["metric"].startswith("nll") or paper["sampler"] == "ode"
+    if not paper["metric"].startswith("nll"):
+        sub = sub[sub["sampler"] == paper["sampler"]]
+        if not adaptive:
+            sub = sub[sub["nfe_budget"] == paper["NFE"]]
+    if sub.empty:
+        return "not computed"
+    hit = sub.iloc[0]
+    return f"{hit['value']:.4g}" + (f" (NFE {hit['nfe']:.0f})" if adaptive and pd.notna(hit.get("nfe")) else "")
+
+
 def build_report(study_path: str | Path, results: str | Path, out: str | Path) -> dict:
     """Write reports/<study>/ from the study's records; return the metrics.json content."""
     study = yaml.safe_load(Path(study_path).read_text())
@@ -227,12 +244,7 @@ def build_report(study_path: str | Path, results: str | Path, out: str | Path) -
         from cldsgm.report.published import PUBLISHED
 
         published = pd.DataFrame(PUBLISHED, columns=["sde", "sampler", "NFE", "metric", "paper", "status", "source"])
-        ours = []
-        for _, row in published.iterrows():
-            hit = df[(df["sde"] == row["sde"]) & (df["metric"] == row["metric"]) & (df["sampler"] == row["sampler"])
-                     & (df["nfe_budget"] == row["NFE"])] if not df.empty else df
-            ours.append(hit["value"].iloc[0] if len(hit) else "not computed")
-        published.insert(5, "ours", ours)
+        published.insert(5, "ours", [published_match(df, row) for _, row in published.iterrows()])
     missing = []
     if not (study.get("evaluation") or {}).get("fid"):
         missing.append("FID/KID: not computed in this study (evaluation.fid is off, or no Inception weights).")
