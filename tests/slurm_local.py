@@ -143,6 +143,22 @@ class LocalSlurm:
                 text += path.read_text()[-1500:]
         return text
 
+    def _wait_ports_free(self, timeout: float = 30) -> None:
+        """A restarted slurmctld/slurmd cannot bind while the old one's sockets linger; wait for both ports."""
+        deadline = time.time() + timeout
+        for port in (self.port, self.port + 1):
+            while True:
+                with socket.socket() as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    try:
+                        probe.bind(("0.0.0.0", port))
+                        break
+                    except OSError:
+                        if time.time() > deadline:
+                            raise RuntimeError(f"port {port} still in use after {timeout} s: another SLURM "
+                                               "daemon runs on this machine") from None
+                time.sleep(0.2)
+
     def start(self, gpus: int = 0) -> None:
         """Bring the cluster up (idempotent for munged); `gpus` > 0 declares that many fake GPUs on the node."""
         self.state.mkdir(parents=True, exist_ok=True)
@@ -167,6 +183,7 @@ class LocalSlurm:
             self._start("munged", ["munged", "--force", f"--socket={sock}", f"--key-file={key}",
                                    f"--pid-file={self.state / 'munged.pid'}", f"--log-file={self.state / 'munged.log'}",
                                    f"--seed-file={self.state / 'munged.seed'}"], self.state / "munged.pid")
+        self._wait_ports_free()
         # -c: a clean controller state, so that a node drained by an earlier config cannot stay drained
         self._start("slurmctld", ["slurmctld", "-c", "-f", str(self.conf)], self.state / "slurmctld.pid")
         self._start("slurmd", ["slurmd", "-f", str(self.conf)], self.state / "slurmd.pid")
