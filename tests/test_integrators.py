@@ -110,3 +110,66 @@ def test_options_are_checked():
         sample_sscs(sde, lambda u, t: -u, u, ts, noise=None, precision_sigma=-0.1)
     with pytest.raises(ValueError, match="needs a phase-space SDE"):
         sample_ge_ode(build_sde("vpsde"), lambda u, t: -u, torch.zeros(2, 1), ts)
+
+
+# -- wiring: the CLI, the study sweep and the report -------------------------------------------------------------
+def test_new_samplers_through_the_cli(tmp_path):
+    from conftest import run_cli
+
+    done = run_cli("sample", "--oracle", "diamond", "--sde", "psld", "--sampler", "conjugate", "--lam", "0.5",
+                   "--nfe", "10", "--striding", "quadratic", "--num-samples", "64", "--out", str(tmp_path / "c"))
+    assert done.returncode == 0, done.stderr
+    manifest = (tmp_path / "c" / "manifest.json").read_text()
+    assert '"lam": 0.5' in manifest and '"sampler": "conjugate"' in manifest
+    done = run_cli("sample", "--oracle", "diamond", "--sde", "cld", "--sampler", "sscs", "--lam", "0.5", "--nfe", "4",
+                   "--num-samples", "4", "--out", str(tmp_path / "x"))
+    assert done.returncode != 0 and "--lam do(es) not apply to sampler 'sscs'" in done.stderr
+
+
+def _study(**sampling):
+    return {"study": "t", "data": {"digits": {}, "diamond": {}},
+            "models": {"d": {"data": "digits", "config": "params/train/digits_cld.yaml"},
+                       "p": {"data": "diamond", "config": "params/train/toy_cld.yaml"}},
+            "sampling": {"num_samples": {"digits": 8, "diamond": 8}, "nfe": [10, 20], "stridings": ["uniform"],
+                         "samplers": {"cld": ["em", "sscsfix", "sd01"]}, **sampling},
+            "evaluation": {}}
+
+
+def test_variants_make_their_own_rows():
+    from cldsgm.study import load_study, sample_rows
+
+    variants = {"sscsfix": {"sampler": "sscs", "options": {"precision_sigma": 0.04}, "stridings": ["quadratic"]},
+                "sd01": {"sampler": "sscs", "options": {"precision_sigma": 0.1}, "nfe": [20], "data": ["digits"]}}
+    rows = sample_rows(load_study(_study(variants=variants), "t.yaml"))
+    names = {(r["source"], r["row"]) for r in rows}
+    assert ("d", "sscsfix-quadratic-nfe10") in names and ("p", "sscsfix-quadratic-nfe20") in names
+    assert ("d", "sd01-uniform-nfe20") in names and ("p", "sd01-uniform-nfe20") not in names  # digits only
+    fix = next(r for r in rows if r["row"] == "sscsfix-quadratic-nfe10")
+    assert fix["sampler"] == "sscs" and fix["options"] == {"precision_sigma": 0.04}
+
+
+@pytest.mark.parametrize("variants, message", [
+    ({}, "lists 'sscsfix', which is neither a sampler"),
+    ({"sscsfix": {"sampler": "sscs", "options": {"lam": 1.0}}, "sd01": {"sampler": "sscs"}},
+     "sampling.variants.sscsfix.options has ['lam'], not options of sampler 'sscs'"),
+])
+def test_bad_variants_are_named(variants, message):
+    from cldsgm.study import StudyError, load_study
+
+    with pytest.raises(StudyError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_study(_study(variants=variants), "t.yaml")
+
+
+def test_the_report_records_the_best_precision_sigma():
+    import pandas as pd
+
+    from cldsgm.report import sigma_sweep
+
+    df = pd.DataFrame([{"source": "d", "metric": "fd_digits", "striding": "quadratic", "nfe_budget": 20,
+                        "sampler": name, "value": value} for name, value in
+                       (("sscs", 9.0), ("sd002", 7.5), ("sd01", 8.0), ("em", 3.0))])
+    sampling = {"variants": {"sd002": {"sampler": "sscs", "options": {"precision_sigma": 0.02}},
+                             "sd01": {"sampler": "sscs", "options": {"precision_sigma": 0.1}}}}
+    sweep = sigma_sweep(df, sampling)
+    assert list(sweep["sigma_d"]) == [0.0, 0.02, 0.1]  # em is not part of the sweep
+    assert sweep.loc[sweep["best"] == "best", "sigma_d"].tolist() == [0.02]

@@ -17,16 +17,41 @@ from cldsgm.eval.distances import energy_distance, sliced_wasserstein
 from cldsgm.oracles import GaussianMixture, diamond
 from cldsgm.samplers import check_sampler, generate
 
-__all__ = ["BENCH_SAMPLERS", "DATASETS", "sampler_bench"]
+__all__ = ["BENCH_SAMPLERS", "DATASETS", "parse_sampler", "sampler_bench"]
 
-# name -> (sampler, options). 'sscs' is our default variant, 'sscs-ref' the reference code's.
+# name -> (sampler, options). 'sscs' is our default variant, 'sscs-ref' the reference code's, 'sscs-fix' the
+# second-order one with the diamond's component std as sigma_d. Any sampler also takes options inline:
+# 'conjugate:lam=0.5', 'sscs:precision_sigma=0.02:num_stab=1e-9'.
 BENCH_SAMPLERS = {
     "em": ("em", {}),
     "sscs": ("sscs", {}),
     "sscs-ref": ("sscs", {"score_time": "start", "score_step": "euler", "second_half": "reference"}),
+    "sscs-fix": ("sscs", {"precision_sigma": 0.04}),
     "pc": ("pc", {}),
     "ode": ("ode", {}),
+    "euler-ode": ("euler_ode", {}),
+    "conjugate": ("conjugate", {}),
+    "ge-ode": ("ge_ode", {}),
+    "ge-sde": ("ge_sde", {}),
 }
+
+
+def parse_sampler(spec: str) -> tuple[str, dict]:
+    """'name' or 'name:key=value:...' -> (sampler, options); values are read as numbers where they are numbers."""
+    name, *pairs = spec.split(":")
+    if name not in BENCH_SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose from {sorted(BENCH_SAMPLERS)}")
+    sampler, options = BENCH_SAMPLERS[name]
+    options = dict(options)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"sampler option {pair!r} in {spec!r} is not KEY=VALUE")
+        try:
+            options[key] = float(value)
+        except ValueError:
+            options[key] = value
+    return sampler, options
 DATASETS = {"diamond": diamond, "gaussian": lambda: GaussianMixture.gaussian(2, 0.5)}
 
 
@@ -34,9 +59,7 @@ def _check(sde, names, dataset) -> None:
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {sorted(DATASETS)}")
     for name in names:
-        if name not in BENCH_SAMPLERS:
-            raise ValueError(f"unknown sampler {name!r}; choose from {sorted(BENCH_SAMPLERS)}")
-        check_sampler(sde, BENCH_SAMPLERS[name][0])
+        check_sampler(sde, parse_sampler(name)[0])
 
 
 def sampler_bench(sde, sde_name: str, samplers, nfes, stridings=("uniform",), *, n_samples: int = 5000,
@@ -60,7 +83,7 @@ def sampler_bench(sde, sde_name: str, samplers, nfes, stridings=("uniform",), *,
 
     rows = [row("exact", "-", 0, 0, ref2, 0.0)]
     for name in samplers:
-        sampler, options = BENCH_SAMPLERS[name]
+        sampler, options = parse_sampler(name)
         runs = [("-", None)] if sampler == "ode" else [(s, nfe) for s in stridings for nfe in nfes]
         for striding, nfe in runs:
             extra = {"rtol": ode_tol, "atol": ode_tol} if sampler == "ode" else {"striding": striding}

@@ -89,6 +89,20 @@ def _check_checkpoint(name: str, checkpoint: dict | None, source: str) -> None:
                          "record its SDE (the released CIFAR-10 SOTA file is named for Gamma 0.02, nu 4.02)")
 
 
+_SAMPLERS = ("em", "sscs", "pc", "ode", "euler_ode", "conjugate", "ge_ode", "ge_sde")
+_PHASE_SPACE_ONLY = ("sscs", "conjugate", "ge_ode", "ge_sde")
+
+
+def _check_variant_options(name: str, variant: dict, source: str) -> None:
+    """A variant's options must be options of its sampler (the schema's sampling.options section for it)."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    allowed = schema["properties"]["sampling"]["properties"]["options"]["properties"].get(variant["sampler"], {})
+    unknown = sorted(set(variant.get("options") or {}) - set(allowed.get("properties", {})))
+    if unknown:
+        raise StudyError(f"{source}: sampling.variants.{name}.options has {unknown}, not options of sampler "
+                         f"{variant['sampler']!r} (allowed: {sorted(allowed.get('properties', {}))})")
+
+
 def _check_semantics(study: dict, source: str) -> None:
     for name, model in study["models"].items():
         if model["data"] not in study["data"]:
@@ -97,13 +111,20 @@ def _check_semantics(study: dict, source: str) -> None:
         if not Path(model["config"]).is_file():
             raise StudyError(f"{source}: models.{name}.config: training config {model['config']} not found")
         _check_checkpoint(name, model.get("checkpoint"), source)
+    variants = study["sampling"].get("variants", {})
     for sde, samplers in study["sampling"].get("samplers", {}).items():
-        for sampler in samplers:
-            if sampler == "sscs" and sde == "vpsde":
-                raise StudyError(f"{source}: sampling.samplers.vpsde lists 'sscs', which needs a phase-space SDE "
+        for entry in samplers:
+            if entry not in _SAMPLERS and entry not in variants:
+                raise StudyError(f"{source}: sampling.samplers.{sde} lists {entry!r}, which is neither a sampler "
+                                 f"({', '.join(_SAMPLERS)}) nor a name in sampling.variants")
+            sampler = variants[entry]["sampler"] if entry in variants else entry
+            if sampler in _PHASE_SPACE_ONLY and sde == "vpsde":
+                raise StudyError(f"{source}: sampling.samplers.vpsde lists {entry!r}, which needs a phase-space SDE "
                                  "(cld or psld); remove it or use em / pc / ode")
             if sampler == "pc" and sde != "vpsde":
                 raise StudyError(f"{source}: sampling.samplers.{sde} lists 'pc', which is defined for vpsde only")
+            if entry in variants:
+                _check_variant_options(entry, variants[entry], source)
     for name in study["data"]:
         if name not in _POINTS and name not in study["sampling"]["num_samples"]:
             raise StudyError(f"{source}: sampling.num_samples has no entry for dataset {name!r}")
@@ -130,28 +151,35 @@ def load_study(config: dict, source: str, schema_path: str | Path = SCHEMA_PATH)
 
 
 def sample_rows(study: dict) -> list[dict]:
-    """One row per sample set: {'source', 'kind' ('model' | 'oracle'), 'data', 'sde', 'sampler', 'striding',
-    'nfe', 'row'}; 'row' names the set's directory, e.g. 'em-uniform-nfe20' or 'ode-adaptive'."""
+    """One row per sample set: {'source', 'kind' ('model' | 'oracle'), 'data', 'sde', 'sampler', 'variant' (the
+    name listed in sampling.samplers), 'options', 'striding', 'nfe', 'row'}; 'row' names the set's directory, e.g.
+    'em-uniform-nfe20', 'ode-adaptive' or 'sscsfix-quadratic-nfe20'."""
     sampling = study["sampling"]
     sources = [(name, "model", model["data"], model_sde(model)) for name, model in study["models"].items()]
     oracle = sampling.get("oracle", {})
     sources += [(f"oracle-{data}-{sde}", "oracle", data, sde) for data in oracle.get("data", [])
                 for sde in oracle.get("sdes", [])]
     rows = []
+    variants = sampling.get("variants", {})
     for name, kind, data, sde in sources:
-        for sampler in sampling["samplers"].get(sde, []):
-            if sampler == "ode":
-                rows.append({"source": name, "kind": kind, "data": data, "sde": sde, "sampler": "ode",
-                             "striding": "adaptive", "nfe": 0, "row": "ode-adaptive"})
+        for entry in sampling["samplers"].get(sde, []):
+            variant = variants.get(entry, {"sampler": entry})
+            if variant.get("data") and data not in variant["data"]:
                 continue
-            for striding in sampling["stridings"]:
-                for budget in sampling["nfe"]:
+            sampler = variant["sampler"]
+            options = {**sampling.get("options", {}).get(sampler, {}), **(variant.get("options") or {})}
+            common = {"source": name, "kind": kind, "data": data, "sde": sde, "sampler": sampler, "variant": entry,
+                      "options": options}
+            if sampler == "ode":
+                rows.append({**common, "striding": "adaptive", "nfe": 0, "row": f"{entry}-adaptive"})
+                continue
+            for striding in variant.get("stridings") or sampling["stridings"]:
+                for budget in variant.get("nfe") or sampling["nfe"]:
                     nfe = budget
                     if sampler == "pc":  # 1 + n_corrector per step, + 1 to denoise: the largest budget it can honour
-                        per_step = 1 + sampling.get("options", {}).get("pc", {}).get("n_corrector", 1)
+                        per_step = 1 + options.get("n_corrector", 1)
                         nfe = budget - (budget - 1) % per_step
                         if nfe < 1 + per_step:
                             continue
-                    rows.append({"source": name, "kind": kind, "data": data, "sde": sde, "sampler": sampler,
-                                 "striding": striding, "nfe": nfe, "row": f"{sampler}-{striding}-nfe{nfe}"})
+                    rows.append({**common, "striding": striding, "nfe": nfe, "row": f"{entry}-{striding}-nfe{nfe}"})
     return rows

@@ -31,7 +31,7 @@ wildcard_constraints:
     split=r"train|test",
     model=r"[A-Za-z0-9_]+",
     source=r"[A-Za-z0-9_-]+",
-    row=r"[a-z]+-[a-z]+(-nfe[0-9]+)?",
+    row=r"[a-z][a-z0-9_]*-[a-z]+(-nfe[0-9]+)?",
     part=r"[0-9]+",
 
 
@@ -124,8 +124,7 @@ def sample_args(wildcards):
         args.append(f"--net-batch {SAMPLING['net_batch']}")
     if row["sampler"] != "ode":
         args += [f"--nfe {row['nfe']}", f"--striding {row['striding']}"]
-    options = SAMPLING.get("options", {}).get(row["sampler"], {})
-    for key, value in sorted(options.items()):  # a stable order: the param string is a rerun trigger
+    for key, value in sorted(row["options"].items()):  # a stable order: the param string is a rerun trigger
         args.append(f"--{'ode-method' if key == 'method' else key.replace('_', '-')} {value}")
     return " ".join(args)
 

@@ -39,7 +39,8 @@ def kernel(sde_name: str, times: str, numerical_eps: float | None) -> None:
 @main.command("sampler-bench")
 @click.option("--sde", "sde_name", type=click.Choice(["cld", "psld", "vpsde"]), default="cld", show_default=True)
 @click.option("--samplers", default="em,sscs", show_default=True,
-              help="Comma-separated: em, sscs (our default variant), sscs-ref (the reference code's), pc, ode.")
+              help="Comma-separated: em, sscs (our default), sscs-ref (the reference code's), sscs-fix (sigma_d "
+                   "0.04), pc, ode, euler-ode, conjugate, ge-ode, ge-sde; options inline, e.g. conjugate:lam=0.5.")
 @click.option("--nfe", "nfes", default="20,50,100", show_default=True, help="Comma-separated NFE budgets.")
 @click.option("--striding", "stridings", default="uniform", show_default=True, help="uniform and/or quadratic.")
 @click.option("--dataset", type=click.Choice(["diamond", "gaussian"]), default="diamond", show_default=True)

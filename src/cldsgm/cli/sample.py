@@ -12,7 +12,11 @@ from cldsgm.cli._common import click_error, device_for, finish_ranks_and_mark, k
 # sampler -> its own options (CLI name -> keyword of the sampler function)
 _SAMPLER_OPTIONS = {
     "sscs": {"score_time": "score_time", "score_step": "score_step", "second_half": "second_half",
-             "num_stab": "num_stab"},
+             "num_stab": "num_stab", "precision_sigma": "precision_sigma"},
+    "conjugate": {"lam": "lam"},
+    "ge_ode": {"precision_sigma": "precision_sigma"},
+    "ge_sde": {"precision_sigma": "precision_sigma"},
+    "euler_ode": {},
     "pc": {"snr": "snr", "n_corrector": "n_corrector"},
     "ode": {"rtol": "rtol", "atol": "atol", "ode_method": "method", "denoise_drift": "denoise_drift"},
     "em": {},
@@ -70,7 +74,8 @@ def load_source(args: dict, *, precision: str = "fp32", device="cpu", net_batch:
 
 @main.command("sample")
 @source_options
-@click.option("--sampler", type=click.Choice(["em", "sscs", "pc", "ode"]), required=True)
+@click.option("--sampler", required=True,
+              type=click.Choice(["em", "sscs", "pc", "ode", "euler_ode", "conjugate", "ge_ode", "ge_sde"]))
 @click.option("--nfe", type=int, default=None, help="Fixed-step samplers: the NFE budget, denoising included.")
 @click.option("--striding", type=click.Choice(["uniform", "quadratic"]), default="uniform", show_default=True)
 @click.option("--t-min", type=float, default=1e-3, show_default=True, help="Sampling end time (forward).")
@@ -92,6 +97,11 @@ def load_source(args: dict, *, precision: str = "fp32", device="cpu", net_batch:
 @click.option("--score-step", type=click.Choice(["euler", "exponential"]), default=None, help="SSCS.")
 @click.option("--second-half", type=click.Choice(["exact", "reference"]), default=None, help="SSCS.")
 @click.option("--num-stab", type=float, default=None, help="SSCS: half-step covariance jitter.")
+@click.option("--precision-sigma", type=float, default=None,
+              help="SSCS, ge_ode, ge_sde: sigma_d, the local data scale of the exponential / Gaussian-exact step "
+                   "(0: point mass; SSCS is second order with sigma_d > 0).")
+@click.option("--lam", type=float, default=None,
+              help="conjugate: lambda of B_t = lambda I (0: the exponential integrator).")
 @click.option("--snr", type=float, default=None, help="PC: corrector signal-to-noise ratio (0.16).")
 @click.option("--n-corrector", type=int, default=None, help="PC: corrector steps per step (1).")
 @click.option("--rtol", type=float, default=None, help="ODE (1e-5).")
@@ -105,8 +115,8 @@ def load_source(args: dict, *, precision: str = "fp32", device="cpu", net_batch:
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def sample_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, sampler, nfe, striding, t_min, n,
                    first, count, seed, batch_size, net_batch, shard_size, out_dir, precision, device, no_denoise,
-                   score_time, score_step, second_half, num_stab, snr, n_corrector, rtol, atol, ode_method,
-                   denoise_drift, done_path, progress):
+                   score_time, score_step, second_half, num_stab, precision_sigma, lam, snr, n_corrector, rtol,
+                   atol, ode_method, denoise_drift, done_path, progress):
     """Sample a set of n into DIR/shard_<first>-<last>.npz + manifest.json + grid.png; resumes; torchrun-aware.
 
     Image i of a run (seed) is the same bytes whatever --batch-size and however the set is split (--first/--count
@@ -114,7 +124,8 @@ def sample_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights
     """
     source_args = resolve_source_args(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights)
     options = sampler_options(sampler, {"score_time": score_time, "score_step": score_step,
-                                        "second_half": second_half, "num_stab": num_stab, "snr": snr,
+                                        "second_half": second_half, "num_stab": num_stab,
+                                        "precision_sigma": precision_sigma, "lam": lam, "snr": snr,
                                         "n_corrector": n_corrector, "rtol": rtol, "atol": atol,
                                         "ode_method": ode_method, "denoise_drift": denoise_drift})
     if sampler == "ode" and nfe is not None:

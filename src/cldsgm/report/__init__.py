@@ -20,7 +20,7 @@ import yaml
 from cldsgm.records import METRICS, read_record
 from cldsgm.utils.io import atomic_path, atomic_write_json, atomic_write_text
 
-__all__ = ["build_report", "claims", "load_records", "published_match"]
+__all__ = ["build_report", "claims", "load_records", "published_match", "sigma_sweep"]
 
 QUALITY = {"digits": "fd_digits", "cifar10": "fid", "diamond": "sliced_w2", "multimodal_swissroll": "sliced_w2"}
 NOISE = 0.10  # relative difference under which two figures are called equal ("within noise")
@@ -176,6 +176,30 @@ def _cost(results: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["rule", "job", "seconds", "max_rss_mb"])
 
 
+def sigma_sweep(df: pd.DataFrame, sampling: dict) -> pd.DataFrame:
+    """SSCS rows that differ only in precision_sigma (sigma_d), per source, metric, striding and NFE, where a study
+    ran at least two values: one row each, the best (lowest) marked."""
+    if df.empty:
+        return pd.DataFrame()
+    variants, base = sampling.get("variants", {}), sampling.get("options", {}).get("sscs", {})
+    sigma = {"sscs": float(base.get("precision_sigma", 0.0))}
+    for name, variant in variants.items():
+        extra = set(variant.get("options") or {}) - {"precision_sigma"}
+        if variant["sampler"] == "sscs" and not extra:  # the same SSCS as `sscs` but for sigma_d
+            sigma[name] = float(variant["options"].get("precision_sigma", 0.0))
+    sub = df[df["sampler"].isin(sigma)].assign(sigma_d=lambda d: d["sampler"].map(sigma))
+    rows = []
+    for (source, metric, striding, nfe), group in sub.groupby(["source", "metric", "striding", "nfe_budget"]):
+        if group["sigma_d"].nunique() < 2:
+            continue
+        best = group["value"].min()
+        for _, row in group.sort_values("sigma_d").iterrows():
+            rows.append({"source": source, "metric": metric, "striding": striding, "NFE": int(nfe),
+                         "sigma_d": row["sigma_d"], "value": row["value"], "best": "best" if row["value"] == best
+                         else ""})
+    return pd.DataFrame(rows)
+
+
 def published_match(df: pd.DataFrame, paper) -> str:
     """Our value for a published row (sde, sampler, NFE, metric): fixed-step samplers at the same NFE; the adaptive
     ODE and NLL whatever their NFE (ours is shown with it); 'not computed' where the study has none."""
@@ -206,6 +230,9 @@ def build_report(study_path: str | Path, results: str | Path, out: str | Path) -
             data_of[f"oracle-{data}-{sde}"] = data
     if not df.empty:
         df["data"] = df["source"].map(data_of)
+        # a sampler variant (sampling.variants) is named by its row's directory: sscsfix-quadratic-nfe20 -> sscsfix
+        df["sampler"] = [row.split("-")[0] if row and row != "nll" else sampler
+                         for row, sampler in zip(df["row"].fillna(""), df["sampler"], strict=True)]
     out.mkdir(parents=True, exist_ok=True)
     sections_html, sections_md, metrics = [], [], {"study": study["study"], "quality": {}, "nll": {}}
     figures = 0
@@ -249,6 +276,14 @@ def build_report(study_path: str | Path, results: str | Path, out: str | Path) -
     if not (study.get("evaluation") or {}).get("fid"):
         missing.append("FID/KID: not computed in this study (evaluation.fid is off, or no Inception weights).")
 
+    # SSCS sigma_d sweep (integrators): the best value per source
+    sweep = sigma_sweep(df, study.get("sampling", {}))
+    if not sweep.empty:
+        sweep.to_csv(out / "sscs_sigma_sweep.csv", index=False)
+        for _, row in sweep[sweep["best"] == "best"].iterrows():
+            metrics.setdefault("sscs_sigma_best", {})[f"{row['source']}/{row['metric']}/{row['striding']}-nfe"
+                                                      f"{row['NFE']}"] = row["sigma_d"]
+
     # training: loss curves; cost
     runs = {}
     for name in study.get("models", {}):
@@ -281,6 +316,10 @@ def build_report(study_path: str | Path, results: str | Path, out: str | Path) -
             "<h2>Negative log-likelihood</h2>", _html_table(nll_table),
             "<h2>Paper claims</h2><p>Verdict rule: two figures within "
             f"{int(NOISE * 100)} % of each other are 'within noise'.</p>", _html_table(claim_table)]
+    if not sweep.empty:
+        body += ["<h2>SSCS precision_sigma (sigma_d) sweep</h2><p>The exponential score step with the precision of "
+                 "N(m, sigma_d^2) data; 0 is the point mass (first order). The best value per source is marked.</p>",
+                 _html_table(sweep)]
     if not published.empty:
         body += ["<h2>Published numbers (CIFAR-10)</h2>", _html_table(published)]
     if missing:

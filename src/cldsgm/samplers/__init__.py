@@ -12,24 +12,28 @@ import torch
 from torch import Tensor
 
 from cldsgm.samplers.grids import STRIDINGS, check_t_min, time_grid
+from cldsgm.samplers.integrators import sample_conjugate, sample_ge_ode, sample_ge_sde
 from cldsgm.samplers.noise import CountingScore, PerSampleNoise, sample_seeds
 from cldsgm.samplers.ode import ODE_METHODS, sample_ode
-from cldsgm.samplers.sde_solvers import denoise_step, sample_em, sample_pc, sample_sscs
+from cldsgm.samplers.sde_solvers import denoise_step, sample_em, sample_euler_ode, sample_pc, sample_sscs
 from cldsgm.sde import VPSDE, PhaseSpaceSDE
 
-__all__ = ["SAMPLERS", "STRIDINGS", "ODE_METHODS", "CountingScore", "PerSampleNoise", "SampleResult",
-           "check_sampler", "denoise_step", "generate", "sample_em", "sample_ode", "sample_pc", "sample_seeds",
+__all__ = ["PHASE_SPACE_ONLY", "SAMPLERS", "STRIDINGS", "ODE_METHODS", "CountingScore", "PerSampleNoise",
+           "SampleResult", "check_sampler", "denoise_step", "generate", "sample_conjugate", "sample_em",
+           "sample_euler_ode", "sample_ge_ode", "sample_ge_sde", "sample_ode", "sample_pc", "sample_seeds",
            "sample_sscs", "time_grid"]
 
-SAMPLERS = {"em": sample_em, "sscs": sample_sscs, "pc": sample_pc, "ode": sample_ode}
+SAMPLERS = {"em": sample_em, "sscs": sample_sscs, "pc": sample_pc, "ode": sample_ode, "euler_ode": sample_euler_ode,
+            "conjugate": sample_conjugate, "ge_ode": sample_ge_ode, "ge_sde": sample_ge_sde}
+PHASE_SPACE_ONLY = ("sscs", "conjugate", "ge_ode", "ge_sde")  # they use the 2x2 structure of CLD / PSLD
 
 
 def check_sampler(sde, name: str) -> None:
     """Raise ValueError for an unknown sampler or one that does not apply to this SDE."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}")
-    if name == "sscs" and not isinstance(sde, PhaseSpaceSDE):
-        raise ValueError(f"sampler 'sscs' needs a phase-space SDE (cld or psld), not {type(sde).__name__}")
+    if name in PHASE_SPACE_ONLY and not isinstance(sde, PhaseSpaceSDE):
+        raise ValueError(f"sampler {name!r} needs a phase-space SDE (cld or psld), not {type(sde).__name__}")
     if name == "pc" and not isinstance(sde, VPSDE):
         raise ValueError(f"sampler 'pc' is defined for vpsde only, not {type(sde).__name__}")
 

@@ -19,7 +19,8 @@ from torch import Tensor
 from cldsgm.sde import VPSDE, PhaseSpaceSDE
 from cldsgm.sde._broadcast import per_sample
 
-__all__ = ["denoise_step", "sample_em", "sample_pc", "sample_sscs", "SCORE_TIMES", "SCORE_STEPS", "SECOND_HALVES"]
+__all__ = ["denoise_step", "sample_em", "sample_euler_ode", "sample_pc", "sample_sscs", "SCORE_TIMES", "SCORE_STEPS",
+           "SECOND_HALVES"]
 
 SCORE_TIMES = ("start", "midpoint")
 SCORE_STEPS = ("euler", "exponential")
@@ -54,6 +55,14 @@ def sample_em(sde, score_fn, u: Tensor, ts: Tensor, *, noise, denoise: bool = Tr
     """Euler-Maruyama on the reverse SDE, for VPSDE, CLD and PSLD."""
     for t, dt in _steps(ts):
         u = _em_step(sde, score_fn, u, t, dt, noise)
+    return _finish(sde, score_fn, u, ts, denoise)
+
+
+def sample_euler_ode(sde, score_fn, u: Tensor, ts: Tensor, *, noise=None, denoise: bool = True) -> Tensor:
+    """Euler steps on the probability-flow ODE, du = [-f + g^2 s / 2] dt in reverse time: the first-order
+    deterministic baseline of the integrator benchmark (one NFE per step). `noise` is unused."""
+    for t, dt in _steps(ts):
+        u = u + sde.reverse_drift(u, t, score_fn(u, t), probability_flow=True) * dt
     return _finish(sde, score_fn, u, ts, denoise)
 
 
