@@ -61,3 +61,13 @@ def test_ema_with_and_without_warmup(warmup, decay):
         model.weight.fill_(1.0)
     ema.update(model)  # first update: warm-up decay min(rate, (1 + 1) / (10 + 1)), else the rate
     assert math.isclose(float(ema.model.weight), 1 - decay, rel_tol=1e-6)
+
+
+def test_dropout_seeding_draws_what_torch_manual_seed_draws():
+    """The trainer seeds only the CPU generator per step (cheaper than torch.manual_seed, same masks on CPU)."""
+    from cldsgm.training.trainer import _seed_dropout
+
+    torch.manual_seed(12345)
+    expected = torch.nn.functional.dropout(torch.ones(64), 0.5, training=True)
+    _seed_dropout(12345, torch.device("cpu"))
+    assert torch.equal(torch.nn.functional.dropout(torch.ones(64), 0.5, training=True), expected)
