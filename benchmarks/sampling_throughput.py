@@ -84,7 +84,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"# {args.network}, batch {args.batch}, NFE {args.nfe} (ODE: adaptive, tol 1e-5), {args.precision}, "
           f"{name}, torch {torch.__version__}, {args.repeats} repeats (median [min, max])")
-    print(f"{'sampler':>8} {'img/s':>22} {'NFE/s':>10} {'NFE':>5} {'overhead':>24}")
+    print(f"{'sampler':>8} {'img/s':>22} {'NFE/s':>10} {'NFE':>5} {'overhead':>24} {'50k images':>11}")
     for sampler in args.samplers.split(","):
         run_once(args.network, sampler, min(args.nfe, 5), min(args.batch, 8), device, args.precision,
                  args.net_batch)  # warm-up
@@ -96,7 +96,7 @@ def main() -> None:
         print(f"{sampler:>8} {statistics.median(rates):>8.1f} [{min(rates):.1f}, {max(rates):.1f}] "
               f"{statistics.median(rates) * nfe:>10.0f} {nfe:>5.0f} "
               f"{100 * statistics.median(overheads):>7.1f} % [{100 * min(overheads):.1f}, "
-              f"{100 * max(overheads):.1f}]")
+              f"{100 * max(overheads):.1f}] {50_000 / statistics.median(rates) / 60:>8.1f} min")
     if device.type == "cuda":
         print(f"# peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
 

@@ -35,12 +35,15 @@ SCHEMA = _obj({
                    "weight_decay": {"type": "number", "minimum": 0},
                    "betas": {"type": "array", "items": _NUM, "minItems": 2, "maxItems": 2},
                    "eps": {"type": "number", "exclusiveMinimum": 0}, "warmup_steps": {"type": "integer", "minimum": 0},
+                   "fused": _BOOL,
                    "grad_clip": {"type": ["number", "null"], "exclusiveMinimum": 0}}),
     "train": _obj({"steps": {"type": "integer", "minimum": 1}, "batch_size": {"type": "integer", "minimum": 1},
                    "ema_rate": {"type": "number", "minimum": 0, "maximum": 1}, "ema_warmup": _BOOL,
                    "precision": {"enum": ["fp32", "bf16", "fp16"]},
                    "checkpoint_every": {"type": "integer", "minimum": 1},
-                   "log_every": {"type": "integer", "minimum": 1}, "device": {"enum": ["auto", "cpu", "cuda"]}}),
+                   "log_every": {"type": "integer", "minimum": 1}, "device": {"enum": ["auto", "cpu", "cuda"]},
+                   # torch.compile of the network: true (inductor) or a backend name; channels-last memory format
+                   "compile": {"type": ["boolean", "string"]}, "channels_last": _BOOL}),
     "tracking": _obj({"enabled": _BOOL, "experiment": _STR, "run_name": {"type": ["string", "null"]},
                       "uri": {"type": ["string", "null"]}}),
 }, required=["data", "sde", "model"])
@@ -52,15 +55,17 @@ DEFAULTS = {
     "loss": {"objective": "hsm", "weighting": "reweightedv2", "mixed_score": False, "t_min": 1e-5, "reduction": "sum"},
     "model": {"options": {}},
     "optim": {"optimizer": "adam", "lr": 2e-4, "weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8,
-              "warmup_steps": 0, "grad_clip": 1.0},
+              "warmup_steps": 0, "grad_clip": 1.0, "fused": False},
     "train": {"steps": 1000, "batch_size": 128, "ema_rate": 0.9999, "ema_warmup": True, "precision": "fp32",
-              "checkpoint_every": 1000, "log_every": 50, "device": "auto"},
+              "checkpoint_every": 1000, "log_every": 50, "device": "auto", "compile": False, "channels_last": False},
     "tracking": {"enabled": True, "experiment": "cldsgm", "run_name": None, "uri": None},
 }
 
 # Keys a resumed run may change freely: how long and how often, where it runs, how it is logged. Any other
 # change alters the maths of the steps still to come, so resuming with it needs --allow-config-change.
-RESUMABLE_KEYS = ("train.steps", "train.log_every", "train.checkpoint_every", "train.device", "tracking.")
+# free to change on resume: how long, how often, where and how fast (not what is computed)
+RESUMABLE_KEYS = ("train.steps", "train.log_every", "train.checkpoint_every", "train.device", "tracking.",
+                  "train.compile", "train.channels_last", "optim.fused")
 
 
 def _hint(err: jsonschema.ValidationError) -> str:

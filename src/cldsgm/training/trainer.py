@@ -184,11 +184,13 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
     network = {"name": config["model"]["name"], "options": config["model"]["options"]}
     torch.manual_seed(config["seed"])  # the initial weights, identical on every rank and every rerun
     model = build_network(network["name"], **network["options"]).to(device)
+    if tcfg["channels_last"]:  # NHWC convolutions (tensor cores); a no-op for the 2-D MLPs
+        model = model.to(memory_format=torch.channels_last)
     _check_fits(model, sde, manifest, config, device)
     ema = _EMA(model, tcfg["ema_rate"], tcfg["ema_warmup"])
     opt_cls = torch.optim.AdamW if ocfg["optimizer"] == "adamw" else torch.optim.Adam
     optimizer = opt_cls(model.parameters(), lr=ocfg["lr"], betas=tuple(ocfg["betas"]), eps=ocfg["eps"],
-                        weight_decay=ocfg["weight_decay"])
+                        weight_decay=ocfg["weight_decay"], **({"fused": True} if ocfg["fused"] else {}))
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg["precision"] == "fp16")
     step, history = 0, []
     checkpoint_path = run_dir / "checkpoint.pt"
@@ -210,6 +212,13 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
     if step >= tcfg["steps"]:  # nothing to do: report what is stored, open no tracking run
         return TrainResult(step, history[-1]["loss"] if history else float("nan"), history, run_dir, ran=0)
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if ddp.active else model
+    if tcfg["compile"]:  # the same parameters, traced; checkpoints and the EMA keep using `model`
+        backend = "inductor" if tcfg["compile"] is True else tcfg["compile"]
+        known = torch.compiler.list_backends(exclude_tags=())
+        if backend not in known:
+            raise ValueError(f"train.compile: unknown torch.compile backend {backend!r}; use true (inductor) or one "
+                             f"of {sorted(known)}")
+        wrapped = torch.compile(wrapped, backend=backend)
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
