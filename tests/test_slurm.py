@@ -147,7 +147,10 @@ def test_smoke_second_run_on_slurm_has_nothing_to_do(slurm, slurm_smoke):
 # -- GPUs: a 2-rank training job (cancelled mid-run, then resumed), shard jobs, no GPU on the cluster -----------------
 def _model(gpus: int, steps: int) -> dict:
     return {"diamond_cld": {"data": "diamond", "config": "params/train/toy_cld.yaml", "gpus": gpus,
-                            "overrides": {"train.steps": steps, "train.checkpoint_every": 200, "train.log_every": 100}}}
+                            "overrides": {"train.steps": steps, "train.checkpoint_every": 100, "train.log_every": 100}}}
+
+
+STEPS = 500  # the cancel comes at the first checkpoint (step 100), well before the end
 
 
 def test_a_cancelled_two_rank_training_resumes_and_three_shard_jobs_equal_one(slurm, tmp_path):
@@ -155,7 +158,7 @@ def test_a_cancelled_two_rank_training_resumes_and_three_shard_jobs_equal_one(sl
     the sample set from 3 shard jobs == the set from one job, byte for byte."""
     cluster = _on(slurm, 2)
     project = project_copy(tmp_path / "p")
-    study = _mini_study(project, "mini_gpu", models=_model(gpus=2, steps=1000), sampling__shard_jobs=3)
+    study = _mini_study(project, "mini_gpu", models=_model(gpus=2, steps=STEPS), sampling__shard_jobs=3)
     run = project / "results/mini/runs/diamond_cld"
     proc = subprocess.Popen([str(BIN / "snakemake"), *PROFILE, f"{SAMPLES}/done.json", "--configfile", study],
                             cwd=project, env={**WORKFLOW_ENV, "SLURM_CONF": str(cluster.conf)},
@@ -180,7 +183,7 @@ def test_a_cancelled_two_rank_training_resumes_and_three_shard_jobs_equal_one(sl
     assert cluster.job_field(train_job, "TresPerJob") == "gres:gpu:2"  # sbatch --gpus=2
     assert not (project / TRAINED).exists()
     kept = torch.load(run / "checkpoint.pt", weights_only=True, map_location="cpu")["step"]
-    assert 200 <= kept < 1000
+    assert 100 <= kept < STEPS
 
     # the same command again: no data job, training resumes with 2 ranks, then 3 shard jobs and the gathering job
     done = _slurm_snakemake(cluster, project, f"{SAMPLES}/done.json", "--configfile", study)
@@ -189,14 +192,14 @@ def test_a_cancelled_two_rank_training_resumes_and_three_shard_jobs_equal_one(sl
         "sample", "sample_part", "sample_part", "sample_part", "train"]
     assert data_mtime == {p.name: p.stat().st_mtime_ns for p in (project / "results/mini/data").iterdir()}
     trained = json.loads((project / TRAINED).read_text())
-    assert trained["world_size"] == 2 and trained["step"] == 1000, trained
-    assert trained["ran"] <= 1000 - kept, trained  # resumed, not restarted
+    assert trained["world_size"] == 2 and trained["step"] == STEPS, trained
+    assert trained["ran"] <= STEPS - kept, trained  # resumed, not restarted
     three = {p.name: p.read_bytes() for p in (project / SAMPLES).glob("shard_*.npz")}
     assert len(three) == 6
 
     # the same set made by one job
     shutil.move(project / SAMPLES, tmp_path / "three_jobs")
-    one = _mini_study(project, "mini_one", models=_model(gpus=2, steps=1000))
+    one = _mini_study(project, "mini_one", models=_model(gpus=2, steps=STEPS))
     done = _slurm_snakemake(cluster, project, f"{SAMPLES}/done.json", "--configfile", one)
     assert sorted(cluster.jobs()[j][1] for j in _submitted(done.stdout + done.stderr)) == ["sample"]
     assert {p.name: p.read_bytes() for p in (project / SAMPLES).glob("shard_*.npz")} == three
