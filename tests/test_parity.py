@@ -59,7 +59,7 @@ def test_ema_with_and_without_warmup(warmup, decay):
     ema = _EMA(model, rate=0.5, warmup=warmup)
     with torch.no_grad():
         model.weight.fill_(1.0)
-    ema.update(model)  # first update: warm-up decay min(rate, (1 + 1) / (10 + 1)), else the rate
+    ema.update()  # first update: warm-up decay min(rate, (1 + 1) / (10 + 1)), else the rate
     assert math.isclose(float(ema.model.weight), 1 - decay, rel_tol=1e-6)
 
 

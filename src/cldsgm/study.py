@@ -10,6 +10,7 @@ the file and the fix. `sample_rows` is the sweep table: one row per valid (sourc
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from pathlib import Path
 
@@ -48,9 +49,15 @@ def _defaults(schema: dict, instance, root: dict):
     return instance
 
 
+@functools.lru_cache(maxsize=4)
+def _read_schema(path: str) -> dict:
+    """The study schema, parsed once per process (Snakemake and every job step load studies); never mutated."""
+    return yaml.safe_load(Path(path).read_text())
+
+
 def validate_study(study: dict, source: str, schema_path: str | Path = SCHEMA_PATH) -> dict:
     """Schema check plus defaults; StudyError names the file and the key. Returns a filled-in copy."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = _read_schema(str(schema_path))
     if not isinstance(study, dict):
         raise StudyError(f"{source}: a study file holds a mapping at the top level")
     found = first_error(schema, study)
@@ -89,13 +96,13 @@ def _check_checkpoint(name: str, checkpoint: dict | None, source: str) -> None:
                          "record its SDE (the released CIFAR-10 SOTA file is named for Gamma 0.02, nu 4.02)")
 
 
-_SAMPLERS = ("em", "sscs", "pc", "ode", "euler_ode", "conjugate", "ge_ode", "ge_sde")
+# as cldsgm.samplers.PHASE_SPACE_ONLY, which this module does not import: it would bring torch into every
+# Snakemake start-up
 _PHASE_SPACE_ONLY = ("sscs", "conjugate", "ge_ode", "ge_sde")
 
 
-def _check_variant_options(name: str, variant: dict, source: str) -> None:
+def _check_variant_options(name: str, variant: dict, source: str, schema: dict) -> None:
     """A variant's options must be options of its sampler (the schema's sampling.options section for it)."""
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
     allowed = schema["properties"]["sampling"]["properties"]["options"]["properties"].get(variant["sampler"], {})
     unknown = sorted(set(variant.get("options") or {}) - set(allowed.get("properties", {})))
     if unknown:
@@ -103,7 +110,7 @@ def _check_variant_options(name: str, variant: dict, source: str) -> None:
                          f"{variant['sampler']!r} (allowed: {sorted(allowed.get('properties', {}))})")
 
 
-def _check_semantics(study: dict, source: str) -> None:
+def _check_semantics(study: dict, source: str, schema: dict) -> None:
     for name, model in study["models"].items():
         if model["data"] not in study["data"]:
             raise StudyError(f"{source}: models.{name}.data is {model['data']!r}, which the study does not prepare "
@@ -112,11 +119,12 @@ def _check_semantics(study: dict, source: str) -> None:
             raise StudyError(f"{source}: models.{name}.config: training config {model['config']} not found")
         _check_checkpoint(name, model.get("checkpoint"), source)
     variants = study["sampling"].get("variants", {})
+    known = schema["$defs"]["sampler"]["enum"]
     for sde, samplers in study["sampling"].get("samplers", {}).items():
         for entry in samplers:
-            if entry not in _SAMPLERS and entry not in variants:
+            if entry not in known and entry not in variants:
                 raise StudyError(f"{source}: sampling.samplers.{sde} lists {entry!r}, which is neither a sampler "
-                                 f"({', '.join(_SAMPLERS)}) nor a name in sampling.variants")
+                                 f"({', '.join(known)}) nor a name in sampling.variants")
             sampler = variants[entry]["sampler"] if entry in variants else entry
             if sampler in _PHASE_SPACE_ONLY and sde == "vpsde":
                 raise StudyError(f"{source}: sampling.samplers.vpsde lists {entry!r}, which needs a phase-space SDE "
@@ -124,7 +132,7 @@ def _check_semantics(study: dict, source: str) -> None:
             if sampler == "pc" and sde != "vpsde":
                 raise StudyError(f"{source}: sampling.samplers.{sde} lists 'pc', which is defined for vpsde only")
             if entry in variants:
-                _check_variant_options(entry, variants[entry], source)
+                _check_variant_options(entry, variants[entry], source, schema)
     for name in study["data"]:
         if name not in _POINTS and name not in study["sampling"]["num_samples"]:
             raise StudyError(f"{source}: sampling.num_samples has no entry for dataset {name!r}")
@@ -146,7 +154,7 @@ def _check_semantics(study: dict, source: str) -> None:
 def load_study(config: dict, source: str, schema_path: str | Path = SCHEMA_PATH) -> dict:
     """Validate a study (schema, then semantics) and fill in defaults; raise StudyError before any job runs."""
     study = validate_study(config, source, schema_path)
-    _check_semantics(study, source)
+    _check_semantics(study, source, _read_schema(str(schema_path)))
     return study
 
 

@@ -74,8 +74,7 @@ def load_source(args: dict, *, precision: str = "fp32", device="cpu", net_batch:
 
 @main.command("sample")
 @source_options
-@click.option("--sampler", required=True,
-              type=click.Choice(["em", "sscs", "pc", "ode", "euler_ode", "conjugate", "ge_ode", "ge_sde"]))
+@click.option("--sampler", required=True, type=click.Choice(list(_SAMPLER_OPTIONS)))
 @click.option("--nfe", type=int, default=None, help="Fixed-step samplers: the NFE budget, denoising included.")
 @click.option("--striding", type=click.Choice(["uniform", "quadratic"]), default="uniform", show_default=True)
 @click.option("--t-min", type=float, default=1e-3, show_default=True, help="Sampling end time (forward).")

@@ -10,7 +10,8 @@
   score; a CLD network gives s_v only, and `complete_score` recovers s_x by Tweedie (spec section 1).
 
 All cost one NFE per step plus the denoising step (samplers.grids.time_grid semantics). The coefficients are
-computed once per (SDE, grid, option) in float64 by adaptive quadrature / a DOP853 matrix ODE and cached.
+computed once per (SDE, grid, option) in float64 (Gauss-Legendre quadrature per step for the conjugate integrator,
+a DOP853 matrix ODE for GE-D) and cached.
 Notation: steps run t -> t' = t - h (forward time); Phi(B) = e^{BA} is `sde.transition`; the forward process is
 du = beta A u dt + sqrt(beta Dbar) dW; Sigma_t(sigma^2) = sde.cov(t, sigma^2, sde.init_v_var).
 """
@@ -85,7 +86,7 @@ def _kernel_batch(sde, t: Tensor) -> Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _conjugate_cached(key, sde_ref, grid: tuple, lam: float):
+def _conjugate_cached(sde_ref, grid: tuple, lam: float):
     sde = sde_ref()
     nodes, weights = (torch.tensor(a, dtype=torch.float64) for a in np.polynomial.legendre.leggauss(_GAUSS_NODES))
     t, t_next = torch.tensor(grid[:-1], dtype=torch.float64), torch.tensor(grid[1:], dtype=torch.float64)
@@ -110,7 +111,7 @@ def _conjugate_cached(key, sde_ref, grid: tuple, lam: float):
 
 
 class _Ref:
-    """Hashable by the SDE's parameters, callable for the SDE itself (keeps lru_cache keys small)."""
+    """The lru_cache key of an SDE: hashed and compared by its parameters (_key), callable for the SDE itself."""
 
     def __init__(self, sde):
         self.sde, self.key = sde, _key(sde)
@@ -133,7 +134,7 @@ def conjugate_coefficients(sde, ts: Tensor, lam: float = 0.0) -> list[tuple[np.n
     """
     _check(sde)
     grid = tuple(float(t) for t in torch.as_tensor(ts, dtype=torch.float64))
-    return _conjugate_cached(_key(sde), _Ref(sde), grid, float(lam))
+    return _conjugate_cached(_Ref(sde), grid, float(lam))
 
 
 def sample_conjugate(sde, score_fn, u: Tensor, ts: Tensor, *, noise=None, denoise: bool = True,
@@ -180,7 +181,7 @@ def complete_score(sde, u: Tensor, score: Tensor, t) -> Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _ge_cached(key, sde_ref, grid: tuple, sigma2: float, stochastic: bool):
+def _ge_cached(sde_ref, grid: tuple, sigma2: float, stochastic: bool):
     sde = sde_ref()
     from scipy.integrate import solve_ivp
 
@@ -211,7 +212,7 @@ def _sample_ge(sde, score_fn, u, ts, noise, denoise, precision_sigma, stochastic
     if not precision_sigma >= 0:
         raise ValueError(f"precision_sigma must be >= 0, got {precision_sigma!r}")
     grid = tuple(float(t) for t in torch.as_tensor(ts, dtype=torch.float64))
-    coefficients = _ge_cached(_key(sde), _Ref(sde), grid, float(precision_sigma) ** 2, stochastic)
+    coefficients = _ge_cached(_Ref(sde), grid, float(precision_sigma) ** 2, stochastic)
     for (t, _), (map_u, map_s, noise_factor) in zip(_steps(ts), coefficients, strict=True):
         s_x, s_v = sde.split(complete_score(sde, u, score_fn(u, t), t))
         x, v = sde.split(u)

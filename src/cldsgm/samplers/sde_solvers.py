@@ -146,10 +146,10 @@ class _SSCS:
         (sigma_d = 0) leaves SSCS first order. For CLD (x not noised) it reduces to the scalar
         P = [Pi]_vv form; PSLD needs the full matrix."""
         score = self.score_fn(u, t)
-        propagator, forcing = self._exponential_coefficients(t, dt)
+        pi = self._precision(t)
+        propagator, forcing = self._exponential_coefficients(t, dt, pi)
         x, v = self.sde.split(u)
         s_x, s_v = self.sde.split(score)
-        pi = self._precision(t)
         r_x, r_v = s_x + pi[0][0] * x + pi[0][1] * v, s_v + pi[1][0] * x + pi[1][1] * v
         (e00, e01), (e10, e11) = propagator
         (f00, f01), (f10, f11) = forcing
@@ -160,12 +160,12 @@ class _SSCS:
         det = float(cov.det())
         return ((float(cov.vv) / det, -float(cov.xv) / det), (-float(cov.xv) / det, float(cov.xx) / det))
 
-    def _exponential_coefficients(self, t: Tensor, h: float):
+    def _exponential_coefficients(self, t: Tensor, h: float, precision):
         """e^{-hG} and h phi1(-hG) beta Dbar as 2x2 nested tuples, from one 4x4 exponential in float64:
         expm([[-hG, hI], [0, 0]]) = [[e^{-hG}, h phi1(-hG)], [0, I]]."""
         beta = float(self.sde.beta(t))
         d = torch.diag(torch.tensor(self.sde.noise, dtype=torch.float64))
-        pi = torch.tensor(self._precision(t), dtype=torch.float64)
+        pi = torch.tensor(precision, dtype=torch.float64)
         g = beta * d @ (pi - torch.diag(torch.tensor(self.inv_stationary, dtype=torch.float64)))
         block = torch.zeros(4, 4, dtype=torch.float64)
         block[:2, :2], block[:2, 2:] = -h * g, h * torch.eye(2, dtype=torch.float64)

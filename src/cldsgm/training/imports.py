@@ -20,9 +20,6 @@ from cldsgm.utils.io import atomic_write_text
 
 __all__ = ["import_reference_checkpoint"]
 
-PHASE_SPACE = ("cld", "psld")  # network input = (x, v) or (x, m): twice the data channels
-
-
 def import_reference_checkpoint(file: str | Path, fmt: str, config: dict, run_dir: str | Path) -> dict:
     """Convert `file` (format 'cld-sgm' | 'psld') for the network and SDE of `config`; write run_dir/checkpoint.pt.
 
@@ -45,11 +42,10 @@ def import_reference_checkpoint(file: str | Path, fmt: str, config: dict, run_di
     raw = from_reference(net, weights["raw"], what=what)
     net.load_state_dict(ema, strict=True)  # both already checked tensor by tensor; strict as a last guard
 
-    sde_name = config["sde"]["name"]
+    sde = build_sde(config["sde"]["name"], **config["sde"]["params"])
     merged = {**PRESETS[name][1], **options}
-    channels = merged["in_channels"] // (2 if sde_name in PHASE_SPACE else 1)
+    channels = merged["in_channels"] // sde.state_channels(1)  # (x, v) or (x, m): twice the data channels
     shape = [channels, merged["image_size"], merged["image_size"]]
-    sde = build_sde(sde_name, **config["sde"]["params"])
     check_network_fits(net.eval(), sde, shape, what=what)
 
     sha256 = file_sha256(file)

@@ -123,12 +123,11 @@ class _EMA:
         self._averaged, self._source = list(self.model.parameters()), list(model.parameters())
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module | None = None) -> None:
-        """One EMA step towards `model` (default: the module given at construction, its parameter list cached)."""
+    def update(self) -> None:
+        """One EMA step towards the module given at construction (its parameter list is cached)."""
         self.updates += 1
         decay = min(self.rate, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.rate
-        source = self._source if model is None else list(model.parameters())
-        torch._foreach_lerp_(self._averaged, source, 1 - decay)  # one fused call instead of one per tensor
+        torch._foreach_lerp_(self._averaged, self._source, 1 - decay)  # one fused call instead of one per tensor
 
 
 def _device(name: str) -> torch.device:
