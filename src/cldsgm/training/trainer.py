@@ -130,6 +130,28 @@ class _EMA:
         torch._foreach_lerp_(self._averaged, self._source, 1 - decay)  # one fused call instead of one per tensor
 
 
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host batch -> device. On CUDA through pinned memory without blocking: a plain .to(device) waits for the
+    stream to drain, so every step would leave the GPU idle while the host prepares the next batch."""
+    if device.type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
+
+
+def _first_non_finite(losses: list, step: int) -> tuple[int, float] | None:
+    """(step index, value) of the first non-finite loss among those of steps step - len(losses) ... step - 1, or
+    None. One host read for all of them: reading each step's loss would synchronise the GPU every step."""
+    values = torch.stack(losses).float().cpu()
+    bad = (~torch.isfinite(values)).nonzero()
+    if not len(bad):
+        return None
+    index = int(bad[0, 0])
+    return step - len(losses) + index, float(values[index])
+
+
+_MAX_PENDING = 1000  # losses held on the device between reads (bounded memory when log_every is large)
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -260,6 +282,7 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
     scaling = scaler.is_enabled()
     lr_now = None
     loss_value, status = float("nan"), "FAILED"
+    pending = []  # losses since the last read (device tensors): checked for finiteness before any log or checkpoint
     try:
         while step < last:
             gen = _step_generator(config["seed"], step)
@@ -272,22 +295,17 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
             if isinstance(sde, PhaseSpaceSDE) and lcfg["objective"] == "dsm":
                 extra["v0"] = math.sqrt(sde.init_v_var) * torch.randn(x0.shape, generator=gen)
             shard = slice(ddp.rank * local, (ddp.rank + 1) * local)
-            extra = {k: v[shard].to(device) for k, v in extra.items()}
+            extra = {k: _to_device(v[shard], device) for k, v in extra.items()}
             lr = ocfg["lr"] * min(step / ocfg["warmup_steps"], 1.0) if ocfg["warmup_steps"] else ocfg["lr"]
             if lr != lr_now:  # only during warm-up
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 lr_now = lr
             with autocast:
-                loss = score_matching_loss(sde, wrapped, x0[shard].to(device), objective=lcfg["objective"],
+                loss = score_matching_loss(sde, wrapped, _to_device(x0[shard], device), objective=lcfg["objective"],
                                            weighting=lcfg["weighting"], mixed_score=lcfg["mixed_score"],
-                                           reduction=lcfg["reduction"], t=t[shard].to(device),
-                                           eps=eps[shard].to(device), **extra).mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite loss ({float(loss.detach())}) at step {step}; the last checkpoint is intact. Try "
-                    "train.precision: fp32 (fp16 autocast overflowed in the reference, CLD-SGM issues #3 and #6), "
-                    "a larger sde.params.numerical_eps, or a lower optim.lr")
+                                           reduction=lcfg["reduction"], t=_to_device(t[shard], device),
+                                           eps=_to_device(eps[shard], device), **extra).mean()
             optimizer.zero_grad(set_to_none=True)
             if scaling:
                 scaler.scale(loss).backward()
@@ -303,18 +321,34 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
                 optimizer.step()
             ema.update()
             step += 1
+            pending.append(loss.detach())
+            bar.update(1)  # a no-op when disabled
+            logging = step % tcfg["log_every"] == 0 or step == last
+            saving = step % tcfg["checkpoint_every"] == 0 or step == last
+            if not (logging or saving or len(pending) >= _MAX_PENDING):
+                continue
+            # a non-finite loss is caught here, before anything is logged or written: the updates since the last
+            # read are discarded with the process, and the checkpoint on disk is from before them
+            bad = _first_non_finite(pending, step)
+            if bad is not None:
+                raise FloatingPointError(
+                    f"non-finite loss ({bad[1]}) at step {bad[0]}; the last checkpoint is intact. Try "
+                    "train.precision: fp32 (fp16 autocast overflowed in the reference, CLD-SGM issues #3 and #6), "
+                    "a larger sde.params.numerical_eps, or a lower optim.lr")
+            pending.clear()
+            if not (logging or saving):
+                continue
             loss_value = float(loss.detach())
             if ddp.active:  # report the global-batch loss
                 reduced = loss.detach().clone()
                 dist.all_reduce(reduced)
                 loss_value = float(reduced) / ddp.world
             if not bar.disable:
-                bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4g}")
-            if step % tcfg["log_every"] == 0 or step == last:
+            if logging:
                 history.append({"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)})
                 tracker.log_metrics({"loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)}, step)
-            if step % tcfg["checkpoint_every"] == 0 or step == last:
+            if saving:
                 checkpoint()
         status = "FINISHED"
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from a scheduler (the CLI turns it into this)
