@@ -16,7 +16,8 @@ Sections (full sizes; --cpu-smoke shrinks every one):
   dense bf16 peak (FLOPs counted by torch.utils.flop_counter), peak memory. Then `cldsgm.training.train` itself
   (tracking off, checkpoint writes stubbed) against the bare loop: our trainer's overhead.
 - sampling: SSCS at NFE 150 (quadratic striding) through the `cldsgm sample` path (fixed-row network blocks,
-  per-sample noise, quantisation) in bf16 and fp32: img/s, minutes for 50k, the sampler's share of the wall time.
+  per-sample noise, quantisation) in bf16, bf16 with a channels-last network, and fp32: img/s, minutes for 50k, the
+  sampler's share of the wall time.
 - inception: features of uint8 CIFAR images through `cldsgm.eval.fid.inception_features` (clean-fid's loader,
   legacy_tensorflow mode) with a TorchScript stand-in of the Inception-v3 architecture (torchvision, random
   weights): img/s and minutes for 50k; and the bare network's img/s.
@@ -24,7 +25,11 @@ Sections (full sizes; --cpu-smoke shrinks every one):
 - safety: 2000 bf16 steps at the full learning rate (warm-up shortened to 200 steps, the stress case): every loss
   and gradient norm finite; the loss against an fp32 run from the same weights on the same batches, and bf16 vs
   fp32 on a fixed evaluation batch along the way, each beside its standard error.
-- compile: torch.compile (inductor) of the bf16 step in a subprocess with the time left: compile seconds, img/s.
+- compile: torch.compile (inductor) of the bf16 step, first per block (residual and attention blocks: one
+  compilation reused by all), then of the whole network, each in a subprocess cut off when the time left runs out:
+  compile seconds, img/s.
+At the speed measured on an H200 (README) the 2000 safety steps alone take about 11 minutes: the full run cuts the
+safety run short at its deadline (the steps done are reported); `--sections safety --budget-s 600` gives it a call.
 - hours: GPU-hours of the params/cifar10_*.yaml studies from the measured rates (training, sampling, FID).
 """
 
@@ -35,7 +40,6 @@ import contextlib
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -185,7 +189,7 @@ def bare_rate(cfg: dict, net, sde, x0: torch.Tensor, precision: str, *, fused: b
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         optimizer.step()
         if sync_every_step:
-            float(loss)  # what a per-step loss read or finiteness check costs: a host-device sync
+            float(loss.detach())  # what a per-step loss read or finiteness check costs: a host-device sync
     sync(device)
     return steps * len(x0) / (time.perf_counter() - start)
 
@@ -230,7 +234,10 @@ def section_train(cfg: dict, device: torch.device, peak: float | None, deadline:
             r["x_fp32_eager"] = r["img_s"] / base
     out = {"batch": cfg["batch"], "rows": rows}
     if time.monotonic() < deadline:
-        out["trainer"] = trainer_vs_bare(cfg, device, rows)
+        try:
+            out["trainer"] = trainer_vs_bare(cfg, device, rows)
+        except Exception as err:  # keep the rows measured above
+            out["trainer"] = {"error": f"{type(err).__name__}: {err}"}
     return out
 
 
@@ -298,7 +305,8 @@ class TimedNet(torch.nn.Module):
         return out
 
 
-def sample_once(cfg: dict, device: torch.device, precision: str, batch: int, nfe: int, timed: bool):
+def sample_once(cfg: dict, device: torch.device, precision: str, batch: int, nfe: int, timed: bool,
+                channels_last: bool = False):
     from cldsgm.models.registry import build_network
     from cldsgm.models.score import ScoreParameterisation
     from cldsgm.samplers import generate
@@ -308,6 +316,8 @@ def sample_once(cfg: dict, device: torch.device, precision: str, batch: int, nfe
     sde = build_sde("cld")
     torch.manual_seed(0)
     net = build_network(cfg["network"], **cfg["overrides"]).to(device).eval()
+    if channels_last:  # NHWC weights: cuDNN's tensor-core kernels without a layout conversion per convolution
+        net = net.to(memory_format=torch.channels_last)
     net = TimedNet(net, device) if timed else net
     score = ScoreParameterisation(sde, objective="hsm", mixed_score=True).score_fn(
         FixedRowsNet(net, min(cfg["net_batch"][precision], batch), precision))
@@ -325,16 +335,18 @@ def sample_once(cfg: dict, device: torch.device, precision: str, batch: int, nfe
 
 def section_sampling(cfg: dict, device: torch.device, deadline: float) -> dict:
     rows = []
-    for precision in ("bf16", "fp32"):
+    for variant in ("bf16", "bf16+cl", "fp32"):
+        precision, channels_last = variant.split("+")[0], variant.endswith("+cl")
         if time.monotonic() > deadline:
-            rows.append({"precision": precision, "skipped": "out of time"})
+            rows.append({"precision": variant, "skipped": "out of time"})
             continue
         batch = cfg["sample_batch"][precision]
-        sample_once(cfg, device, precision, min(batch, cfg["net_batch"][precision]), 3, timed=False)  # warm-up
+        sample_once(cfg, device, precision, min(batch, cfg["net_batch"][precision]), 3, timed=False,
+                    channels_last=channels_last)  # warm-up
         reset_peak(device)
-        timed = sample_once(cfg, device, precision, batch, cfg["nfe"], timed=True)
+        timed = sample_once(cfg, device, precision, batch, cfg["nfe"], timed=True, channels_last=channels_last)
         rate = batch / timed["wall_s"]  # the syncs around each network call cost microseconds against its ms
-        rows.append({"precision": precision, "batch": batch, "net_batch": cfg["net_batch"][precision],
+        rows.append({"precision": variant, "batch": batch, "net_batch": cfg["net_batch"][precision],
                      "nfe": timed["nfe"], "img_s": rate, "minutes_50k": 50_000 / rate / 60,
                      "nfe_s": rate * timed["nfe"],
                      "sampler_share": (timed["wall_s"] - timed["net_s"]) / timed["wall_s"],
@@ -417,7 +429,7 @@ def _top_kernels(prof, device: torch.device, k: int = 12) -> dict:
     gemm = sum(r[1] for r in rows if any(s in r[0].lower() for s in ("gemm", "conv", "sm90", "cutlass", "xmma",
                                                                       "mm", "wgrad", "dgrad", "fprop")))
     return {"total_ms": total / 1e3, "matrix_share": gemm / total,
-            "top": [{"kernel": name[:90], "ms": t / 1e3, "share": t / total, "calls": c} for name, t, c in rows[:k]]}
+            "top": [{"kernel": name[:240], "ms": t / 1e3, "share": t / total, "calls": c} for name, t, c in rows[:k]]}
 
 
 def section_profile(cfg: dict, device: torch.device) -> dict:
@@ -443,7 +455,7 @@ def section_profile(cfg: dict, device: torch.device) -> dict:
             train_step()
         sync(device)
     out = {"train_bf16_steps": cfg["profile_steps"], "train": _top_kernels(prof, device)}
-    del net, optimizer
+    optimizer.state.clear()  # free the Adam moments before the sampling profile
     with profile(activities=activities) as prof:
         sample_once(cfg, device, "bf16", cfg["net_batch"]["bf16"], 3, timed=False)
     out["sscs_bf16_3nfe"] = _top_kernels(prof, device)
@@ -538,7 +550,8 @@ def section_safety(cfg: dict, device: torch.device, deadline: float) -> dict:
         if len(bf16["losses"]) else None,
         "grad_norm_max": float(bf16["grad_norms"].max()) if len(bf16["grad_norms"]) else None,
         "fp32_steps": fp32["steps"], "compare_window": [k - window, k],
-        "bf16_window_mean": float(a.mean()) if len(a) else None, "fp32_window_mean": float(b.mean()) if len(b) else None,
+        "bf16_window_mean": float(a.mean()) if len(a) else None,
+        "fp32_window_mean": float(b.mean()) if len(b) else None,
         "diff_mean": float(diff.mean()) if len(diff) else None, "fp32_window_se": noise_se,
         "within_noise": bool(len(diff) > 1 and abs(diff.mean()) <= 2 * noise_se),
         "eval_along_bf16_run": {str(s): v for s, v in sorted(bf16["evals"].items())},
@@ -547,10 +560,18 @@ def section_safety(cfg: dict, device: torch.device, deadline: float) -> dict:
 
 
 # -- torch.compile (subprocess: compilation time is bounded by a timeout) ------------------------------------------
-def compile_child(cfg: dict, device: torch.device, out_path: Path) -> None:
+def compile_child(cfg: dict, device: torch.device, out_path: Path, regional: bool) -> None:
+    from cldsgm.models.layers import AttnBlock, ResBlockBigGAN
+
     net, sde = build_training(cfg, cfg["network"], "cld", device, channels_last=True)
     x0 = synthetic_images(cfg["batch"], cfg["image"], seed=1).to(device)
-    model = torch.compile(net, backend=cfg["compile_backend"])
+    if regional:  # the blocks share their code: dynamo compiles one graph per block type and reuses it
+        for module in net.modules():
+            if isinstance(module, ResBlockBigGAN | AttnBlock):
+                module.compile(backend=cfg["compile_backend"])
+        model = net
+    else:
+        model = torch.compile(net, backend=cfg["compile_backend"])
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-4, **({"fused": True} if device.type == "cuda" else {}))
     start = time.perf_counter()
     with autocast(device, "bf16"):
@@ -560,25 +581,35 @@ def compile_child(cfg: dict, device: torch.device, out_path: Path) -> None:
     sync(device)
     compile_s = time.perf_counter() - start
     rate = bare_rate(cfg, model, sde, x0, "bf16", fused=device.type == "cuda", sync_every_step=False, device=device)
-    out_path.write_text(json.dumps({"compile_s": compile_s, "img_s": rate, "backend": cfg["compile_backend"]}))
+    out_path.write_text(json.dumps({"compile_s": compile_s, "img_s": rate, "backend": cfg["compile_backend"],
+                                    "scope": "blocks" if regional else "network"}))
 
 
 def section_compile(args, cfg: dict, timeout: float, rows: list) -> dict:
-    if timeout < 20:
-        return {"skipped": f"only {timeout:.0f} s left"}
-    with tempfile.TemporaryDirectory(prefix="gpu-check-compile-") as tmp:
-        path = Path(tmp) / "compile.json"
-        cmd = [sys.executable, __file__, "--compile-child", str(path)] + (["--cpu-smoke"] if args.cpu_smoke else [])
-        try:
-            proc = subprocess.run(cmd, timeout=timeout, capture_output=True, text=True)
-        except subprocess.TimeoutExpired:
-            return {"skipped": f"compilation and timing took longer than the {timeout:.0f} s left"}
-        if proc.returncode != 0 or not path.exists():
-            return {"error": (proc.stderr or proc.stdout)[-1500:]}
-        out = json.loads(path.read_text())
+    """Per-block compilation first (one graph reused by every block: seconds, not minutes), then the whole
+    network with what time is left; each in a subprocess, so that a compilation that overruns is cut off."""
     base = next((r["img_s"] for r in rows if r.get("variant") == "bf16+cl+fused (config)" and "img_s" in r), None)
-    if base:
-        out["x_eager_config"] = out["img_s"] / base
+    end, out = time.monotonic() + timeout, {}
+    for scope in ("blocks", "network"):
+        left = end - time.monotonic()
+        if left < 20:
+            out[scope] = {"skipped": f"only {max(left, 0):.0f} s left"}
+            continue
+        with tempfile.TemporaryDirectory(prefix="gpu-check-compile-") as tmp:
+            path = Path(tmp) / "compile.json"
+            cmd = [sys.executable, __file__, "--compile-child", str(path), "--compile-scope", scope]
+            cmd += ["--cpu-smoke"] if args.cpu_smoke else []
+            try:
+                proc = subprocess.run(cmd, timeout=left, capture_output=True, text=True)
+            except subprocess.TimeoutExpired:
+                out[scope] = {"skipped": f"compilation and timing took longer than the {left:.0f} s left"}
+                continue
+            if proc.returncode != 0 or not path.exists():
+                out[scope] = {"error": (proc.stderr or proc.stdout)[-1500:]}
+                continue
+            out[scope] = json.loads(path.read_text())
+        if base:
+            out[scope]["x_eager_config"] = out[scope]["img_s"] / base
     return out
 
 
@@ -649,17 +680,16 @@ def print_table(doc: dict) -> None:
             mem = f"{r['peak_gib']:8.1f}" if r.get("peak_gib") is not None else "       -"
             print(f"{r['variant']:<34} {r['img_s']:8.1f} {r['step_ms']:8.1f} {r.get('x_fp32_eager', 0):7.2f} {mfu} "
                   f"{mem}")
-        if "trainer" in s["train"]:
+        if "img_s" in s["train"].get("trainer", {}):
             t = s["train"]["trainer"]
             print(f"{'cldsgm train (config), per step':<34} {t['img_s']:8.1f}   trainer / bare "
                   f"{t['trainer_over_bare']:.2f}")
-    if "compile" in s:
-        c = s["compile"]
+    for scope, c in s.get("compile", {}).items():
         if "img_s" in c:
-            print(f"{'bf16+cl+fused+compile (' + c['backend'] + ')':<34} {c['img_s']:8.1f}   "
+            print(f"{'+compile ' + scope + ' (' + c['backend'] + ')':<34} {c['img_s']:8.1f}   "
                   f"x eager config {c.get('x_eager_config', 0):.2f}, compile {c['compile_s']:.0f} s")
-        else:
-            print(f"compile: {c.get('skipped') or c.get('error', '')[-300:]}")
+        elif isinstance(c, dict):
+            print(f"compile {scope}: {c.get('skipped') or c.get('error', '')[-300:]}")
     if "sampling" in s:
         for r in s["sampling"]["rows"]:
             if "img_s" in r:
@@ -673,7 +703,7 @@ def print_table(doc: dict) -> None:
         pipe = (f"; through cldsgm.eval.fid {i['pipeline_img_s']:.0f} img/s, 50k in {i['minutes_50k']:.1f} min"
                 if "pipeline_img_s" in i else f"; pipeline: {i.get('pipeline_error')}")
         print(f"Inception-v3 features: network {i['network_img_s']:.0f} img/s{pipe}")
-    if "safety" in s and "bf16_steps" in s["safety"]:
+    if "safety" in s and s["safety"].get("diff_mean") is not None:
         f = s["safety"]
         print(f"bf16 safety: {f['bf16_steps']} steps in {f['bf16_seconds']:.0f} s, all finite {f['all_finite']}, "
               f"loss {f['loss_first_last']}, max grad norm {f['grad_norm_max']:.3g}; steps {f['compare_window']} "
@@ -694,7 +724,7 @@ def print_table(doc: dict) -> None:
             print(f"GPU-hours {name}: train {h['train']}, sample {h['sample']} ({h['rows']} rows, "
                   f"{h['sampling_precision']}), FID {h['fid']}, total {h['total']}")
     for name, value in s.items():
-        if isinstance(value, dict) and "error" in value and name != "compile":
+        if isinstance(value, dict) and "error" in value:
             print(f"{name}: ERROR {value['error'][-300:]}")
 
 
@@ -703,7 +733,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the table (written as it grows)")
     parser.add_argument("--cpu-smoke", action="store_true", help="every section at toy sizes on the CPU")
     parser.add_argument("--budget-s", type=float, default=510.0, help="wall-clock budget of the whole run")
+    parser.add_argument("--sections", default=None, help="comma-separated subset of the sections (default: all)")
     parser.add_argument("--compile-child", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--compile-scope", default="network", choices=["network", "blocks"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     cfg = SMOKE if args.cpu_smoke else FULL
     if not args.cpu_smoke and not torch.cuda.is_available():
@@ -711,7 +743,7 @@ def main() -> int:
         return 1
     device = torch.device("cpu" if args.cpu_smoke else "cuda")
     if args.compile_child:
-        compile_child(cfg, device, args.compile_child)
+        compile_child(cfg, device, args.compile_child, regional=args.compile_scope == "blocks")
         return 0
     started = time.monotonic()
     end = started + args.budget_s
@@ -729,6 +761,13 @@ def main() -> int:
     plan = [("ceilings", 0.05), ("train", 0.30), ("sampling", 0.45), ("inception", 0.52), ("profile", 0.57),
             ("safety", 0.80), ("compile", 0.97), ("hours", 1.0)]
     s = results.doc["sections"]
+    if args.sections:
+        wanted = args.sections.split(",")
+        unknown = sorted(set(wanted) - {name for name, _ in plan})
+        if unknown:
+            parser.error(f"unknown section(s) {unknown}; choose from {[name for name, _ in plan]}")
+        kept = [(name, share) for name, share in plan if name in wanted]
+        plan = [(name, (i + 1) / len(kept)) for i, (name, _) in enumerate(kept)]  # the budget split evenly
     for section, share in plan:
         deadline = started + share * args.budget_s
         print(f"[{time.monotonic() - started:6.1f} s] {section}", flush=True)

@@ -262,6 +262,8 @@ class Tracker:
 
     # -- what callers use ------------------------------------------------------------------------------------
     def log_params(self, params: dict) -> None:
+        if not self.enabled:  # tracking off (or failed): mlflow is never imported
+            return
         from mlflow.entities import Param
 
         # params are immutable in MLflow: a reopened run logs only those it lacks (a changed value, allowed by
@@ -281,6 +283,8 @@ class Tracker:
 
         Returns how many rows were new (the store holds a prefix of the steps: once a call fails, tracking
         stops, and a reopened run continues after its last step)."""
+        if not self.enabled:  # tracking off (or failed): mlflow is never imported
+            return 0
         from mlflow.entities import Metric
 
         new = [row for row in rows if int(row["step"]) > min(self._logged_until.get(k, -1) for k in keys)]
