@@ -65,6 +65,15 @@ def test_non_finite_loss_stops_with_advice_and_keeps_checkpoint(diamond_data, tm
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 1
 
 
+def test_non_finite_loss_between_reads_names_its_step_and_writes_nothing(diamond_data, tmp_path):
+    # the losses are read (one host sync) only before a log or checkpoint: the error still names the first bad step,
+    # and the checkpoint due at step 5 is never written with the blown-up weights
+    config = toy_config(diamond_data, optim={"lr": 1e30}, train={"steps": 20, "checkpoint_every": 5, "log_every": 5})
+    with pytest.raises(FloatingPointError, match=r"non-finite loss \((nan|inf)\) at step 1; the last checkpoint"):
+        train(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
 def test_resume_refuses_another_dataset(diamond_data, tmp_path):
     train(toy_config(diamond_data, train={"steps": 5}), tmp_path / "run", progress=False)
     points = np.random.default_rng(0).normal(size=(256, 2)).astype(np.float32)
