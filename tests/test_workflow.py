@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import BIN, ROOT, WORKFLOW_ENV, MlflowServer, free_port, project_copy, run_snakemake
+from smoke_digest import digest
 
 pytestmark = pytest.mark.slow
 
@@ -119,6 +120,25 @@ def test_smoke_study_finishes_with_report_and_records(smoke):
     html = (project / "reports" / "smoke" / "index.html").read_text()
     assert "SSCS beats Euler-Maruyama" in html and "data:image/png;base64," in html
     assert (project / "results/smoke/benchmarks/train/digits_cld.tsv").is_file()
+
+
+@pytest.mark.xdist_group("smoke")
+def test_smoke_values_equal_the_committed_digest(smoke):
+    """Sample and NLL shards byte for byte, record values exactly, against tests/data/smoke_digest.json (made by
+    tests/smoke_digest.py before the [12/18] refactor): a change of layout must not change a single number."""
+    import torch
+
+    committed = json.loads((ROOT / "tests" / "data" / "smoke_digest.json").read_text())
+    if torch.backends.cpu.get_cpu_capability() != committed["cpu_capability"]:
+        pytest.skip(f"the digest was made on a {committed['cpu_capability']} CPU; this one runs "
+                    f"{torch.backends.cpu.get_cpu_capability()} kernels, whose last bits differ")
+    ours = digest(smoke["project"] / "results" / "smoke")
+    for kind in ("shards", "records"):
+        missing = sorted(set(committed[kind]) - set(ours[kind]))
+        assert not missing, (kind, missing)
+        changed = {k: (v, ours[kind][k]) for k, v in committed[kind].items() if ours[kind][k] != v}
+        assert not changed, (kind, changed)
+    assert len(committed["shards"]) == 36 and len(committed["records"]) == 51
 
 
 @pytest.mark.xdist_group("smoke")

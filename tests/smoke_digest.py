@@ -1,0 +1,46 @@
+"""The values of a finished study that a refactor must not change: every sample and NLL shard's sha256 and every
+record's value, standard error and NFE. Written once from the smoke study (tests/data/smoke_digest.json); the
+workflow test compares a fresh smoke run against it.
+
+    python tests/smoke_digest.py results/smoke > tests/data/smoke_digest.json   (from a fresh smoke run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+
+def digest(results: Path, exclude: tuple[str, ...] = ()) -> dict:
+    """{'shards': {relative path: sha256}, 'records': {relative path: [value, stderr, nfe]}} of results/<study>."""
+    out = {"shards": {}, "records": {}}
+    for path in sorted([*results.glob("samples/*/*/shard_*.npz"), *results.glob("nll/*/shard_*.npz")]):
+        key = str(path.relative_to(results))
+        if not any(word in key for word in exclude):
+            out["shards"][key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    for path in sorted(results.glob("records/**/*.json")):
+        key = str(path.relative_to(results))
+        if not any(word in key for word in exclude):
+            record = json.loads(path.read_text())
+            out["records"][key] = [record["value"], record.get("stderr"), record.get("nfe")]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="results/<study> of a finished run")
+    parser.add_argument("--exclude", action="append", default=[], help="skip paths containing this text")
+    args = parser.parse_args()
+    import torch
+
+    doc = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+           **digest(args.results, tuple(args.exclude))}
+    json.dump(doc, sys.stdout, indent=1)
+    print()
+
+
+if __name__ == "__main__":
+    main()
