@@ -66,7 +66,7 @@ def test_dry_run_with_the_slurm_profile(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["misspelt", "sscs_vpsde", "gpus", "cifar_path", "inception", "released",
-                                  "psld_sde"])
+                                  "psld_sde", "shell_in_override", "path_in_name", "override_key"])
 def test_bad_studies_stop_before_any_job(tmp_path, case):
     project = project_copy(tmp_path / "p")
     study = yaml.safe_load((project / "params" / "smoke.yaml").read_text())
@@ -90,6 +90,16 @@ def test_bad_studies_stop_before_any_job(tmp_path, case):
             (project / "resources" / "checkpoints" / "psld_cifar10_sota.ckpt").write_bytes(b"stand-in")
             del study["models"]["cifar10_psld"]["checkpoint"]["sde_params"]["nu"]
             expected = "models.cifar10_psld.checkpoint.sde_params lacks ['nu']: a PSLD file does not record its SDE"
+    elif case == "shell_in_override":  # a study file from someone else: its values are data, never shell code
+        study["models"]["digits_cld"]["overrides"]["train.steps"] = "$(touch PWNED_SHELL)20"
+        expected = ("models.digits_cld.overrides on params/train/digits_cld.yaml: invalid value at train.steps: "
+                    "'$(touch PWNED_SHELL)20' is not of type 'integer'")
+    elif case == "path_in_name":
+        study["models"]["../x"] = study["models"].pop("digits_cld")
+        expected = "invalid study at models: '../x' does not match '^[A-Za-z0-9_-]+$'"
+    elif case == "override_key":
+        study["models"]["diamond_cld"]["overrides"]["train.stepz"] = 5
+        expected = "models.diamond_cld.overrides on params/train/toy_cld.yaml: invalid value at train: Additional"
     elif case == "cifar_path":
         study = yaml.safe_load((project / "params" / "cifar10_cld.yaml").read_text())
         expected = "data.cifar10.source 'resources/cifar10' does not exist"
@@ -103,6 +113,29 @@ def test_bad_studies_stop_before_any_job(tmp_path, case):
     assert expected in done.stdout + done.stderr, (done.stdout + done.stderr)[-3000:]
     assert "params/bad.yaml" in done.stdout + done.stderr
     assert not (project / "results").exists() and not (project / "logs").exists()
+    assert not list(project.rglob("PWNED*"))
+
+
+def test_override_values_reach_the_verb_as_data(tmp_path):
+    """Shell metacharacters in a string override are passed literally; a nested mapping override trains."""
+    project = project_copy(tmp_path / "p")
+    hostile = "$(touch PWNED_1)`touch PWNED_2`; touch PWNED_3 | cat > PWNED_4 'x' \"done\""
+    study = {
+        "study": "inject", "tracking": {"enabled": False}, "data": {"digits": {"test_fraction": 0.2}},
+        "models": {"digits_cld": {"data": "digits", "config": "params/train/digits_cld.yaml", "overrides": {
+            "train.steps": 2, "train.batch_size": 16, "train.checkpoint_every": 2, "train.log_every": 1,
+            "model.options": {"nf": 16, "ch_mult": [1, 2]}, "tracking.run_name": hostile}}},
+        "sampling": {"num_samples": {"digits": 8}, "nfe": [2], "samplers": {"cld": ["em"]}},
+        "evaluation": {"fd_digits": None, "nll": None, "fid": None},
+    }
+    (project / "params" / "inject.yaml").write_text(yaml.safe_dump(study))
+    run_snakemake(project, "results/inject/runs/digits_cld/done.json", "--cores", "1", "--configfile",
+                  "params/inject.yaml")
+    assert not list(project.rglob("PWNED*"))
+    config = yaml.safe_load((project / "results/inject/runs/digits_cld/config.yaml").read_text())
+    assert config["tracking"]["run_name"] == hostile
+    assert config["model"]["options"] == {"nf": 16, "ch_mult": [1, 2]}
+    assert json.loads((project / "results/inject/runs/digits_cld/done.json").read_text())["step"] == 2
 
 
 # -- the smoke study end to end (fixture `smoke` in conftest.py) ----------------------------------------------------

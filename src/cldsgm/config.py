@@ -88,6 +88,31 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
+def nest(dotted: dict) -> dict:
+    """{'train.steps': 500, 'model.options': {'nf': 16}} -> {'train': {'steps': 500}, 'model': {'options': ...}}:
+    the form of a study's `overrides` and of `--set` arguments, as a config fragment to merge."""
+    out: dict = {}
+    for key, value in dotted.items():
+        node = out
+        *parents, leaf = str(key).split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def apply_overrides(config: dict, dotted: dict) -> dict:
+    """`config` with dotted-key overrides merged in (a copy; mappings merge, other values replace)."""
+    return _merge(config, nest(dotted))
+
+
+def override_argument(key: str, value) -> str:
+    """One `--set` argument, KEY=VALUE, the value written as one line of YAML so that `--set` (which reads its
+    value as YAML) gets back exactly `value`, a nested mapping included. The caller shell-quotes the result."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"), sort_keys=False)
+    return f"{key}={text.removesuffix(chr(10) + '...' + chr(10)).strip()}"  # a plain scalar ends with a '...' line
+
+
 def first_error(schema: dict, instance) -> tuple[str, jsonschema.ValidationError] | None:
     """The first JSON-Schema violation of `instance` (ordered by path) and its dotted location, or None."""
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(instance), key=lambda e: list(e.path))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from cldsgm.config import first_error
+from cldsgm.config import ConfigError, apply_overrides, first_error, resolve_config
 
 __all__ = ["StudyError", "load_study", "model_sde", "sample_rows", "validate_study"]
 
@@ -110,13 +110,31 @@ def _check_variant_options(name: str, variant: dict, source: str, schema: dict) 
                          f"{variant['sampler']!r} (allowed: {sorted(allowed.get('properties', {}))})")
 
 
+def _check_overrides(name: str, model: dict, source: str) -> None:
+    """The model's training config with its overrides must pass the training-config schema, so that a wrong key or
+    type stops the study before any job (and no override is ever anything but data for the `train` verb)."""
+    try:
+        config = yaml.safe_load(Path(model["config"]).read_text()) or {}
+    except yaml.YAMLError as err:
+        raise StudyError(f"{source}: models.{name}.config {model['config']} is not valid YAML ({err})") from None
+    try:
+        resolve_config(apply_overrides(config, model.get("overrides") or {}),
+                       source=f"{source}: models.{name}.overrides on {model['config']}")
+    except ConfigError as err:
+        raise StudyError(str(err)) from None
+
+
 def _check_semantics(study: dict, source: str, schema: dict) -> None:
     for name, model in study["models"].items():
+        if name.startswith("oracle-"):
+            raise StudyError(f"{source}: models.{name}: names starting with 'oracle-' are the exact-score sources' "
+                             "(sampling.oracle); rename the model")
         if model["data"] not in study["data"]:
             raise StudyError(f"{source}: models.{name}.data is {model['data']!r}, which the study does not prepare "
                              f"(data: {sorted(study['data'])})")
         if not Path(model["config"]).is_file():
             raise StudyError(f"{source}: models.{name}.config: training config {model['config']} not found")
+        _check_overrides(name, model, source)
         _check_checkpoint(name, model.get("checkpoint"), source)
     variants = study["sampling"].get("variants", {})
     known = schema["$defs"]["sampler"]["enum"]

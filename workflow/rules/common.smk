@@ -1,9 +1,11 @@
 # The study: read, validated (workflow/schemas/study.schema.yaml) and expanded into the sweep table before any
 # job runs. A plain `snakemake` reads params/config.yaml; `--configfile` replaces it (it is not merged into it).
 import os
+import shlex
 
 import yaml
 
+from cldsgm.config import override_argument
 from cldsgm.study import StudyError, load_study, sample_rows
 
 DEFAULT_STUDY = "params/config.yaml"
@@ -29,10 +31,20 @@ POINTS = ("diamond", "multimodal_swissroll")
 wildcard_constraints:
     data=r"[a-z0-9_]+",
     split=r"train|test",
-    model=r"[A-Za-z0-9_]+",
+    model=r"[A-Za-z0-9_-]+",
     source=r"[A-Za-z0-9_-]+",
     row=r"[a-z][a-z0-9_]*-[a-z]+(-nfe[0-9]+)?",
     part=r"[0-9]+",
+
+
+def flag(name, value):
+    """One command-line flag with its value shell-quoted: a study file is data and never reaches a shell as code."""
+    return f"{name} {shlex.quote(str(value))}"
+
+
+def set_flags(dotted):
+    """`--set KEY=VALUE` per override, each value written as one line of YAML (what `--set` reads) and quoted."""
+    return " ".join(f"--set {shlex.quote(override_argument(key, value))}" for key, value in dotted.items())
 
 
 def row_of(source, row):
@@ -49,7 +61,7 @@ def parent_run():
 
 
 def parent_flag(wildcards, input):
-    return f"--parent-run {input.parent}" if TRACKING else "--no-tracking"
+    return flag("--parent-run", input.parent) if TRACKING else "--no-tracking"
 
 
 # -- used by data.smk --------------------------------------------------------------------------------------------
@@ -59,13 +71,13 @@ def prepare_flags(wildcards):
     spec = STUDY["data"][wildcards.data]
     flags = []
     if "source" in spec:
-        flags.append(f"--source {spec['source']}")
+        flags.append(flag("--source", spec["source"]))
     if wildcards.data in POINTS:
-        flags.append(f"--n {spec.get('n_train' if wildcards.split == 'train' else 'n_test', 10000)}")
+        flags.append(flag("--n", spec.get("n_train" if wildcards.split == "train" else "n_test", 10000)))
     if "test_fraction" in spec:
-        flags.append(f"--test-fraction {spec['test_fraction']}")
+        flags.append(flag("--test-fraction", spec["test_fraction"]))
     if "resolution" in spec:
-        flags.append(f"--resolution {spec['resolution']}")
+        flags.append(flag("--resolution", spec["resolution"]))
     return " ".join(flags)
 
 
@@ -74,8 +86,7 @@ def prepare_flags(wildcards):
 
 def train_flags(wildcards, input):
     model = STUDY["models"][wildcards.model]
-    sets = {**(model.get("overrides") or {}), "data.path": input.data, "seed": STUDY["seed"]}
-    return " ".join(f"--set {key}={value}" for key, value in sets.items())
+    return set_flags({**(model.get("overrides") or {}), "data.path": input.data, "seed": STUDY["seed"]})
 
 
 def train_launcher(wildcards, resources, threads):
@@ -103,9 +114,8 @@ def one_of(names):
 def import_flags(wildcards):
     model = STUDY["models"][wildcards.model]
     params = (model["checkpoint"].get("sde_params") or {}).items()
-    flags = [f"--format {model['checkpoint']['format']}", *(f"--sde-param {k}={v}" for k, v in params)]
-    flags += [f"--set {key}={value}" for key, value in (model.get("overrides") or {}).items()]
-    return " ".join(flags)
+    flags = [flag("--format", model["checkpoint"]["format"]), *(flag("--sde-param", f"{k}={v}") for k, v in params)]
+    return " ".join([*flags, set_flags(model.get("overrides") or {})])
 
 
 # -- used by sample.smk ------------------------------------------------------------------------------------------
@@ -114,18 +124,19 @@ def import_flags(wildcards):
 def sample_args(wildcards):
     row = row_of(wildcards.source, wildcards.row)
     if row["kind"] == "model":
-        source = f"--run-dir {RESULTS}/runs/{row['source']}"
+        args = [flag("--run-dir", f"{RESULTS}/runs/{row['source']}")]
     else:
-        source = f"--oracle {row['data'].replace('multimodal_', '')} --sde {row['sde']}"
-    args = [source, f"--sampler {row['sampler']}", f"--num-samples {SAMPLING['num_samples'][row['data']]}",
-            f"--seed {STUDY['seed']}", f"--t-min {SAMPLING['t_min']}", f"--batch-size {SAMPLING['batch_size']}",
-            f"--shard-size {SAMPLING['shard_size']}", f"--precision {SAMPLING['precision']}"]
+        args = [flag("--oracle", row["data"].replace("multimodal_", "")), flag("--sde", row["sde"])]
+    args += [flag("--sampler", row["sampler"]), flag("--num-samples", SAMPLING["num_samples"][row["data"]]),
+             flag("--seed", STUDY["seed"]), flag("--t-min", SAMPLING["t_min"]),
+             flag("--batch-size", SAMPLING["batch_size"]), flag("--shard-size", SAMPLING["shard_size"]),
+             flag("--precision", SAMPLING["precision"])]
     if row["kind"] == "model":
-        args.append(f"--net-batch {SAMPLING['net_batch']}")
+        args.append(flag("--net-batch", SAMPLING["net_batch"]))
     if row["sampler"] != "ode":
-        args += [f"--nfe {row['nfe']}", f"--striding {row['striding']}"]
+        args += [flag("--nfe", row["nfe"]), flag("--striding", row["striding"])]
     for key, value in sorted(row["options"].items()):  # a stable order: the param string is a rerun trigger
-        args.append(f"--{'ode-method' if key == 'method' else key.replace('_', '-')} {value}")
+        args.append(flag(f"--{'ode-method' if key == 'method' else key.replace('_', '-')}", value))
     return " ".join(args)
 
 
@@ -139,7 +150,7 @@ def part_slice(wildcards):
     k, parts = int(wildcards.part), SAMPLING["shard_jobs"]
     size = -(-n // parts)
     first = min(k * size, n - 1)
-    return f"--first {first} --count {max(1, min(size, n - first))}"
+    return f"{flag('--first', first)} {flag('--count', max(1, min(size, n - first)))}"
 
 
 def gathered_parts(wildcards):
@@ -167,8 +178,11 @@ def source_samples(wildcards):
 
 def eval_pairs(wildcards):
     """--samples DIR --out DIR for every sample set of the source: one evaluation process per source."""
-    return " ".join(f"--samples {RESULTS}/samples/{r['source']}/{r['row']} "
-                    f"--out {RESULTS}/records/{r['source']}/{r['row']}" for r in source_rows(wildcards.source))
+    pairs = []
+    for r in source_rows(wildcards.source):
+        pairs += [flag("--samples", f"{RESULTS}/samples/{r['source']}/{r['row']}"),
+                  flag("--out", f"{RESULTS}/records/{r['source']}/{r['row']}")]
+    return " ".join(pairs)
 
 
 def distance_data(wildcards):
@@ -193,7 +207,7 @@ def nll_metric(model):
 def nll_flags(wildcards):
     keys = {"num_samples": "--num-samples", "probes": "--probes", "n_probes": "--n-probes", "rtol": "--rtol",
             "atol": "--atol", "batch_size": "--batch-size"}
-    return " ".join(f"{flag} {NLL[key]}" for key, flag in keys.items() if key in NLL)
+    return " ".join(flag(name, NLL[key]) for key, name in keys.items() if key in NLL)
 
 
 def records():

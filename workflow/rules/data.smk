@@ -16,5 +16,5 @@ rule prepare:
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "cldsgm prepare --dataset {wildcards.data} --split {wildcards.split} --out {params.out} "
-        "--seed {params.seed} {params.flags} > {log} 2>&1"
+        "cldsgm prepare --dataset {wildcards.data} --split {wildcards.split} --out {params.out:q} "
+        "--seed {params.seed:q} {params.flags} > {log:q} 2>&1"

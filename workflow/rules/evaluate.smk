@@ -22,8 +22,8 @@ rule digits_classifier:
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "cldsgm digits-classifier --train {input.train} --test {input.test} --epochs {params.epochs} "
-        "--seed {params.seed} --out {output.classifier} --record-dir {params.records} > {log} 2>&1"
+        "cldsgm digits-classifier --train {input.train:q} --test {input.test:q} --epochs {params.epochs:q} "
+        "--seed {params.seed:q} --out {output.classifier:q} --record-dir {params.records:q} > {log:q} 2>&1"
 
 
 rule fd_digits:
@@ -43,8 +43,8 @@ rule fd_digits:
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "cldsgm fd-digits {params.pairs} --classifier {input.classifier} --data {input.test} > {log} 2>&1 "
-        "&& echo complete > {output.done}"
+        "cldsgm fd-digits {params.pairs} --classifier {input.classifier:q} --data {input.test:q} > {log:q} 2>&1 "
+        "&& echo complete > {output.done:q}"
 
 
 rule sample_distance:
@@ -64,8 +64,8 @@ rule sample_distance:
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "cldsgm sample-distance {params.pairs} --data {input.test} {params.oracle} > {log} 2>&1 "
-        "&& echo complete > {output.done}"
+        "cldsgm sample-distance {params.pairs} --data {input.test:q} {params.oracle} > {log:q} 2>&1 "
+        "&& echo complete > {output.done:q}"
 
 
 rule fid_stats:
@@ -86,8 +86,8 @@ rule fid_stats:
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "cldsgm fid-stats --data {input.data} --inception {params.inception} --mode {params.mode} "
-        "--out {output.stats} > {log} 2>&1"
+        "cldsgm fid-stats --data {input.data:q} --inception {params.inception:q} --mode {params.mode:q} "
+        "--out {output.stats:q} > {log:q} 2>&1"
 
 
 rule fid:
@@ -111,8 +111,8 @@ rule fid:
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "cldsgm fid --samples {params.samples} --stats {input.stats} --inception {params.inception} "
-        "--mode {params.mode} --out {params.out} > {log} 2>&1"
+        "cldsgm fid --samples {params.samples:q} --stats {input.stats:q} --inception {params.inception:q} "
+        "--mode {params.mode:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule nll:
@@ -137,5 +137,5 @@ rule nll:
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "cldsgm nll --run-dir {params.run_dir} --data {input.test} {params.flags} --seed {params.seed} "
-        "--out {params.out} --record-dir {params.records} --no-progress > {log} 2>&1"
+        "cldsgm nll --run-dir {params.run_dir:q} --data {input.test:q} {params.flags} --seed {params.seed:q} "
+        "--out {params.out:q} --record-dir {params.records:q} --no-progress > {log:q} 2>&1"

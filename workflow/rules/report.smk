@@ -16,8 +16,8 @@ rule mlflow_init:
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "cldsgm track --init --experiment {params.experiment} --uri {params.uri} --parent-out {output.parent} "
-        "--soft > {log} 2>&1"
+        "cldsgm track --init --experiment {params.experiment:q} --uri {params.uri:q} --parent-out {output.parent:q} "
+        "--soft > {log:q} 2>&1"
 
 
 rule report:
@@ -39,7 +39,7 @@ rule report:
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "cldsgm report --study {input.study} --results {params.results} --out {params.out} > {log} 2>&1"
+        "cldsgm report --study {input.study:q} --results {params.results:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule track:
@@ -50,7 +50,7 @@ rule track:
     output:
         tracked=f"{RESULTS}/tracking/tracked.json",
     params:
-        runs=" ".join(f"--run-dir {RESULTS}/runs/{model}" for model in TRAINED),  # imported runs have no log
+        runs=" ".join(flag("--run-dir", f"{RESULTS}/runs/{model}") for model in TRAINED),  # imported: no log
         records=lambda wc, input: f"{os.path.dirname(os.path.dirname(input.parent))}/records",
         report=lambda wc, input: os.path.dirname(input.report),
     log:
@@ -60,5 +60,5 @@ rule track:
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "cldsgm track --parent-run {input.parent} {params.runs} --records {params.records} "
-        "--artifacts {params.report} --soft --summary {output.tracked} > {log} 2>&1"
+        "cldsgm track --parent-run {input.parent:q} {params.runs} --records {params.records:q} "
+        "--artifacts {params.report:q} --soft --summary {output.tracked:q} > {log:q} 2>&1"

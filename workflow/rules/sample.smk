@@ -22,8 +22,8 @@ rule sample_part:
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "cldsgm sample {params.args} {params.slice} --out {params.out} --done {output.done} --no-progress "
-        "> {log} 2>&1"
+        "cldsgm sample {params.args} {params.slice} --out {params.out:q} --done {output.done:q} --no-progress "
+        "> {log:q} 2>&1"
 
 
 rule sample:
@@ -44,4 +44,4 @@ rule sample:
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "cldsgm sample {params.args} --out {params.out} --done {output.done} --no-progress > {log} 2>&1"
+        "cldsgm sample {params.args} --out {params.out:q} --done {output.done:q} --no-progress > {log:q} 2>&1"

@@ -26,8 +26,8 @@ rule train:
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "{params.launcher} train --config {input.config} --run-dir {params.run_dir} {params.flags} "
-        "{params.tracking} --no-progress --done {output.done} > {log} 2>&1"
+        "{params.launcher} train --config {input.config:q} --run-dir {params.run_dir:q} {params.flags} "
+        "{params.tracking} --no-progress --done {output.done:q} > {log:q} 2>&1"
 
 
 # A model of the authors' released weights: imported (`cldsgm import-checkpoint`), not trained.
@@ -47,5 +47,5 @@ rule import_checkpoint:
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "cldsgm import-checkpoint {input.checkpoint} --config {input.config} --out {params.run_dir} {params.flags} "
-        "--done {output.done} > {log} 2>&1"
+        "cldsgm import-checkpoint {input.checkpoint:q} --config {input.config:q} --out {params.run_dir:q} {params.flags} "
+        "--done {output.done:q} > {log:q} 2>&1"

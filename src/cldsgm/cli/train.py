@@ -11,20 +11,22 @@ from cldsgm.cli._common import click_error, remove_if_empty, sigterm_as_interrup
 
 
 def dotted_overrides(settings) -> dict:
-    """('train.steps=500', 'sde.params.numerical_eps=1.0e-6') -> nested dict, values parsed as YAML."""
+    """('train.steps=500', 'model.options={nf: 16}') -> nested dict, values parsed as YAML."""
     import yaml
 
-    out: dict = {}
+    from cldsgm.config import nest
+
+    dotted = {}
     for item in settings:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return out
+        try:
+            dotted[key] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise click.BadParameter(f"the value of {key} is not valid YAML ({str(err).splitlines()[0]})",
+                                     param_hint="--set") from err
+    return nest(dotted)
 
 
 def read_parent(path) -> dict:
@@ -85,8 +87,8 @@ def train_command(config_path, run_dir, steps, no_tracking, allow_config_change,
     overrides = dotted_overrides(settings)
     if steps is not None:
         overrides.setdefault("train", {})["steps"] = steps
-    if no_tracking:
-        overrides["tracking"] = {"enabled": False}
+    if no_tracking:  # only `enabled`: the run's other tracking settings (run_name, ...) stay in its config
+        overrides.setdefault("tracking", {})["enabled"] = False
     try:  # config, data path and run directory are checked before torch is imported: a typo costs < 1 s
         config = load_config(config_path, overrides)
     except ConfigError as err:
