@@ -310,8 +310,9 @@ def sample_once(cfg: dict, device: torch.device, precision: str, batch: int, nfe
     from cldsgm.models.registry import build_network
     from cldsgm.models.score import ScoreParameterisation
     from cldsgm.samplers import generate
-    from cldsgm.sampling import FixedRowsNet, quantize_images
+    from cldsgm.sampling import quantize_images
     from cldsgm.sde import build_sde
+    from cldsgm.sources import FixedRowsNet
 
     sde = build_sde("cld")
     torch.manual_seed(0)

@@ -13,6 +13,7 @@ import argparse
 import pandas as pd
 import torch
 
+from cldsgm import catalog
 from cldsgm.bench import sampler_bench
 from cldsgm.sde import build_sde
 
@@ -24,7 +25,7 @@ def run(n: int, seeds: list[int], sde_name: str) -> pd.DataFrame:
     sde = build_sde(sde_name)
     frames = []
     for seed in seeds:
-        table = sampler_bench(sde, sde_name, STOCHASTIC, NFES, ["uniform", "quadratic"], n_samples=n, seed=seed)
+        table = sampler_bench(sde, sde_name, STOCHASTIC, NFES, list(catalog.STRIDINGS), n_samples=n, seed=seed)
         det = sampler_bench(sde, sde_name, ["euler-ode", "conjugate:lam=0.5", "conjugate"], [50, 100], ["quadratic"],
                             n_samples=n, seed=seed)
         ode = sampler_bench(sde, sde_name, ["ode"], [0], n_samples=n, seed=seed, ode_tol=1e-5)
@@ -69,7 +70,7 @@ def main() -> None:
                                  ("quadratic", 10, 0.75)):
         check(f"sscs-fix / sscs at {striding} {nfe}", mean("sscs-fix", striding, nfe)[0]
               / mean("sscs", striding, nfe)[0], bound)
-    for striding in ("uniform", "quadratic"):
+    for striding in catalog.STRIDINGS:
         for nfe in NFES:
             fix, (em, em_sd) = mean("sscs-fix", striding, nfe)[0], mean("em", striding, nfe)
             check(f"sscs-fix - (EM + 2 sd) at {striding} {nfe}", fix - (em + 2 * em_sd), 0.0)

@@ -19,11 +19,13 @@ import time
 
 import torch
 
+from cldsgm import catalog
 from cldsgm.models.registry import PRESETS, build_network
 from cldsgm.models.score import ScoreParameterisation
 from cldsgm.samplers import generate
-from cldsgm.sampling import FixedRowsNet, quantize_images
+from cldsgm.sampling import quantize_images
 from cldsgm.sde import build_sde
+from cldsgm.sources import FixedRowsNet
 
 DATA_SHAPES = {"toy_mlp": (2,), "toy_resnet": (2,), "ncsnpp_digits": (1, 8, 8)}
 
@@ -73,7 +75,7 @@ def main() -> None:
     parser.add_argument("--nfe", type=int, default=50)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--net-batch", type=int, default=None, help="Rows per network call (default: --batch).")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="fp32", choices=catalog.PRECISIONS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU).")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

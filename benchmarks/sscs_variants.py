@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from cldsgm import catalog
 from cldsgm.eval.distances import energy_distance, sliced_wasserstein
 from cldsgm.oracles import diamond
 from cldsgm.samplers import generate
@@ -48,7 +49,7 @@ def main() -> None:
                    for s in range(args.seeds)) / args.seeds
     print(f"noise floor (exact vs exact): sliced W2 {floor_sw:.4f}  energy {floor_ed:.2e}  (n={args.n})")
     print(f"{'striding':<10}{'nfe':>5}  {'variant':<42}{'sliced W2':>10}{'energy':>11}{'wall s':>8}")
-    for striding in ("uniform", "quadratic"):
+    for striding in catalog.STRIDINGS:
         for nfe in (int(v) for v in args.nfe.split(",")):
             for label, (name, options) in VARIANTS.items():
                 sw = ed = wall = 0.0

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cldsgm.cli import main
-from cldsgm.data import PreparedDataset, load_prepared, prepare, prepared_paths
+from cldsgm.data import load_prepared, prepare, prepared_paths
 from cldsgm.oracles import diamond
 
 
@@ -202,29 +202,20 @@ def test_image_folder_without_images_is_an_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_prepared_dataset_scaling_flip_and_dequantisation(tmp_path):
+def test_images_scale_to_the_unit_interval_and_dequantise_within_their_bin(tmp_path):
+    from cldsgm.data.prepared import scale_images
+    from cldsgm.eval.nll import dequantize_per_sample
+
     prepare("digits", "train", tmp_path)
-    path = prepared_paths(tmp_path, "digits", "train")[0]
-    raw, _, _ = load_prepared(path)
-    plain = PreparedDataset(path)
-    item = plain[5]
+    raw, _, _ = load_prepared(prepared_paths(tmp_path, "digits", "train")[0])
+    item = scale_images(torch.from_numpy(raw[5]))
     assert item.dtype == torch.float32 and item.shape == (1, 8, 8)
-    torch.testing.assert_close(item, torch.from_numpy(raw[5]).float() * 2 / 255 - 1)
+    torch.testing.assert_close(item, torch.from_numpy(raw[5]).double().mul(2 / 255).sub(1).float())
     assert float(item.min()) >= -1 and float(item.max()) <= 1
-    torch.manual_seed(0)
-    flipped = [torch.equal(PreparedDataset(path, hflip=True)[5], item.flip(-1)) for _ in range(200)]
-    assert 70 < sum(flipped) < 130
-    deq = PreparedDataset(path, dequantize=True)
-    k = torch.from_numpy(raw[5]).float()
-    value = deq[5]
+    k = torch.from_numpy(raw[:4]).float()
+    value = dequantize_per_sample(raw[:4], seed=0, first_index=0)
     assert bool(((value >= 2 * k / 256 - 1) & (value < 2 * (k + 1) / 256 - 1)).all())
-    x, y = PreparedDataset(path, return_labels=True)[3]
-    assert isinstance(y, int)
-    prepare("diamond", "train", tmp_path, n=10)
-    points = prepared_paths(tmp_path, "diamond", "train")[0]
-    assert PreparedDataset(points)[0].shape == (2,)
-    with pytest.raises(ValueError, match="apply to images"):
-        PreparedDataset(points, hflip=True)
+    torch.testing.assert_close(dequantize_per_sample(raw[2:4], seed=0, first_index=2), value[2:])  # per item
 
 
 def test_prepare_cli_reports_and_rejects(tmp_path):

@@ -14,8 +14,8 @@ from cldsgm.cli import main
 from cldsgm.data.prepared import load_prepared, save_prepared
 from cldsgm.eval import fid as fidlib
 from cldsgm.eval.digits import DigitsClassifier, digits_features, fd_digits, load_classifier
+from cldsgm.oracles import oracle_law
 from cldsgm.records import RecordError, make_record, read_record, write_record
-from cldsgm.sampling import ORACLES
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +87,7 @@ def test_fid_and_kid_through_clean_fid_match_direct_formulas(standin, digits_run
 
     # the same features, taken again through clean-fid's pieces, and the distances by independent formulas
     model, _ = fidlib.load_inception(standin, "clean")
-    from cldsgm.sampling import load_samples
+    from cldsgm.shards import load_samples
 
     images, _ = load_samples(tmp_path / "samples")
     feats = fidlib.inception_features(images, model, "clean")
@@ -175,9 +175,9 @@ def test_a_classifier_file_with_code_is_refused(tmp_path):
 
 
 def _gauss_split(tmp_path, n=300):
-    points = ORACLES["gaussian"]().sample(n, generator=torch.Generator().manual_seed(1)).float().numpy()
+    points = oracle_law("gaussian").sample(n, generator=torch.Generator().manual_seed(1)).float().numpy()
     save_prepared(tmp_path, "gauss", "test", points, kind="points", source="test")
-    exact = -ORACLES["gaussian"]().log_prob(torch.from_numpy(points).double()).numpy()
+    exact = -oracle_law("gaussian").log_prob(torch.from_numpy(points).double()).numpy()
     return tmp_path / "gauss_test.npz", exact
 
 

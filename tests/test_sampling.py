@@ -12,7 +12,8 @@ import torch
 from click.testing import CliRunner
 
 from cldsgm.cli import main
-from cldsgm.sampling import load_samples, quantize_images
+from cldsgm.sampling import quantize_images
+from cldsgm.shards import load_samples
 
 from conftest import SUBPROCESS_ENV, cli, run_cli
 

@@ -13,35 +13,22 @@ import time
 import pandas as pd
 import torch
 
+from cldsgm import catalog
 from cldsgm.eval.distances import energy_distance, sliced_wasserstein
-from cldsgm.oracles import GaussianMixture, diamond
+from cldsgm.oracles import oracle_law
 from cldsgm.samplers import check_sampler, generate
 
-__all__ = ["BENCH_SAMPLERS", "DATASETS", "parse_sampler", "sampler_bench"]
-
-# name -> (sampler, options). 'sscs' is our default variant, 'sscs-ref' the reference code's, 'sscs-fix' the
-# second-order one with the diamond's component std as sigma_d. Any sampler also takes options inline:
-# 'conjugate:lam=0.5', 'sscs:precision_sigma=0.02:num_stab=1e-9'.
-BENCH_SAMPLERS = {
-    "em": ("em", {}),
-    "sscs": ("sscs", {}),
-    "sscs-ref": ("sscs", {"score_time": "start", "score_step": "euler", "second_half": "reference"}),
-    "sscs-fix": ("sscs", {"precision_sigma": 0.04}),
-    "pc": ("pc", {}),
-    "ode": ("ode", {}),
-    "euler-ode": ("euler_ode", {}),
-    "conjugate": ("conjugate", {}),
-    "ge-ode": ("ge_ode", {}),
-    "ge-sde": ("ge_sde", {}),
-}
+__all__ = ["parse_sampler", "sampler_bench"]
 
 
 def parse_sampler(spec: str) -> tuple[str, dict]:
-    """'name' or 'name:key=value:...' -> (sampler, options); values are read as numbers where they are numbers."""
+    """'name' or 'name:key=value:...' -> (sampler, options); values are read as numbers where they are numbers.
+    Names are those of cldsgm.catalog.bench_presets(), e.g. 'conjugate:lam=0.5', 'sscs:precision_sigma=0.02'."""
     name, *pairs = spec.split(":")
-    if name not in BENCH_SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose from {sorted(BENCH_SAMPLERS)}")
-    sampler, options = BENCH_SAMPLERS[name]
+    presets = catalog.bench_presets()  # every sampler by name, and the SSCS variants sscs-ref and sscs-fix
+    if name not in presets:
+        raise ValueError(f"unknown sampler {name!r}; choose from {sorted(presets)}")
+    sampler, options = presets[name]
     options = dict(options)
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -52,12 +39,9 @@ def parse_sampler(spec: str) -> tuple[str, dict]:
         except ValueError:
             options[key] = value
     return sampler, options
-DATASETS = {"diamond": diamond, "gaussian": lambda: GaussianMixture.gaussian(2, 0.5)}
 
 
-def _check(sde, names, dataset) -> None:
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose from {sorted(DATASETS)}")
+def _check(sde, names) -> None:
     for name in names:
         check_sampler(sde, parse_sampler(name)[0])
 
@@ -69,8 +53,8 @@ def sampler_bench(sde, sde_name: str, samplers, nfes, stridings=("uniform",), *,
 
     The ODE sampler is adaptive: it gets one row per striding-free run at rtol = atol = ode_tol.
     """
-    _check(sde, samplers, dataset)
-    mix = DATASETS[dataset]()
+    mix = oracle_law(dataset)  # ValueError naming the choices
+    _check(sde, samplers)
     score = mix.score_fn(sde)
     ref = mix.sample(n_samples, generator=torch.Generator().manual_seed(10_000 + seed))
     ref2 = mix.sample(n_samples, generator=torch.Generator().manual_seed(20_000 + seed))

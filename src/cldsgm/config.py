@@ -8,6 +8,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from cldsgm import catalog
+
 __all__ = ["DEFAULTS", "RESUMABLE_KEYS", "SCHEMA", "ConfigError", "config_changes", "first_error", "flatten",
            "load_config", "resolve_config"]
 
@@ -25,7 +27,7 @@ _NUM, _INT, _BOOL, _STR = {"type": "number"}, {"type": "integer"}, {"type": "boo
 SCHEMA = _obj({
     "seed": _INT,
     "data": _obj({"path": _STR, "hflip": _BOOL}, required=["path"]),
-    "sde": _obj({"name": {"enum": ["cld", "psld", "vpsde"]}, "params": {"type": "object"}}, required=["name"]),
+    "sde": _obj({"name": {"enum": list(catalog.SDES)}, "params": {"type": "object"}}, required=["name"]),
     "loss": _obj({"objective": {"enum": ["hsm", "dsm"]},
                   "weighting": {"enum": ["reweightedv2", "reweightedv1", "likelihood"]},
                   "mixed_score": _BOOL, "t_min": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
@@ -39,9 +41,9 @@ SCHEMA = _obj({
                    "grad_clip": {"type": ["number", "null"], "exclusiveMinimum": 0}}),
     "train": _obj({"steps": {"type": "integer", "minimum": 1}, "batch_size": {"type": "integer", "minimum": 1},
                    "ema_rate": {"type": "number", "minimum": 0, "maximum": 1}, "ema_warmup": _BOOL,
-                   "precision": {"enum": ["fp32", "bf16", "fp16"]},
+                   "precision": {"enum": list(catalog.PRECISIONS)},
                    "checkpoint_every": {"type": "integer", "minimum": 1},
-                   "log_every": {"type": "integer", "minimum": 1}, "device": {"enum": ["auto", "cpu", "cuda"]},
+                   "log_every": {"type": "integer", "minimum": 1}, "device": {"enum": list(catalog.DEVICES)},
                    # torch.compile of the network: true (inductor) or a backend name; channels-last memory format
                    "compile": {"type": ["boolean", "string"]}, "channels_last": _BOOL}),
     "tracking": _obj({"enabled": _BOOL, "experiment": _STR, "run_name": {"type": ["string", "null"]},

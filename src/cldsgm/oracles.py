@@ -18,7 +18,7 @@ from torch import Tensor
 from cldsgm.sde import VPSDE, PhaseSpaceSDE
 from cldsgm.sde.schedule import as_time
 
-__all__ = ["GaussianMixture", "diamond"]
+__all__ = ["GaussianMixture", "diamond", "oracle_law", "standard_gaussian", "swissroll_mixture"]
 
 
 @dataclass(frozen=True)
@@ -109,3 +109,28 @@ def diamond(std: float = 0.04) -> GaussianMixture:
     rotation = torch.tensor([[1.0, -1.0], [1.0, 1.0]], dtype=torch.float64) / math.sqrt(2)
     return GaussianMixture(torch.full((9,), 1 / 9, dtype=torch.float64), grid @ rotation,
                            torch.full((9, 2), float(std), dtype=torch.float64))
+
+
+def standard_gaussian() -> GaussianMixture:
+    """N(0, 0.5^2 I) in 2-D: the one-component law (its exact score is linear)."""
+    return GaussianMixture.gaussian(2, 0.5)
+
+
+def swissroll_mixture(components: int = 1000, std: float = 0.01) -> GaussianMixture:
+    """A stand-in law for the multimodal swissroll with an exact score: 1000 equal Gaussians N(p_k, 0.01^2 I)
+    centred on seeded swissroll points p_k (the swissroll itself has no closed-form density)."""
+    from cldsgm.data.sources import toy
+
+    points, _, _ = toy("multimodal_swissroll", "train", n=components, seed=12345)
+    means = torch.from_numpy(points.astype("float64"))
+    return GaussianMixture(torch.full((components,), 1.0 / components, dtype=torch.float64), means,
+                           torch.full_like(means, std))
+
+
+def oracle_law(name: str) -> GaussianMixture:
+    """The exact-score law `name` of cldsgm.catalog.ORACLES; ValueError naming the choices."""
+    from cldsgm import catalog
+
+    if name not in catalog.ORACLES:
+        raise ValueError(f"unknown oracle {name!r}; choose from {sorted(catalog.ORACLES)}")
+    return catalog.load(catalog.ORACLES[name])()

@@ -2,7 +2,9 @@
 
 A record is one metric of one sample set (or data split): its value and standard error where defined, and
 everything needed to tell two numbers apart: the NFE actually spent, the sampler and its options, striding,
-SDE, network, checkpoint (sha256 and step) or oracle, n, FID mode, seed, wall seconds, device and version.
+SDE, network, checkpoint (sha256 and step) or oracle, n, FID mode, seed, wall seconds, device and version, and the
+labels the study gave the set (source, row, variant, data, kind). `records_frame` is the one reader of a
+folder of records (the report and the MLflow re-logging use it); nothing parses a directory name.
 Records are validated against RECORD_SCHEMA when written and when read; this module imports no torch.
 """
 
@@ -17,7 +19,7 @@ from cldsgm import __version__
 from cldsgm.config import first_error
 from cldsgm.utils.io import atomic_write_json
 
-__all__ = ["METRICS", "RECORD_SCHEMA", "RecordError", "make_record", "read_record", "write_record"]
+__all__ = ["METRICS", "RECORD_SCHEMA", "RecordError", "make_record", "read_record", "records_frame", "write_record"]
 
 # metric name -> what it is (the report's column captions come from here)
 METRICS = {
@@ -66,6 +68,8 @@ RECORD_SCHEMA = {
         "created": {"type": "string"},
         "host": {"type": "string"},
         "extra": {"type": "object"},
+        # what the study calls the evaluated set: source (model or oracle), row, variant, data, kind
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
     },
 }
 
@@ -108,3 +112,40 @@ def read_record(path: str | Path) -> dict:
         raise RecordError(f"record {path} is unreadable ({err})") from err
     _validate(record, str(path))
     return record
+
+
+# the columns of records_frame, in order
+FRAME_COLUMNS = ["source", "row", "variant", "data", "kind", "metric", "value", "stderr", "nfe", "nfe_budget",
+                 "sampler", "options", "striding", "sde", "network", "n", "seed", "wall_s", "samples", "path"]
+
+
+def _described(record: dict) -> dict:
+    """What a record says about itself: its labels, or for a record made by hand without them, names built from
+    its own fields (the checkpoint or oracle it came from, sampler-striding-nfe<budget>)."""
+    from cldsgm import catalog
+
+    labels, identity = record.get("labels") or {}, record.get("source") or {}
+    sampler = record.get("sampler")
+    adaptive = sampler in catalog.SAMPLERS and catalog.SAMPLERS[sampler].adaptive
+    striding = record.get("striding") or ("adaptive" if adaptive else None)
+    budget = record.get("nfe_budget")
+    default_row = "-".join(str(p) for p in (sampler, striding, f"nfe{budget}" if budget else None) if p)
+    default_source = (f"oracle:{identity['oracle']}" if "oracle" in identity
+                      else identity.get("checkpoint") or record["metric"])
+    data = labels.get("data") or (record.get("dataset") or {}).get("name")
+    return {"source": labels.get("source") or default_source, "row": labels.get("row") or default_row,
+            "variant": labels.get("variant") or sampler, "data": data, "striding": striding,
+            "kind": labels.get("kind") or ("oracle" if "oracle" in identity else "model")}
+
+
+def records_frame(records_dir: str | Path):
+    """Every record under records_dir (recursively) as one row of a pandas DataFrame with FRAME_COLUMNS: the one
+    reader of records, for the report and the MLflow re-logging. `options` is the sampler options as sorted JSON."""
+    import pandas as pd
+
+    rows = []
+    for path in sorted(Path(records_dir).rglob("*.json")):
+        record = read_record(path)
+        rows.append({**{k: record.get(k) for k in FRAME_COLUMNS}, **_described(record),
+                     "options": json.dumps(record.get("options") or {}, sort_keys=True), "path": str(path)})
+    return pd.DataFrame(rows, columns=FRAME_COLUMNS)

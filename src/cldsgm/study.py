@@ -1,10 +1,14 @@
 """Study files (params/*.yaml): validation and the table of jobs they expand into; imports no torch.
 
 The Snakefile and the tests call `load_study`, which checks a study against the JSON Schema in
-workflow/schemas/study.schema.yaml (unknown keys, wrong values), then what a schema cannot say (an SSCS row
-for VPSDE, a model on a dataset the study does not prepare, a missing CIFAR-10 path, missing Inception
-weights where FID is asked for), so that a study stops before any job runs with one message naming the key,
-the file and the fix. `sample_rows` is the sweep table: one row per valid (source, sampler, striding, NFE).
+workflow/schemas/study.schema.yaml, with its names (samplers and their options, datasets, SDEs, ...) filled in from
+`cldsgm.catalog`, then what a schema cannot say (an SSCS row for VPSDE, a model on a dataset the study does not
+prepare, an override the training config refuses, a missing CIFAR-10 path or Inception weights where FID is asked
+for), so that a study stops before any job runs with one message naming the key, the file and the fix.
+
+`job_table` decides everything else the workflow needs: one row per sample set (source x sampler x striding x NFE),
+each source's evaluation and metrics, the NLL metric of each model, which models are trained and which imported.
+The rules (workflow/rules/common.smk) only map that table to paths and flags.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ from pathlib import Path
 
 import yaml
 
+from cldsgm import catalog
 from cldsgm.config import ConfigError, apply_overrides, first_error, resolve_config
 
-__all__ = ["StudyError", "load_study", "model_sde", "sample_rows", "validate_study"]
+__all__ = ["StudyError", "job_table", "load_study", "model_sde", "oracle_source", "sample_rows", "schema",
+           "validate_study"]
 
 SCHEMA_PATH = Path("workflow") / "schemas" / "study.schema.yaml"
-_POINTS = ("diamond", "multimodal_swissroll")
 
 
 class StudyError(ValueError):
@@ -51,23 +56,43 @@ def _defaults(schema: dict, instance, root: dict):
 
 @functools.lru_cache(maxsize=4)
 def _read_schema(path: str) -> dict:
-    """The study schema, parsed once per process (Snakemake and every job step load studies); never mutated."""
+    """The study schema file, parsed once per process (Snakemake and every job step load studies); never mutated."""
     return yaml.safe_load(Path(path).read_text())
+
+
+def schema(path: str | Path = SCHEMA_PATH) -> dict:
+    """The study schema with its names from cldsgm.catalog (read each call: a sampler registered at run time is
+    part of it)."""
+    out = copy.deepcopy(_read_schema(str(path)))
+    defs = out["$defs"]
+    defs["sampler"]["enum"] = list(catalog.SAMPLERS)
+    defs["dataset"]["enum"] = list(catalog.DATASETS)
+    defs["oracle_dataset"]["enum"] = [name for name, spec in catalog.DATASETS.items() if spec.oracle]
+    defs["sde"]["enum"] = list(catalog.SDES)
+    defs["striding"]["enum"] = list(catalog.STRIDINGS)
+    defs["precision"]["enum"] = list(catalog.PRECISIONS)
+    defs["probes"]["enum"] = list(catalog.PROBES)
+    defs["fid_mode"]["enum"] = list(catalog.FID_MODES)
+    sampling = out["properties"]["sampling"]["properties"]
+    sampling["samplers"]["properties"] = {name: {"type": "array", "items": {"$ref": "#/$defs/sampler_or_variant"}}
+                                          for name in catalog.SDES}
+    sampling["options"]["properties"] = {name: spec.schema() for name, spec in catalog.SAMPLERS.items()}
+    return out
 
 
 def validate_study(study: dict, source: str, schema_path: str | Path = SCHEMA_PATH) -> dict:
     """Schema check plus defaults; StudyError names the file and the key. Returns a filled-in copy."""
-    schema = _read_schema(str(schema_path))
+    full = schema(schema_path)
     if not isinstance(study, dict):
         raise StudyError(f"{source}: a study file holds a mapping at the top level")
-    found = first_error(schema, study)
+    found = first_error(full, study)
     if found:
         where, err = found
         hint = ""
         if err.validator == "additionalProperties":
             hint = " (a misspelt key? see workflow/schemas/study.schema.yaml for the keys a study may have)"
         raise StudyError(f"{source}: invalid study at {where}: {err.message}{hint}")
-    return _defaults(schema, copy.deepcopy(study), schema)
+    return _defaults(full, copy.deepcopy(study), full)
 
 
 def model_sde(model: dict) -> str:
@@ -96,20 +121,6 @@ def _check_checkpoint(name: str, checkpoint: dict | None, source: str) -> None:
                          "record its SDE (the released CIFAR-10 SOTA file is named for Gamma 0.02, nu 4.02)")
 
 
-# as cldsgm.samplers.PHASE_SPACE_ONLY, which this module does not import: it would bring torch into every
-# Snakemake start-up
-_PHASE_SPACE_ONLY = ("sscs", "conjugate", "ge_ode", "ge_sde")
-
-
-def _check_variant_options(name: str, variant: dict, source: str, schema: dict) -> None:
-    """A variant's options must be options of its sampler (the schema's sampling.options section for it)."""
-    allowed = schema["properties"]["sampling"]["properties"]["options"]["properties"].get(variant["sampler"], {})
-    unknown = sorted(set(variant.get("options") or {}) - set(allowed.get("properties", {})))
-    if unknown:
-        raise StudyError(f"{source}: sampling.variants.{name}.options has {unknown}, not options of sampler "
-                         f"{variant['sampler']!r} (allowed: {sorted(allowed.get('properties', {}))})")
-
-
 def _check_overrides(name: str, model: dict, source: str) -> None:
     """The model's training config with its overrides must pass the training-config schema, so that a wrong key or
     type stops the study before any job (and no override is ever anything but data for the `train` verb)."""
@@ -124,7 +135,16 @@ def _check_overrides(name: str, model: dict, source: str) -> None:
         raise StudyError(str(err)) from None
 
 
-def _check_semantics(study: dict, source: str, schema: dict) -> None:
+def _check_variant_options(name: str, variant: dict, source: str) -> None:
+    """A variant's options must be options of its sampler."""
+    allowed = sorted(option.name for option in catalog.sampler(variant["sampler"]).options)
+    unknown = sorted(set(variant.get("options") or {}) - set(allowed))
+    if unknown:
+        raise StudyError(f"{source}: sampling.variants.{name}.options has {unknown}, not options of sampler "
+                         f"{variant['sampler']!r} (allowed: {allowed})")
+
+
+def _check_models(study: dict, source: str, check_files: bool) -> None:
     for name, model in study["models"].items():
         if name.startswith("oracle-"):
             raise StudyError(f"{source}: models.{name}: names starting with 'oracle-' are the exact-score sources' "
@@ -132,34 +152,40 @@ def _check_semantics(study: dict, source: str, schema: dict) -> None:
         if model["data"] not in study["data"]:
             raise StudyError(f"{source}: models.{name}.data is {model['data']!r}, which the study does not prepare "
                              f"(data: {sorted(study['data'])})")
+        if not check_files:
+            continue
         if not Path(model["config"]).is_file():
             raise StudyError(f"{source}: models.{name}.config: training config {model['config']} not found")
         _check_overrides(name, model, source)
         _check_checkpoint(name, model.get("checkpoint"), source)
+
+
+def _check_samplers(study: dict, source: str) -> None:
     variants = study["sampling"].get("variants", {})
-    known = schema["$defs"]["sampler"]["enum"]
     for sde, samplers in study["sampling"].get("samplers", {}).items():
         for entry in samplers:
-            if entry not in known and entry not in variants:
+            if entry not in catalog.SAMPLERS and entry not in variants:
                 raise StudyError(f"{source}: sampling.samplers.{sde} lists {entry!r}, which is neither a sampler "
-                                 f"({', '.join(known)}) nor a name in sampling.variants")
+                                 f"({', '.join(catalog.SAMPLERS)}) nor a name in sampling.variants")
             sampler = variants[entry]["sampler"] if entry in variants else entry
-            if sampler in _PHASE_SPACE_ONLY and sde == "vpsde":
-                raise StudyError(f"{source}: sampling.samplers.vpsde lists {entry!r}, which needs a phase-space SDE "
-                                 "(cld or psld); remove it or use em / pc / ode")
-            if sampler == "pc" and sde != "vpsde":
-                raise StudyError(f"{source}: sampling.samplers.{sde} lists 'pc', which is defined for vpsde only")
+            try:
+                catalog.sampler(sampler, sde)
+            except ValueError as err:
+                raise StudyError(f"{source}: sampling.samplers.{sde} lists {entry!r}: {err}; remove it or use one of "
+                                 f"{[n for n, s in catalog.SAMPLERS.items() if sde in s.sdes]}") from None
             if entry in variants:
-                _check_variant_options(entry, variants[entry], source, schema)
-    for name in study["data"]:
-        if name not in _POINTS and name not in study["sampling"]["num_samples"]:
-            raise StudyError(f"{source}: sampling.num_samples has no entry for dataset {name!r}")
-    cifar = study["data"].get("cifar10")
-    if cifar is not None:
-        path = cifar.get("source")
-        if not path or not Path(path).expanduser().exists():
-            raise StudyError(f"{source}: data.cifar10.source {path!r} does not exist: put cifar-10-python.tar.gz "
-                             "(or cifar-10-batches-py/) there, or point data.cifar10.source at your copy")
+                _check_variant_options(entry, variants[entry], source)
+
+
+def _check_files(study: dict, source: str) -> None:
+    for name, spec in study["data"].items():
+        if catalog.DATASETS[name].needs_source:
+            path = spec.get("source")
+            if not path or not Path(path).expanduser().exists():
+                hint = ("cifar-10-python.tar.gz (or cifar-10-batches-py/)" if name == "cifar10"
+                        else "the folder of images")
+                raise StudyError(f"{source}: data.{name}.source {path!r} does not exist: put {hint} there, or point "
+                                 f"data.{name}.source at your copy")
     fid = study["evaluation"].get("fid")
     if fid:
         weights = Path(os.environ.get("CLDSGM_INCEPTION") or fid["inception"])
@@ -169,43 +195,95 @@ def _check_semantics(study: dict, source: str, schema: dict) -> None:
                              "set evaluation.fid to null")
 
 
-def load_study(config: dict, source: str, schema_path: str | Path = SCHEMA_PATH) -> dict:
-    """Validate a study (schema, then semantics) and fill in defaults; raise StudyError before any job runs."""
+def _check_semantics(study: dict, source: str, check_files: bool = True) -> None:
+    _check_models(study, source, check_files)
+    _check_samplers(study, source)
+    for name in study["data"]:
+        if catalog.DATASETS[name].kind != "points" and name not in study["sampling"]["num_samples"]:
+            raise StudyError(f"{source}: sampling.num_samples has no entry for dataset {name!r}")
+    if check_files:
+        _check_files(study, source)
+
+
+def load_study(config: dict, source: str, schema_path: str | Path = SCHEMA_PATH, *, check_files: bool = True) -> dict:
+    """Validate a study (schema, then semantics) and fill in defaults; raise StudyError before any job runs.
+
+    check_files: also check the files a run needs (training configs and their overrides, CIFAR-10 source,
+    Inception weights, released checkpoints); off for reading the study of finished results."""
     study = validate_study(config, source, schema_path)
-    _check_semantics(study, source, _read_schema(str(schema_path)))
+    _check_semantics(study, source, check_files)
     return study
 
 
+def oracle_source(data: str, sde: str) -> str:
+    """The source name of the exact-score rows of `data` under `sde`, e.g. 'oracle-diamond-cld'."""
+    return f"oracle-{data}-{sde}"
+
+
+def _sources(study: dict) -> list[dict]:
+    """Every sample source: the study's models, then the exact-score oracles of sampling.oracle."""
+    out = [{"source": name, "kind": "model", "data": model["data"], "sde": model_sde(model), "oracle": None}
+           for name, model in study["models"].items()]
+    oracle = study["sampling"].get("oracle", {})
+    out += [{"source": oracle_source(data, sde), "kind": "oracle", "data": data, "sde": sde,
+             "oracle": catalog.DATASETS[data].oracle}
+            for data in oracle.get("data", []) for sde in oracle.get("sdes", [])]
+    return out
+
+
 def sample_rows(study: dict) -> list[dict]:
-    """One row per sample set: {'source', 'kind' ('model' | 'oracle'), 'data', 'sde', 'sampler', 'variant' (the
-    name listed in sampling.samplers), 'options', 'striding', 'nfe', 'row'}; 'row' names the set's directory, e.g.
-    'em-uniform-nfe20', 'ode-adaptive' or 'sscsfix-quadratic-nfe20'."""
+    """One row per sample set: {'source', 'kind' ('model' | 'oracle'), 'data', 'sde', 'oracle' (the law of an
+    oracle source), 'sampler', 'variant' (the name listed in sampling.samplers), 'options', 'striding', 'nfe',
+    'row'}; 'row' names the set's directory, e.g. 'em-uniform-nfe20', 'ode-adaptive' or 'sscsfix-quadratic-nfe20'.
+    An NFE budget a sampler cannot spend exactly becomes the largest one it can (PC: 2k + 1)."""
     sampling = study["sampling"]
-    sources = [(name, "model", model["data"], model_sde(model)) for name, model in study["models"].items()]
-    oracle = sampling.get("oracle", {})
-    sources += [(f"oracle-{data}-{sde}", "oracle", data, sde) for data in oracle.get("data", [])
-                for sde in oracle.get("sdes", [])]
-    rows = []
     variants = sampling.get("variants", {})
-    for name, kind, data, sde in sources:
-        for entry in sampling["samplers"].get(sde, []):
+    rows = []
+    for src in _sources(study):
+        for entry in sampling["samplers"].get(src["sde"], []):
             variant = variants.get(entry, {"sampler": entry})
-            if variant.get("data") and data not in variant["data"]:
+            if variant.get("data") and src["data"] not in variant["data"]:
                 continue
             sampler = variant["sampler"]
             options = {**sampling.get("options", {}).get(sampler, {}), **(variant.get("options") or {})}
-            common = {"source": name, "kind": kind, "data": data, "sde": sde, "sampler": sampler, "variant": entry,
-                      "options": options}
-            if sampler == "ode":
+            common = {**src, "sampler": sampler, "variant": entry, "options": options}
+            if catalog.SAMPLERS[sampler].adaptive:
                 rows.append({**common, "striding": "adaptive", "nfe": 0, "row": f"{entry}-adaptive"})
                 continue
             for striding in variant.get("stridings") or sampling["stridings"]:
                 for budget in variant.get("nfe") or sampling["nfe"]:
-                    nfe = budget
-                    if sampler == "pc":  # 1 + n_corrector per step, + 1 to denoise: the largest budget it can honour
-                        per_step = 1 + options.get("n_corrector", 1)
-                        nfe = budget - (budget - 1) % per_step
-                        if nfe < 1 + per_step:
-                            continue
-                    rows.append({**common, "striding": striding, "nfe": nfe, "row": f"{entry}-{striding}-nfe{nfe}"})
+                    nfe = catalog.largest_budget(sampler, budget, options)
+                    if nfe is not None:
+                        rows.append({**common, "striding": striding, "nfe": nfe,
+                                     "row": f"{entry}-{striding}-nfe{nfe}"})
     return rows
+
+
+def _evaluation(study: dict, data: str) -> str | None:
+    """The verb that scores the sample sets of `data` in this study, or None where the study turns it off."""
+    spec = catalog.DATASETS[data]
+    switch = {"fd_digits": "fd_digits", "fid": "fid"}.get(spec.evaluation)  # evaluation.<key> set to null: off
+    if switch is not None and study["evaluation"].get(switch) is None:
+        return None
+    return spec.evaluation
+
+
+def job_table(study: dict) -> dict:
+    """Everything the workflow decides from a (validated) study.
+
+    rows: sample_rows, each with its `num_samples`. sources: name -> {kind, data, sde, oracle, evaluation (the verb
+    scoring its sets, or None), metrics (of that verb), modes (the law to measure mode coverage against, or None)}.
+    nll: model -> NLL metric (empty when evaluation.nll is null). trained / imported: model names.
+    """
+    rows = [{**row, "num_samples": study["sampling"]["num_samples"][row["data"]]} for row in sample_rows(study)]
+    sources = {}
+    for src in _sources(study):
+        spec = catalog.DATASETS[src["data"]]
+        evaluation = _evaluation(study, src["data"])
+        sources[src["source"]] = {**src, "evaluation": evaluation, "metrics": list(spec.metrics) if evaluation else [],
+                                  "modes": spec.oracle if spec.modes else None}
+    nll = ({name: catalog.DATASETS[model["data"]].nll_metric for name, model in study["models"].items()}
+           if study["evaluation"].get("nll") else {})
+    imported = sorted(name for name, model in study["models"].items() if model.get("checkpoint"))
+    return {"rows": rows, "sources": sources, "nll": nll, "imported": imported,
+            "trained": sorted(name for name in study["models"] if name not in imported)}

@@ -1,12 +1,14 @@
-# The study: read, validated (workflow/schemas/study.schema.yaml) and expanded into the sweep table before any
-# job runs. A plain `snakemake` reads params/config.yaml; `--configfile` replaces it (it is not merged into it).
+# The study: read, validated (workflow/schemas/study.schema.yaml) and expanded into its job table by
+# cldsgm.study before any job runs; this file only maps that table to paths and command-line flags. A plain
+# `snakemake` reads params/config.yaml; `--configfile` replaces it (it is not merged into it).
 import os
 import shlex
 
 import yaml
 
+from cldsgm import catalog
 from cldsgm.config import override_argument
-from cldsgm.study import StudyError, load_study, sample_rows
+from cldsgm.study import StudyError, job_table, load_study
 
 DEFAULT_STUDY = "params/config.yaml"
 STUDY_FILE = workflow.configfiles[-1] if workflow.configfiles else DEFAULT_STUDY
@@ -14,6 +16,7 @@ if not workflow.configfiles:
     config.update({**yaml.safe_load(open(DEFAULT_STUDY)), **config})
 try:
     STUDY = load_study(dict(config), STUDY_FILE)
+    TABLE = job_table(STUDY)
 except StudyError as err:
     raise WorkflowError(str(err))
 
@@ -21,11 +24,14 @@ NAME = STUDY["study"]
 RESULTS = f"results/{NAME}"
 LOGS = f"logs/{NAME}"
 BENCH = f"{RESULTS}/benchmarks"
-ROWS = sample_rows(STUDY)
+ROWS = TABLE["rows"]
+SOURCES = TABLE["sources"]
+TRAINED, IMPORTED = TABLE["trained"], TABLE["imported"]
 SAMPLING = STUDY["sampling"]
 EVALUATION = STUDY["evaluation"]
 TRACKING = STUDY["tracking"]["enabled"]
-POINTS = ("diamond", "multimodal_swissroll")
+FID = EVALUATION.get("fid") or {}
+NLL = EVALUATION.get("nll") or {}
 
 
 wildcard_constraints:
@@ -45,6 +51,11 @@ def flag(name, value):
 def set_flags(dotted):
     """`--set KEY=VALUE` per override, each value written as one line of YAML (what `--set` reads) and quoted."""
     return " ".join(f"--set {shlex.quote(override_argument(key, value))}" for key, value in dotted.items())
+
+
+def label_flags(**labels):
+    """What a record says about itself (cldsgm.records): the names only the study knows."""
+    return " ".join(flag("--label", f"{key}={value}") for key, value in labels.items())
 
 
 def row_of(source, row):
@@ -68,11 +79,11 @@ def parent_flag(wildcards, input):
 
 
 def prepare_flags(wildcards):
-    spec = STUDY["data"][wildcards.data]
+    spec, dataset = STUDY["data"][wildcards.data], catalog.DATASETS[wildcards.data]
     flags = []
     if "source" in spec:
         flags.append(flag("--source", spec["source"]))
-    if wildcards.data in POINTS:
+    if dataset.generator is not None:
         flags.append(flag("--n", spec.get("n_train" if wildcards.split == "train" else "n_test", 10000)))
     if "test_fraction" in spec:
         flags.append(flag("--test-fraction", spec["test_fraction"]))
@@ -102,10 +113,6 @@ def train_done(model):
     return f"{RESULTS}/runs/{model}/done.json"
 
 
-IMPORTED = sorted(m for m, spec in STUDY["models"].items() if spec.get("checkpoint"))
-TRAINED = sorted(m for m in STUDY["models"] if m not in IMPORTED)
-
-
 def one_of(names):
     """A wildcard pattern matching exactly these names (none: a pattern that matches nothing)."""
     return "|".join(names) if names else "(?!)"
@@ -126,17 +133,20 @@ def sample_args(wildcards):
     if row["kind"] == "model":
         args = [flag("--run-dir", f"{RESULTS}/runs/{row['source']}")]
     else:
-        args = [flag("--oracle", row["data"].replace("multimodal_", "")), flag("--sde", row["sde"])]
-    args += [flag("--sampler", row["sampler"]), flag("--num-samples", SAMPLING["num_samples"][row["data"]]),
+        args = [flag("--oracle", row["oracle"]), flag("--sde", row["sde"])]
+    args += [flag("--sampler", row["sampler"]), flag("--num-samples", row["num_samples"]),
              flag("--seed", STUDY["seed"]), flag("--t-min", SAMPLING["t_min"]),
              flag("--batch-size", SAMPLING["batch_size"]), flag("--shard-size", SAMPLING["shard_size"]),
              flag("--precision", SAMPLING["precision"])]
     if row["kind"] == "model":
         args.append(flag("--net-batch", SAMPLING["net_batch"]))
-    if row["sampler"] != "ode":
+    if not catalog.SAMPLERS[row["sampler"]].adaptive:
         args += [flag("--nfe", row["nfe"]), flag("--striding", row["striding"])]
+    spec = catalog.SAMPLERS[row["sampler"]]
     for key, value in sorted(row["options"].items()):  # a stable order: the param string is a rerun trigger
-        args.append(flag(f"--{'ode-method' if key == 'method' else key.replace('_', '-')}", value))
+        args.append(flag(spec.option(key).cli_flag, value))
+    args.append(label_flags(source=row["source"], row=row["row"], variant=row["variant"], data=row["data"],
+                            kind=row["kind"]))
     return " ".join(args)
 
 
@@ -146,7 +156,7 @@ def sample_inputs(wildcards):
 
 
 def part_slice(wildcards):
-    n = SAMPLING["num_samples"][row_of(wildcards.source, wildcards.row)["data"]]
+    n = row_of(wildcards.source, wildcards.row)["num_samples"]
     k, parts = int(wildcards.part), SAMPLING["shard_jobs"]
     size = -(-n // parts)
     first = min(k * size, n - 1)
@@ -186,22 +196,18 @@ def eval_pairs(wildcards):
 
 
 def distance_data(wildcards):
-    return data_file(source_rows(wildcards.source)[0]["data"], "test")
+    return data_file(SOURCES[wildcards.source]["data"], "test")
 
 
 def distance_oracle(wildcards):
-    data = source_rows(wildcards.source)[0]["data"]
-    return "--oracle diamond" if data == "diamond" else ""
+    """The data law to measure mode coverage against, where it has few modes."""
+    law = SOURCES[wildcards.source]["modes"]
+    return flag("--oracle", law) if law else ""
 
 
-FID = EVALUATION.get("fid") or {}
-
-
-NLL = EVALUATION.get("nll") or {}
-
-
-def nll_metric(model):
-    return "nll_nats" if STUDY["models"][model]["data"] in POINTS else "nll_bpd"
+def fid_data():
+    """The dataset whose sample sets FID scores (one per study: its reference statistics are the study's)."""
+    return next((s["data"] for s in SOURCES.values() if s["evaluation"] == "fid"), "cifar10")
 
 
 def nll_flags(wildcards):
@@ -210,22 +216,22 @@ def nll_flags(wildcards):
     return " ".join(flag(name, NLL[key]) for key, name in keys.items() if key in NLL)
 
 
+def nll_labels(wildcards):
+    return label_flags(source=wildcards.model, row="nll", data=STUDY["models"][wildcards.model]["data"], kind="model")
+
+
 def records():
     """What the report and the track job wait for (evaluation markers per source, FID and NLL records)."""
     out = []
-    for source in dict.fromkeys(r["source"] for r in ROWS):
-        data = source_rows(source)[0]["data"]
-        if data == "digits" and EVALUATION.get("fd_digits") is not None:
-            out.append(f"{RESULTS}/records/{source}/fd_digits.done")
-        if data in POINTS:
-            out.append(f"{RESULTS}/records/{source}/sample_distance.done")
+    for name, source in SOURCES.items():
+        if source["evaluation"] in ("fd_digits", "sample_distance"):
+            out.append(f"{RESULTS}/records/{name}/{source['evaluation']}.done")
     for row in ROWS:
-        if row["data"] == "cifar10" and FID:
+        if SOURCES[row["source"]]["evaluation"] == "fid":
             out.append(f"{RESULTS}/records/{row['source']}/{row['row']}/fid.json")
     if "digits" in STUDY["data"] and EVALUATION.get("fd_digits") is not None:
         out.append(rules.digits_classifier.output.record)
-    if NLL:
-        out += [f"{RESULTS}/records/{model}/nll/{nll_metric(model)}.json" for model in STUDY["models"]]
+    out += [f"{RESULTS}/records/{model}/nll/{metric}.json" for model, metric in TABLE["nll"].items()]
     return out
 
 

@@ -14,6 +14,7 @@ rule digits_classifier:
         epochs=(EVALUATION.get("fd_digits") or {}).get("epochs", 30),
         seed=STUDY["seed"],
         records=lambda wc, output: os.path.dirname(output.record),
+        labels=label_flags(source="classifier", row="classifier", data="digits", kind="classifier"),
     threads: 1
     log:
         f"{LOGS}/digits_classifier.log",
@@ -23,6 +24,7 @@ rule digits_classifier:
         "../envs/cldsgm.yaml"
     shell:
         "cldsgm digits-classifier --train {input.train:q} --test {input.test:q} --epochs {params.epochs:q} "
+        "{params.labels} "
         "--seed {params.seed:q} --out {output.classifier:q} --record-dir {params.records:q} > {log:q} 2>&1"
 
 
@@ -70,7 +72,7 @@ rule sample_distance:
 
 rule fid_stats:
     input:
-        data=lambda wc: data_file("cifar10", FID.get("reference_split", "train")),
+        data=lambda wc: data_file(fid_data(), FID.get("reference_split", "train")),
     output:
         stats=f"{RESULTS}/fid/reference_{FID.get('mode', 'clean')}.npz",
     params:
@@ -127,6 +129,7 @@ rule nll:
         out=f"{RESULTS}/nll/{{model}}",
         records=lambda wc, output: os.path.dirname(output.record),
         seed=STUDY["seed"],
+        labels=nll_labels,
     threads: 1
     resources:
         gpu=EVALUATION["gpus"],
@@ -138,4 +141,4 @@ rule nll:
         "../envs/cldsgm.yaml"
     shell:
         "cldsgm nll --run-dir {params.run_dir:q} --data {input.test:q} {params.flags} --seed {params.seed:q} "
-        "--out {params.out:q} --record-dir {params.records:q} --no-progress > {log:q} 2>&1"
+        "--out {params.out:q} --record-dir {params.records:q} {params.labels} --no-progress > {log:q} 2>&1"

@@ -2,7 +2,57 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import click
+
+
+class CatalogChoice(click.Choice):
+    """A click.Choice over names that cldsgm.catalog holds, read when the command line is parsed: a sampler
+    registered at run time is a valid choice, and no command keeps a list of names of its own."""
+
+    def __init__(self, names: Callable[[], Iterable[str]]):
+        self._names = names
+        super().__init__([])
+
+    @property
+    def choices(self):
+        return tuple(self._names())
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ assigns its list; the catalog is the source
+        pass
+
+
+def catalog_choice(what: str) -> CatalogChoice:
+    """A choice of catalog names: 'samplers', 'sdes', 'datasets', 'oracles', 'stridings', 'precisions', 'devices',
+    'ode_methods', 'probes' or 'fid_modes'."""
+    from cldsgm import catalog
+
+    tables = {"samplers": lambda: catalog.SAMPLERS, "sdes": lambda: catalog.SDES, "datasets": lambda: catalog.DATASETS,
+              "oracles": lambda: catalog.ORACLES, "stridings": lambda: catalog.STRIDINGS,
+              "precisions": lambda: catalog.PRECISIONS, "devices": lambda: catalog.DEVICES,
+              "ode_methods": lambda: catalog.ODE_METHODS, "probes": lambda: catalog.PROBES,
+              "fid_modes": lambda: catalog.FID_MODES}
+    return CatalogChoice(tables[what])
+
+
+def label_option(f):
+    """--label KEY=VALUE (repeatable): what a study calls the output (source, row, variant, data, kind)."""
+    return click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+                        help="What the study calls this (source, row, variant, data, kind): kept in the manifest and "
+                             "every record made from it, so that records describe themselves.")(f)
+
+
+def parse_labels(items) -> dict:
+    """('source=digits_cld', 'row=em-uniform-nfe6') -> {'source': 'digits_cld', ...}: strings, in order."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--label")
+        out[key] = value
+    return out
 
 
 def floats(text: str, name: str) -> list[float]:
@@ -60,17 +110,14 @@ def sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def device_for(name: str, local_rank: int = 0):
-    """auto | cpu | cuda -> torch.device; cuda:<LOCAL_RANK> under torchrun. A clear error without a GPU."""
-    import torch
+def device_for(name: str):
+    """--device auto | cpu | cuda -> torch.device (cuda:<LOCAL_RANK> under torchrun); a usage error without a GPU."""
+    from cldsgm.utils.launch import launch, resolve_device
 
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise click.UsageError("--device cuda, but no CUDA device is available (use --device cpu)")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+    try:
+        return resolve_device(name, launch().local_rank)
+    except ValueError as err:
+        raise click.UsageError(f"--device {name}: {err}") from None
 
 
 def key_values(items, flag: str) -> dict:
@@ -93,18 +140,17 @@ def finish_ranks_and_mark(done_path, summary: dict) -> None:
     `done_path` is what a workflow declares as the job's output: it appears only when the job's work is
     complete, so a killed job never leaves a file that looks finished.
     """
-    import os
+    from cldsgm.utils.launch import launch
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
+    if launch().world > 1:
         import torch.distributed as dist
 
         if not dist.is_initialized():
             dist.init_process_group("gloo")
         dist.barrier()
         dist.destroy_process_group()
-    if done_path and int(os.environ.get("RANK", "0")) == 0:
-        from cldsgm.sampling import slice_complete
+    if done_path and launch().main:
+        from cldsgm.shards import slice_complete
         from cldsgm.utils.io import atomic_write_json
 
         # read again: other ranks may have finished shards of the slice after this one's summary

@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 
 from cldsgm.cli import main
-from cldsgm.cli._common import floats
+from cldsgm.cli._common import catalog_choice, floats
 
 
 @main.command()
-@click.option("--sde", "sde_name", type=click.Choice(["cld", "psld", "vpsde"]), default="cld", show_default=True)
+@click.option("--sde", "sde_name", type=catalog_choice("sdes"), default="cld", show_default=True)
 @click.option("--times", default="1,0.5,0.1,0.01,0.001,0.00001", show_default=True, help="Forward times t in [0, 1].")
 @click.option("--numerical-eps", type=float, default=None, help="Override the SDE's numerical_eps (CLD/PSLD).")
 def kernel(sde_name: str, times: str, numerical_eps: float | None) -> None:
@@ -37,13 +37,14 @@ def kernel(sde_name: str, times: str, numerical_eps: float | None) -> None:
 
 
 @main.command("sampler-bench")
-@click.option("--sde", "sde_name", type=click.Choice(["cld", "psld", "vpsde"]), default="cld", show_default=True)
+@click.option("--sde", "sde_name", type=catalog_choice("sdes"), default="cld", show_default=True)
 @click.option("--samplers", default="em,sscs", show_default=True,
-              help="Comma-separated: em, sscs (our default), sscs-ref (the reference code's), sscs-fix (sigma_d "
-                   "0.04), pc, ode, euler-ode, conjugate, ge-ode, ge-sde; options inline, e.g. conjugate:lam=0.5.")
+              help="Comma-separated: any sampler of the catalog (sscs is our default SSCS), sscs-ref (the reference "
+                   "code's), sscs-fix (sigma_d 0.04); options inline, e.g. conjugate:lam=0.5.")
 @click.option("--nfe", "nfes", default="20,50,100", show_default=True, help="Comma-separated NFE budgets.")
 @click.option("--striding", "stridings", default="uniform", show_default=True, help="uniform and/or quadratic.")
-@click.option("--dataset", type=click.Choice(["diamond", "gaussian"]), default="diamond", show_default=True)
+@click.option("--dataset", type=catalog_choice("oracles"), default="diamond", show_default=True,
+              help="The exact-score law sampled and compared against.")
 @click.option("--n-samples", type=int, default=5000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--t-min", type=float, default=1e-3, show_default=True, help="Sampling end time (forward).")

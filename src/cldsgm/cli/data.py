@@ -5,12 +5,12 @@ from __future__ import annotations
 import click
 
 from cldsgm.cli import main
-from cldsgm.cli._common import click_error, remove_if_empty, writable_dir
+from cldsgm.cli._common import catalog_choice, click_error, remove_if_empty, writable_dir
 
 
 @main.command()
 @click.option("--dataset", "name", required=True,
-              type=click.Choice(["cifar10", "image_folder", "digits", "multimodal_swissroll", "diamond"]))
+              type=catalog_choice("datasets"))
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results/data", show_default=True)
 @click.option("--source", type=click.Path(), default=None, help="CIFAR-10 folder/archive, or the image folder.")

@@ -12,10 +12,19 @@ from pathlib import Path
 import click
 
 from cldsgm.cli import main
-from cldsgm.cli._common import click_error, device_for, finish_ranks_and_mark, writable_dir
+from cldsgm.cli._common import (
+    catalog_choice,
+    click_error,
+    device_for,
+    finish_ranks_and_mark,
+    label_option,
+    parse_labels,
+    writable_dir,
+)
 from cldsgm.cli.sample import load_source, resolve_source_args, source_options
+from cldsgm.utils.launch import launch
 
-_MODE = click.Choice(["clean", "legacy_tensorflow"])
+_MODE = catalog_choice("fid_modes")
 
 
 def _sample_fields(manifest: dict, samples_dir) -> dict:
@@ -26,7 +35,7 @@ def _sample_fields(manifest: dict, samples_dir) -> dict:
     return {"nfe": nfe, "nfe_budget": ident["nfe_budget"], "sampler": ident["sampler"], "options": ident["options"],
             "striding": ident["striding"], "t_min": ident["t_min"], "sde": ident["sde"],
             "sde_params": ident["sde_params"], "network": ident["network"], "source": ident["source"],
-            "samples": str(Path(samples_dir).absolute()), "seed": ident["seed"]}
+            "samples": str(Path(samples_dir).absolute()), "seed": ident["seed"], "labels": manifest.get("labels")}
 
 
 def _write(out_dir, metric, value, **fields):
@@ -50,7 +59,7 @@ def _dataset_fields(path) -> dict:
 @click.option("--mode", type=_MODE, default="clean", show_default=True)
 @click.option("--n", "n", type=int, default=None, help="Only the first n images.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=catalog_choice("devices"), default="auto", show_default=True)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="Statistics file (.npz).")
 def fid_stats_command(data_path, inception, mode, n, batch_size, device, out_path):
     """Reference statistics (mu, sigma, features) of a prepared image split for `cldsgm fid`."""
@@ -81,13 +90,13 @@ def fid_stats_command(data_path, inception, mode, n, batch_size, device, out_pat
               help="inception-2015-12-05.pt (default: $CLDSGM_INCEPTION, else resources/).")
 @click.option("--mode", type=_MODE, default="clean", show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=catalog_choice("devices"), default="auto", show_default=True)
 @click.option("--kid/--no-kid", default=True, show_default=True, help="Also KID (needs features in --stats).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Records: fid.json, kid.json.")
 def fid_command(samples_dir, stats_path, inception, mode, batch_size, device, kid, out_dir):
     """FID (and KID) of a complete sample directory against reference statistics, with clean-fid's code."""
     from cldsgm.eval import fid as fidlib
-    from cldsgm.sampling import load_samples
+    from cldsgm.shards import load_samples
 
     try:  # cheap checks first: weights, statistics, samples, then the features
         torch_device = device_for(device)
@@ -130,7 +139,8 @@ def fid_command(samples_dir, stats_path, inception, mode, batch_size, device, ki
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="Classifier file (.pt).")
 @click.option("--record-dir", type=click.Path(file_okay=False), default=None,
               help="Also write classifier_accuracy.json here (default: beside --out).")
-def digits_classifier_command(train_path, test_path, epochs, seed, out_path, record_dir):
+@label_option
+def digits_classifier_command(train_path, test_path, epochs, seed, out_path, record_dir, labels):
     """Train the FD-digits feature network on the digits training split; record its test accuracy."""
     import torch
 
@@ -151,8 +161,8 @@ def digits_classifier_command(train_path, test_path, epochs, seed, out_path, rec
                 "epochs": epochs, "seed": seed}
         save_classifier(out_path, model, meta)
         _write(record_dir or Path(out_path).parent, "classifier_accuracy", acc, n=len(x_test), seed=seed,
-               wall_s=wall, device="cpu", dataset=meta["test"], extra={"classifier": str(Path(out_path).absolute()),
-                                                                       "epochs": epochs})
+               wall_s=wall, device="cpu", dataset=meta["test"], labels=parse_labels(labels) or None,
+               extra={"classifier": str(Path(out_path).absolute()), "epochs": epochs})
     except (ValueError, OSError) as err:
         raise click_error(err) from err
     click.echo(f"digits classifier: test accuracy {acc:.4f} ({len(x_test)} images, {wall:.1f} s) -> {out_path}")
@@ -177,7 +187,7 @@ def fd_digits_command(samples_dirs, classifier, data_path, out_dirs):
     """FD-digits of complete sample directories of 8x8 digits against the held-out split (not FID)."""
     from cldsgm.data.prepared import load_prepared
     from cldsgm.eval.digits import fd_digits, load_classifier
-    from cldsgm.sampling import load_samples
+    from cldsgm.shards import load_samples
 
     pairs = _pairs(samples_dirs, out_dirs)
     try:
@@ -200,7 +210,7 @@ def fd_digits_command(samples_dirs, classifier, data_path, out_dirs):
               help="A complete sample directory of points; repeat with --out for several.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), default=None,
               help="Fresh data: a prepared split of points (default: draws from --oracle's law).")
-@click.option("--oracle", type=click.Choice(["diamond", "gaussian", "swissroll"]), default=None,
+@click.option("--oracle", type=catalog_choice("oracles"), default=None,
               help="The data law: reference draws, and mode coverage for mixtures of few components.")
 @click.option("--seed", type=int, default=12345, show_default=True, help="Seed of the oracle's reference draws.")
 @click.option("--out", "out_dirs", type=click.Path(file_okay=False), required=True, multiple=True,
@@ -212,13 +222,14 @@ def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs):
 
     from cldsgm.data.prepared import load_prepared
     from cldsgm.eval.points import point_distances
-    from cldsgm.sampling import ORACLES, load_samples
+    from cldsgm.oracles import oracle_law
+    from cldsgm.shards import load_samples
 
     if data_path is None and oracle is None:
         raise click.UsageError("give --data (a prepared split) and/or --oracle (the data law)")
     pairs = _pairs(samples_dirs, out_dirs)
     try:
-        mixture = ORACLES[oracle]() if oracle else None
+        mixture = oracle_law(oracle) if oracle else None
         reference = load_prepared(data_path)[0] if data_path is not None else None
         for samples_dir, out_dir in pairs:
             points, manifest = load_samples(samples_dir)
@@ -253,45 +264,46 @@ def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs):
               help="Only the first n items (under torchrun write --num-samples).")
 @click.option("--first", type=int, default=0, show_default=True)
 @click.option("--count", type=int, default=None)
-@click.option("--probes", type=click.Choice(["rademacher", "gaussian", "exact"]), default="rademacher",
+@click.option("--probes", type=catalog_choice("probes"), default="rademacher",
               show_default=True, help="Hutchinson probes, or the exact divergence (low dimension).")
 @click.option("--n-probes", type=int, default=1, show_default=True)
 @click.option("--rtol", type=float, default=1e-5, show_default=True)
 @click.option("--atol", type=float, default=1e-5, show_default=True)
-@click.option("--ode-method", type=click.Choice(["scipy_rk45", "dopri5"]), default="scipy_rk45", show_default=True)
+@click.option("--ode-method", type=catalog_choice("ode_methods"), default="scipy_rk45", show_default=True)
 @click.option("--t-min", type=float, default=1e-5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--net-batch", type=int, default=256, show_default=True)
 @click.option("--shard-size", type=int, default=1000, show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--precision", type=catalog_choice("precisions"), default="fp32", show_default=True)
+@click.option("--device", type=catalog_choice("devices"), default="auto", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Shards, manifest and the record nll_bpd.json (images) or nll_nats.json (points).")
 @click.option("--record-dir", type=click.Path(file_okay=False), default=None,
               help="Write the record here instead of into --out.")
 @click.option("--done", "done_path", type=click.Path(dir_okay=False), default=None,
               help="Write this JSON summary once this invocation's slice is complete (a workflow's output).")
+@label_option
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def nll_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, data_path, n, first, count, probes,
                 n_probes, rtol, atol, ode_method, t_min, seed, batch_size, net_batch, shard_size, precision, device,
-                out_dir, record_dir, done_path, progress):
+                out_dir, record_dir, done_path, labels, progress):
     """NLL (bits/dim for images, nats for points) of a prepared split through the probability-flow ODE."""
     source_args = resolve_source_args(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights)
     writable_dir(out_dir, "--out")
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    here = launch()
     from cldsgm.data.prepared import load_prepared
     from cldsgm.eval.nll import nll_summary, nll_to_dir
 
     try:
-        torch_device = device_for(device, int(os.environ.get("LOCAL_RANK", "0")))
+        torch_device = device_for(device)
         source = load_source(source_args, precision=precision, device=torch_device, net_batch=net_batch)
         data, _, _ = load_prepared(data_path)
         start = time.perf_counter()
         summary = nll_to_dir(source, data, _dataset_fields(data_path), out_dir, n=n, first=first, count=count,
                              probes=probes, n_probes=n_probes, rtol=rtol, atol=atol, method=ode_method, t_min=t_min,
-                             seed=seed, batch_size=batch_size, shard_size=shard_size, rank=rank, world=world,
-                             device=torch_device, progress=progress and rank == 0)
+                             seed=seed, batch_size=batch_size, shard_size=shard_size, rank=here.rank, world=here.world,
+                             device=torch_device, progress=progress and here.main)
         finish_ranks_and_mark(done_path, summary)
         if not summary["complete"]:
             click.echo(f"NLL: {summary['done']} of {summary['n']} items done -> {out_dir} (run again to finish)")
@@ -302,7 +314,7 @@ def nll_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, d
         _write(record_dir or out_dir, result["metric"], result["value"], stderr=result["stderr"], nfe=result["nfe"],
                n=result["n"], seed=seed, wall_s=shard_wall, device=str(torch_device), sde=ident["sde"],
                sde_params=ident["sde_params"], network=ident["network"], source=ident["source"],
-               dataset=ident["dataset"], t_min=t_min, sampler="ode", options={
+               dataset=ident["dataset"], t_min=t_min, sampler="ode", labels=parse_labels(labels) or None, options={
                    "probes": probes, "n_probes": ident["n_probes"], "rtol": rtol, "atol": atol, "method": ode_method})
     except (ValueError, OSError) as err:
         raise click_error(err) from err

@@ -8,6 +8,7 @@ import click
 
 from cldsgm.cli import main
 from cldsgm.cli._common import click_error, remove_if_empty, sigterm_as_interrupt, writable_dir
+from cldsgm.utils.launch import launch
 
 
 def dotted_overrides(settings) -> dict:
@@ -105,13 +106,13 @@ def train_command(config_path, run_dir, steps, no_tracking, allow_config_change,
     try:
         result = train(config, run_dir, progress=progress, allow_config_change=allow_config_change,
                        tracking_parent=parent)
-        if done_path and int(os.environ.get("RANK", "0")) == 0:
+        if done_path and launch().main:
             from cldsgm.utils.io import atomic_write_json
 
             atomic_write_json(done_path, {"run_dir": str(run_dir), "step": result.step,
                                           "final_loss": result.final_loss, "ran": result.ran,
                                           # the ranks that trained it (torchrun), for the record and the SLURM tests
-                                          "world_size": int(os.environ.get("WORLD_SIZE", "1"))})
+                                          "world_size": launch().world})
     except (ValueError, FileNotFoundError, FloatingPointError, OSError) as err:  # UnsafeCheckpointError too
         if created:
             remove_if_empty(run_dir)

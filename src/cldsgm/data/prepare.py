@@ -2,30 +2,27 @@
 
 from __future__ import annotations
 
+from cldsgm import catalog
 from cldsgm.data.prepared import save_prepared
 
-__all__ = ["DATASETS", "TOY_DATASETS", "check_prepare_args", "prepare"]
-
-TOY_DATASETS = ("multimodal_swissroll", "diamond")  # cldsgm.data.sources.TOY_DATASETS, without importing torch
-DATASETS = ("cifar10", "image_folder", "digits", *TOY_DATASETS)
+__all__ = ["check_prepare_args", "prepare"]
 
 
 def check_prepare_args(name: str, split: str, *, source=None, resolution=None, test_fraction=None, n=None) -> None:
     """The argument checks of `prepare` that need no data (and no torch): ValueError naming the flag."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")
+    spec = catalog.dataset(name)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if name in ("cifar10", "image_folder") and source is None:
+    if spec.needs_source and source is None:
         what = ("a folder holding cifar-10-python.tar.gz or cifar-10-batches-py/" if name == "cifar10"
                 else "the folder of images")
         raise ValueError(f"dataset {name!r} needs --source PATH ({what})")
     if name == "image_folder" and resolution is None:
         raise ValueError("dataset 'image_folder' needs --resolution N (the output side length in pixels)")
-    if name in TOY_DATASETS and n is None:
+    if spec.generator is not None and n is None:
         raise ValueError(f"toy dataset {name!r} needs --n N (the number of points)")
-    if name in ("digits", "image_folder") and split == "test":
-        fraction = (0.2 if name == "digits" else 0.0) if test_fraction is None else test_fraction
+    if spec.test_fraction is not None and split == "test":
+        fraction = spec.test_fraction if test_fraction is None else test_fraction
         if fraction <= 0:
             raise ValueError(f"the test split of {name!r} would be empty with --test-fraction {fraction}; "
                              "pass --test-fraction > 0 (e.g. 0.2)")
@@ -51,8 +48,8 @@ def prepare(name: str, split: str, out_dir, *, source=None, download: bool = Fal
                                                      test_fraction=test_fraction or 0.0, seed=seed)
         kind, origin = "image", f"image_folder:{source}"
     elif name == "digits":
-        data, targets, params = sources.digits(split, test_fraction=0.2 if test_fraction is None else test_fraction,
-                                               seed=seed)
+        fraction = catalog.dataset(name).test_fraction if test_fraction is None else test_fraction
+        data, targets, params = sources.digits(split, test_fraction=fraction, seed=seed)
         kind, origin = "image", "sklearn.datasets.load_digits"
     else:
         data, targets, params = sources.toy(name, split, n=n, seed=seed)

@@ -17,7 +17,12 @@ import numpy as np
 from cldsgm import __version__
 from cldsgm.utils.io import atomic_path, atomic_write_json
 
-__all__ = ["array_sha256", "load_prepared", "prepared_paths", "read_manifest", "save_prepared"]
+__all__ = ["array_sha256", "load_prepared", "prepared_paths", "read_manifest", "save_prepared", "scale_images"]
+
+
+def scale_images(images):
+    """uint8 pixel values k (a torch tensor) -> float32 2 k / 255 - 1 in [-1, 1] (the references' centring)."""
+    return images.float() * (2.0 / 255.0) - 1.0
 
 
 def array_sha256(array: np.ndarray) -> str:

@@ -15,7 +15,7 @@ import torch
 import torchvision
 from torchvision.datasets.utils import check_integrity
 
-__all__ = ["IMAGE_SUFFIXES", "TOY_DATASETS", "cifar10", "digits", "image_folder", "toy"]
+__all__ = ["IMAGE_SUFFIXES", "cifar10", "diamond_points", "digits", "image_folder", "swissroll_points", "toy"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CIFAR_HELP = ("supply the CIFAR-10 python archive: put cifar-10-python.tar.gz (from "
@@ -135,7 +135,7 @@ def digits(split: str, *, test_fraction: float = 0.2, seed: int = 0):
     return images, bunch.target[index].astype(np.int64), params
 
 
-def _swissroll(n: int, rng: np.random.Generator) -> np.ndarray:
+def swissroll_points(n: int, rng: np.random.Generator) -> np.ndarray:
     """cld_spec.md 5.2: 5 clusters (p = 0.2) of make_swiss_roll(noise=0.2) coordinates (0, 2) x 0.01."""
     from sklearn.datasets import make_swiss_roll
 
@@ -143,29 +143,34 @@ def _swissroll(n: int, rng: np.random.Generator) -> np.ndarray:
     counts = rng.multinomial(n, [0.2] * 5)
     parts = []
     for offset, count in zip(offsets, counts, strict=True):
-        roll, _ = make_swiss_roll(int(count), noise=0.2, random_state=int(rng.integers(2**31)))
-        parts.append(0.01 * roll[:, [0, 2]] + offset)
+        state = int(rng.integers(2**31))  # drawn for every cluster: the stream does not depend on the counts
+        if count:  # a cluster can get no point when n is small
+            roll, _ = make_swiss_roll(int(count), noise=0.2, random_state=state)
+            parts.append(0.01 * roll[:, [0, 2]] + offset)
     points = np.concatenate(parts)
     return points[rng.permutation(n)]
 
 
-def _diamond(n: int, rng: np.random.Generator) -> np.ndarray:
+def diamond_points(n: int, rng: np.random.Generator) -> np.ndarray:
+    """n draws of the diamond mixture (cldsgm.oracles.diamond)."""
     from cldsgm.oracles import diamond
 
     generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
     return diamond().sample(n, generator=generator).numpy()
 
 
-TOY_DATASETS = {"multimodal_swissroll": _swissroll, "diamond": _diamond}
-
-
 def toy(name: str, split: str, *, n: int, seed: int = 0):
-    """n 2-D points of a toy law as float32 [n, 2]; train and test use different streams of the same seed."""
-    if name not in TOY_DATASETS:
-        raise ValueError(f"unknown toy dataset {name!r}; choose from {sorted(TOY_DATASETS)}")
+    """n 2-D points of a toy law (a catalog dataset with a generator) as float32 [n, 2]; train and test use
+    different streams of the same seed."""
+    from cldsgm import catalog
+
+    spec = catalog.dataset(name)
+    if spec.generator is None:
+        raise ValueError(f"{name!r} is not a toy dataset; toy datasets: "
+                         f"{sorted(k for k, v in catalog.DATASETS.items() if v.generator)}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
-    return TOY_DATASETS[name](n, rng).astype(np.float32), None, {"n": n, "seed": seed}
+    return catalog.load(spec.generator)(n, rng).astype(np.float32), None, {"n": n, "seed": seed}

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from cldsgm.data.dataset import scale_images
+from cldsgm.data.prepared import scale_images
 from cldsgm.utils.io import atomic_path
 
 __all__ = ["FORMAT", "DigitsClassifier", "digits_features", "fd_digits", "load_classifier", "train_classifier"]

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cldsgm.utils.io import atomic_path
+from cldsgm.utils.io import atomic_path, file_sha256
 
 __all__ = ["DEFAULT_INCEPTION", "FEATURE_DIM", "INCEPTION_ENV", "INCEPTION_FILE", "MODES", "frechet", "inception_path",
            "inception_features", "kid", "load_inception", "load_stats", "save_stats"]
@@ -55,8 +55,6 @@ def load_inception(path: str | Path | None, mode: str, device="cpu"):
 
     Raises FileNotFoundError with where the file comes from; never downloads.
     """
-    from cldsgm.sampling import file_sha256
-
     _check_mode(mode)
     path = inception_path(path)
     if not path.is_file():

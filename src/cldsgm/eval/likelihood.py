@@ -18,14 +18,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from cldsgm.catalog import PROBES
 from cldsgm.samplers.grids import check_t_min
 from cldsgm.samplers.noise import CountingScore, PerSampleNoise, sample_seeds
 from cldsgm.samplers.ode import integrate
 from cldsgm.sde import PhaseSpaceSDE
 
-__all__ = ["PROBES", "LikelihoodResult", "bits_per_dim", "dequantize", "ode_likelihood", "velocity_entropy"]
+__all__ = ["LikelihoodResult", "bits_per_dim", "dequantize", "ode_likelihood", "velocity_entropy"]
 
-PROBES = ("rademacher", "gaussian", "exact")
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,14 @@ def bits_per_dim(nll_nats: Tensor, dims: int, offset: float = 7.0) -> Tensor:
     return nll_nats / (dims * math.log(2.0)) + offset
 
 
-def dequantize(images: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-    """uint8 images -> (k + U[0, 1)) / 256 scaled to [-1, 1), float32 (uniform dequantisation)."""
+def dequantize(images: Tensor, *, generator: torch.Generator | None = None, uniforms: Tensor | None = None) -> Tensor:
+    """uint8 images -> 2 (k + U) / 256 - 1 in [-1, 1), float32 (uniform dequantisation), U ~ U[0, 1) drawn from
+    `generator`, or given as `uniforms` (shaped like images; the sum is formed in their dtype, then cast)."""
     if images.dtype != torch.uint8:
         raise ValueError(f"dequantize expects uint8 pixel values, got {images.dtype}")
-    u = torch.rand(images.shape, generator=generator, dtype=torch.float32, device=images.device)
-    return 2.0 * (images.to(torch.float32) + u) / 256.0 - 1.0
+    u = uniforms if uniforms is not None else torch.rand(images.shape, generator=generator, dtype=torch.float32,
+                                                           device=images.device)
+    return (2.0 * (images.to(u.dtype) + u) / 256.0 - 1.0).to(torch.float32)
 
 
 def velocity_entropy(sde: PhaseSpaceSDE, dims: int) -> float:

@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cldsgm.eval.likelihood import PROBES, ode_likelihood
+from cldsgm.catalog import PROBES
+from cldsgm.eval.likelihood import dequantize, ode_likelihood
 from cldsgm.samplers.grids import check_t_min
 from cldsgm.samplers.noise import PerSampleNoise, sample_seeds
-from cldsgm.sampling import ScoreSource, batch_edges, check_slice, fill_shards, load_samples
+from cldsgm.shards import ShardPlan, batch_edges, check_slice, fill_shards, load_samples
+from cldsgm.sources import ScoreSource
 
 __all__ = ["dequantize_per_sample", "nll_summary", "nll_to_dir"]
 
@@ -31,7 +33,7 @@ def dequantize_per_sample(images: np.ndarray, seed: int, first_index: int) -> to
     noise = PerSampleNoise(sample_seeds(seed ^ _DEQUANT_STREAM, first_index, len(images)))
     z = noise.normal(tuple(images.shape[1:]), dtype=torch.float64)
     u = 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))  # Phi(z): uniform on (0, 1)
-    return (2.0 * (torch.from_numpy(images).to(torch.float64) + u) / 256.0 - 1.0).to(torch.float32)
+    return dequantize(torch.from_numpy(images), uniforms=u)
 
 
 def nll_to_dir(source: ScoreSource, data: np.ndarray, dataset: dict, out_dir: str | Path, *, n: int | None = None,
@@ -76,8 +78,9 @@ def nll_to_dir(source: ScoreSource, data: np.ndarray, dataset: dict, out_dir: st
         array = np.concatenate(rows)
         return array, float(array[:, 2].mean())
 
-    return fill_shards(Path(out_dir), identity, "nll", [3], make_shard, n=n, first=first, count=count,
-                       shard_size=shard_size, rank=rank, world=world, device=device, progress=progress, unit="item")
+    plan = ShardPlan(n, first, count, shard_size, rank, world)
+    return fill_shards(Path(out_dir), identity, "nll", [3], make_shard, plan, device=device, progress=progress,
+                       unit="item")
 
 
 def nll_summary(out_dir: str | Path) -> dict:

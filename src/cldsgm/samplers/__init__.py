@@ -1,7 +1,9 @@
-"""Samplers of the reverse process: Euler-Maruyama, SSCS, predictor-corrector and the probability-flow ODE.
+"""Samplers of the reverse process: Euler-Maruyama, SSCS, predictor-corrector, the probability-flow ODE and the
+integrators beyond the papers' (conjugate, Gaussian-exact).
 
-`generate` is the one entry point that builds the grid, the prior draw and the per-sample noise from seeds,
-counts the NFE and runs a sampler by name.
+`generate` is the one entry point: it builds the grid, the prior draw and the per-sample noise from seeds, counts
+the NFE and runs a sampler by its name in `cldsgm.catalog` (which says which SDEs it applies to and how many score
+evaluations a step spends).
 """
 
 from __future__ import annotations
@@ -11,31 +13,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cldsgm.samplers.grids import STRIDINGS, check_t_min, time_grid
+from cldsgm import catalog
+from cldsgm.samplers.grids import check_t_min, time_grid
 from cldsgm.samplers.integrators import sample_conjugate, sample_ge_ode, sample_ge_sde
 from cldsgm.samplers.noise import CountingScore, PerSampleNoise, sample_seeds
-from cldsgm.samplers.ode import ODE_METHODS, sample_ode
+from cldsgm.samplers.ode import sample_ode
 from cldsgm.samplers.sde_solvers import denoise_step, sample_em, sample_euler_ode, sample_pc, sample_sscs
-from cldsgm.sde import VPSDE, PhaseSpaceSDE
 
-__all__ = ["PHASE_SPACE_ONLY", "SAMPLERS", "STRIDINGS", "ODE_METHODS", "CountingScore", "PerSampleNoise",
-           "SampleResult", "check_sampler", "denoise_step", "generate", "sample_conjugate", "sample_em",
-           "sample_euler_ode", "sample_ge_ode", "sample_ge_sde", "sample_ode", "sample_pc", "sample_seeds",
-           "sample_sscs", "time_grid"]
-
-SAMPLERS = {"em": sample_em, "sscs": sample_sscs, "pc": sample_pc, "ode": sample_ode, "euler_ode": sample_euler_ode,
-            "conjugate": sample_conjugate, "ge_ode": sample_ge_ode, "ge_sde": sample_ge_sde}
-PHASE_SPACE_ONLY = ("sscs", "conjugate", "ge_ode", "ge_sde")  # they use the 2x2 structure of CLD / PSLD
+__all__ = ["CountingScore", "PerSampleNoise", "SampleResult", "check_sampler", "denoise_step", "generate",
+           "sample_conjugate", "sample_em", "sample_euler_ode", "sample_ge_ode", "sample_ge_sde", "sample_ode",
+           "sample_pc", "sample_seeds", "sample_sscs", "time_grid"]
 
 
 def check_sampler(sde, name: str) -> None:
-    """Raise ValueError for an unknown sampler or one that does not apply to this SDE."""
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}")
-    if name in PHASE_SPACE_ONLY and not isinstance(sde, PhaseSpaceSDE):
-        raise ValueError(f"sampler {name!r} needs a phase-space SDE (cld or psld), not {type(sde).__name__}")
-    if name == "pc" and not isinstance(sde, VPSDE):
-        raise ValueError(f"sampler 'pc' is defined for vpsde only, not {type(sde).__name__}")
+    """Raise ValueError for a sampler the catalog does not know, or one that does not apply to this SDE."""
+    catalog.sampler(name, catalog.sde_name(sde))
 
 
 @dataclass(frozen=True)
@@ -55,21 +47,18 @@ def generate(sde, score_fn, n: int, data_shape, *, sampler: str, nfe: int | None
     data_shape: shape of one data sample (C, ...). nfe: the fixed-step budget (ignored by 'ode', which is
     adaptive). options: the sampler's own keyword arguments (e.g. score_step for SSCS, rtol for ODE).
     """
-    check_sampler(sde, sampler)
+    spec = catalog.sampler(sampler, catalog.sde_name(sde))
     check_t_min(t_min)
-    if sampler == "ode":
+    if spec.adaptive:
         ts = torch.tensor([1.0, t_min], dtype=torch.float64)
     else:
         if nfe is None:
             raise ValueError(f"sampler {sampler!r} needs an NFE budget")
-        per_step = 1 + options.get("n_corrector", 1) if sampler == "pc" else 1
-        n_steps = (nfe - int(denoise)) // per_step
-        if n_steps < 1:
-            raise ValueError(f"nfe={nfe!r} leaves no solver step for sampler {sampler!r}")
+        n_steps = catalog.steps_for(sampler, nfe, options, denoise=denoise, exact=False)
         ts = time_grid(n_steps + int(denoise), t_min, striding, denoise=denoise)
     noise = PerSampleNoise(sample_seeds(seed, first_index, n, device=device))
     state_shape = (sde.state_channels(data_shape[0]), *data_shape[1:])
     u_prior = sde.prior_from_normal(noise.normal(state_shape, dtype=dtype, device=device))
     counting = CountingScore(score_fn)
-    u = SAMPLERS[sampler](sde, counting, u_prior, ts, noise=noise, denoise=denoise, **options)
+    u = spec.load()(sde, counting, u_prior, ts, noise=noise, denoise=denoise, **options)
     return SampleResult(sde.split(u)[0], u, counting.nfe)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["STRIDINGS", "time_grid", "check_t_min"]
+from cldsgm.catalog import STRIDINGS
 
-STRIDINGS = ("uniform", "quadratic")
+__all__ = ["time_grid", "check_t_min"]
 
 
 def check_t_min(t_min: float) -> float:

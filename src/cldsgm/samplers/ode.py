@@ -7,13 +7,10 @@ import warnings
 import torch
 from torch import Tensor
 
+from cldsgm.catalog import ODE_METHODS
 from cldsgm.samplers.sde_solvers import denoise_step
 
-__all__ = ["ODE_METHODS", "integrate", "sample_ode"]
-
-# 'scipy_rk45' is the references' solver (scipy's RK45 through torchdiffeq); the native torchdiffeq
-# methods run on the data's device without a round trip through numpy.
-ODE_METHODS = ("scipy_rk45", "dopri5", "bosh3", "adaptive_heun")
+__all__ = ["integrate", "sample_ode"]
 
 
 def integrate(fn, y0: Tensor, span: Tensor, *, rtol: float, atol: float, method: str) -> Tensor:

@@ -16,15 +16,11 @@ import math
 import torch
 from torch import Tensor
 
+from cldsgm import catalog
 from cldsgm.sde import VPSDE, PhaseSpaceSDE
 from cldsgm.sde._broadcast import per_sample
 
-__all__ = ["denoise_step", "sample_em", "sample_euler_ode", "sample_pc", "sample_sscs", "SCORE_TIMES", "SCORE_STEPS",
-           "SECOND_HALVES"]
-
-SCORE_TIMES = ("start", "midpoint")
-SCORE_STEPS = ("euler", "exponential")
-SECOND_HALVES = ("exact", "reference")
+__all__ = ["denoise_step", "sample_em", "sample_euler_ode", "sample_pc", "sample_sscs"]
 
 
 def _steps(ts: Tensor):
@@ -203,8 +199,9 @@ def sample_sscs(sde, score_fn, u: Tensor, ts: Tensor, *, noise, denoise: bool = 
     """
     if not isinstance(sde, PhaseSpaceSDE):
         raise ValueError(f"SSCS needs a phase-space SDE (CLD or PSLD), not {type(sde).__name__}")
-    for name, value, allowed in (("score_time", score_time, SCORE_TIMES), ("score_step", score_step, SCORE_STEPS),
-                                 ("second_half", second_half, SECOND_HALVES)):
+    spec = catalog.sampler("sscs")
+    for name, value in (("score_time", score_time), ("score_step", score_step), ("second_half", second_half)):
+        allowed = spec.option(name).choices
         if value not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     if not precision_sigma >= 0:

@@ -1,5 +1,7 @@
 """Forward processes with exact perturbation kernels: VPSDE, CLD and PSLD (process maths only)."""
 
+from cldsgm import catalog
+from cldsgm.catalog import load
 from cldsgm.sde.base import OBJECTIVES, LinearSDE, Perturbed
 from cldsgm.sde.block_gaussian import Cov2, Tri2
 from cldsgm.sde.phase_space import CLD, PSLD, PhaseSpaceSDE
@@ -9,11 +11,11 @@ from cldsgm.sde.vpsde import VPSDE
 __all__ = ["CLD", "PSLD", "SDES", "VPSDE", "Cov2", "LinearBeta", "LinearSDE", "OBJECTIVES", "Perturbed",
            "PhaseSpaceSDE", "Tri2", "as_time", "build_sde"]
 
-SDES = {"cld": CLD, "psld": PSLD, "vpsde": VPSDE}
+SDES = {name: load(spec.cls) for name, spec in catalog.SDES.items()}  # name -> class, from cldsgm.catalog
 
 
 def build_sde(name: str, **params) -> LinearSDE:
-    """An SDE by name ('cld', 'psld', 'vpsde') with keyword parameters; bad names or parameters raise ValueError."""
+    """An SDE by its catalog name with keyword parameters; bad names or parameters raise ValueError."""
     if name not in SDES:
         raise ValueError(f"unknown SDE {name!r}; choose from {sorted(SDES)}")
     try:

@@ -28,7 +28,7 @@ def import_reference_checkpoint(file: str | Path, fmt: str, config: dict, run_di
     code: refused before it runs) or FileNotFoundError. Nothing is written unless every tensor fits.
     """
     from cldsgm.models.score import check_network_fits
-    from cldsgm.sampling import file_sha256
+    from cldsgm.utils.io import file_sha256
 
     file, run_dir = Path(file), Path(run_dir)
     name, options = config["model"]["name"], dict(config["model"].get("options") or {})

@@ -12,7 +12,6 @@ import contextlib
 import copy
 import csv
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +22,7 @@ import yaml
 from tqdm import tqdm
 
 from cldsgm.config import config_changes, flatten
-from cldsgm.data.dataset import scale_images
-from cldsgm.data.prepared import load_prepared
+from cldsgm.data.prepared import load_prepared, scale_images
 from cldsgm.losses import sample_time, score_matching_loss
 from cldsgm.models.registry import build_network, count_parameters
 from cldsgm.sde import PhaseSpaceSDE
@@ -32,6 +30,7 @@ from cldsgm.sde import build_sde as _build_sde
 from cldsgm.tracking import TRACKING_FILE, Tracker, git_commit
 from cldsgm.training.checkpoint import load_checkpoint, save_checkpoint
 from cldsgm.utils.io import atomic_path, atomic_write_text, remove_stale_temporaries
+from cldsgm.utils.launch import launch, resolve_device
 
 __all__ = ["TrainResult", "build_sde", "train"]
 
@@ -54,8 +53,8 @@ class _Distributed:
     """torchrun's environment, or a single process."""
 
     def __init__(self, device: torch.device):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
+        here = launch()
+        self.world, self.rank = here.world, here.rank
         self.active = self.world > 1
         if self.active and not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -152,14 +151,6 @@ def _first_non_finite(losses: list, step: int) -> tuple[int, float] | None:
 _MAX_PENDING = 1000  # losses held on the device between reads (bounded memory when log_every is large)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
-
-
 def _write_history(path: Path, history: list) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["step", "loss", "lr", "grad_norm"])
@@ -189,6 +180,133 @@ def _resume_config(config: dict, state: dict, run_dir: Path, allow_change: bool,
         atomic_write_text(run_dir / f"config.until-step-{state['step']}.yaml", yaml.safe_dump(old, sort_keys=False))
 
 
+@dataclass
+class _State:
+    """What a run carries from step to step and into its checkpoint."""
+
+    model: torch.nn.Module
+    ema: _EMA
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    step: int = 0
+    history: list = None
+
+    def checkpoint(self, path: Path, config: dict, network: dict, manifest: dict) -> None:
+        save_checkpoint(path, {
+            "step": self.step, "model": self.model.state_dict(), "ema": self.ema.model.state_dict(),
+            "ema_updates": self.ema.updates, "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "history": self.history, "config": config, "network": network,
+            "dataset_sha256": manifest["sha256"], "data": {"kind": manifest["kind"], "shape": list(manifest["shape"])}})
+
+
+def _build(config: dict, sde, manifest: dict, device: torch.device) -> _State:
+    """The network (seeded: identical on every rank and rerun), its EMA, the optimiser and the loss scaler."""
+    tcfg, ocfg = config["train"], config["optim"]
+    torch.manual_seed(config["seed"])
+    model = build_network(config["model"]["name"], **config["model"]["options"]).to(device)
+    if tcfg["channels_last"]:  # NHWC convolutions (tensor cores); a no-op for the 2-D MLPs
+        model = model.to(memory_format=torch.channels_last)
+    _check_fits(model, sde, manifest, config, device)
+    opt_cls = torch.optim.AdamW if ocfg["optimizer"] == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(model.parameters(), lr=ocfg["lr"], betas=tuple(ocfg["betas"]), eps=ocfg["eps"],
+                        weight_decay=ocfg["weight_decay"], **({"fused": True} if ocfg["fused"] else {}))
+    return _State(model, _EMA(model, tcfg["ema_rate"], tcfg["ema_warmup"]), optimizer,
+                  torch.amp.GradScaler(device.type, enabled=tcfg["precision"] == "fp16"), 0, [])
+
+
+def _resume(state: _State, path: Path, config: dict, network: dict, manifest: dict, allow_change: bool,
+            write: bool) -> None:
+    """Load the checkpoint at `path` into `state`, after checking it was trained on this data under this config."""
+    saved = load_checkpoint(path, network=network)
+    if saved["dataset_sha256"] != manifest["sha256"]:
+        raise ValueError(f"checkpoint {path} was trained on another dataset (sha256 {saved['dataset_sha256'][:12]}, "
+                         f"{config['data']['path']} has {manifest['sha256'][:12]}); use a new run directory")
+    _resume_config(config, saved, path.parent, allow_change, write=write)
+    state.model.load_state_dict(saved["model"])
+    state.ema.model.load_state_dict(saved["ema"])
+    state.ema.updates = saved["ema_updates"]
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scaler.load_state_dict(saved["scaler"])
+    state.step, state.history = saved["step"], saved["history"]
+
+
+def _compiled(model: torch.nn.Module, ddp: _Distributed, compile_option) -> torch.nn.Module:
+    """The module the loss calls: DDP-wrapped under torchrun, traced by torch.compile when asked (checkpoints and
+    the EMA keep using `model`, which holds the same parameters)."""
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if ddp.active else model
+    if not compile_option:
+        return wrapped
+    backend = "inductor" if compile_option is True else compile_option
+    known = torch.compiler.list_backends(exclude_tags=())
+    if backend not in known:
+        raise ValueError(f"train.compile: unknown torch.compile backend {backend!r}; use true (inductor) or one of "
+                         f"{sorted(known)}")
+    return torch.compile(wrapped, backend=backend)
+
+
+def _tracker(config: dict, run_dir: Path, ddp: _Distributed, parent: dict, manifest: dict, model) -> Tracker:
+    """The run's MLflow run (rank 0 only; a disabled tracker elsewhere), with its params and provenance tags."""
+    tracking = config["tracking"]
+    tracker = Tracker(enabled=ddp.main and tracking["enabled"], experiment=parent.get("experiment") or
+                      tracking["experiment"], run_name=tracking["run_name"] or run_dir.name,
+                      uri=parent.get("uri") or tracking["uri"], run_dir=run_dir, parent_run_id=parent.get("run_id"),
+                      tags={"cldsgm.role": "train", "sde": config["sde"]["name"], "network": config["model"]["name"]})
+    if ddp.main:
+        tracker.log_params(flatten(config))
+        tracker.set_tags({"git_commit": git_commit(), "dataset_sha256": manifest["sha256"],
+                          "n_parameters": str(count_parameters(model)), "world_size": str(ddp.world),
+                          "run_dir": str(run_dir.absolute())})
+    return tracker
+
+
+class _Batch:
+    """One step's draws, a pure function of (seed, step): the data indices, hflips, t, eps (and v0 for DSM on
+    phase space), made on the CPU from one seeded generator, so every rank and every rerun sees the same batch."""
+
+    def __init__(self, config: dict, sde, data, manifest: dict, batches: _Batches, step: int):
+        lcfg = config["loss"]
+        gen = _step_generator(config["seed"], step)
+        self.dropout_seed = int(torch.randint(2**62, (), generator=gen))
+        self.x0 = _to_batch(data, manifest["kind"], batches.indices(step), config["data"]["hflip"], gen)
+        state_shape = (len(self.x0), sde.state_channels(manifest["shape"][0]), *self.x0.shape[2:])
+        self.t = sample_time(len(self.x0), lcfg["t_min"], generator=gen)
+        self.eps = torch.randn(state_shape, generator=gen)
+        self.extra = {}
+        if isinstance(sde, PhaseSpaceSDE) and lcfg["objective"] == "dsm":
+            self.extra["v0"] = math.sqrt(sde.init_v_var) * torch.randn(self.x0.shape, generator=gen)
+
+    def on(self, device: torch.device, shard: slice) -> dict:
+        """This rank's share of the batch, on the device: the keyword arguments of the loss."""
+        return {"x0": _to_device(self.x0[shard], device), "t": _to_device(self.t[shard], device),
+                "eps": _to_device(self.eps[shard], device),
+                **{k: _to_device(v[shard], device) for k, v in self.extra.items()}}
+
+
+def _learning_rate(ocfg: dict, step: int) -> float:
+    """Linear warm-up to optim.lr over optim.warmup_steps, then constant."""
+    return ocfg["lr"] * min(step / ocfg["warmup_steps"], 1.0) if ocfg["warmup_steps"] else ocfg["lr"]
+
+
+def _update(state: _State, loss: torch.Tensor, clip) -> torch.Tensor:
+    """Backward, clip, optimiser step (through the loss scaler for fp16), EMA; returns the gradient norm (a device
+    tensor: reading it would synchronise)."""
+    state.optimizer.zero_grad(set_to_none=True)
+    scaling = state.scaler.is_enabled()
+    if scaling:
+        state.scaler.scale(loss).backward()
+        state.scaler.unscale_(state.optimizer)
+    else:
+        loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip)
+    if scaling:
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+    else:
+        state.optimizer.step()
+    state.ema.update()
+    return grad_norm
+
+
 def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, progress: bool = True,
           allow_config_change: bool = False, tracking_parent: dict | None = None) -> TrainResult:
     """Train (or resume) the run in `run_dir` from a resolved config (cldsgm.config.resolve_config).
@@ -202,134 +320,71 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
     """
     run_dir = Path(run_dir)
     tcfg, ocfg, lcfg = config["train"], config["optim"], config["loss"]
-    device = _device(tcfg["device"])
+    try:  # the local rank's GPU under torchrun
+        device = resolve_device(tcfg["device"], launch().local_rank)
+    except ValueError as err:
+        raise ValueError(f"train.device: {err}") from None
     ddp = _Distributed(device)
     if tcfg["batch_size"] % ddp.world:
         raise ValueError(f"train.batch_size {tcfg['batch_size']} is not divisible by the world size {ddp.world}")
-    local = tcfg["batch_size"] // ddp.world
     sde = build_sde(config)
     data, _, manifest = load_prepared(config["data"]["path"])
-    data_channels = manifest["shape"][0]
     network = {"name": config["model"]["name"], "options": config["model"]["options"]}
-    torch.manual_seed(config["seed"])  # the initial weights, identical on every rank and every rerun
-    model = build_network(network["name"], **network["options"]).to(device)
-    if tcfg["channels_last"]:  # NHWC convolutions (tensor cores); a no-op for the 2-D MLPs
-        model = model.to(memory_format=torch.channels_last)
-    _check_fits(model, sde, manifest, config, device)
-    ema = _EMA(model, tcfg["ema_rate"], tcfg["ema_warmup"])
-    opt_cls = torch.optim.AdamW if ocfg["optimizer"] == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(model.parameters(), lr=ocfg["lr"], betas=tuple(ocfg["betas"]), eps=ocfg["eps"],
-                        weight_decay=ocfg["weight_decay"], **({"fused": True} if ocfg["fused"] else {}))
-    scaler = torch.amp.GradScaler(device.type, enabled=tcfg["precision"] == "fp16")
-    step, history = 0, []
+    state = _build(config, sde, manifest, device)
     checkpoint_path = run_dir / "checkpoint.pt"
     if ddp.main:  # temporaries of a writer killed mid-write (a CIFAR-10 checkpoint with Adam is over 1 GB)
         remove_stale_temporaries(run_dir, ["checkpoint.pt", "loss.csv", "config.yaml", TRACKING_FILE])
     if checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path, network=network)
-        if state["dataset_sha256"] != manifest["sha256"]:
-            raise ValueError(f"checkpoint {checkpoint_path} was trained on another dataset (sha256 "
-                             f"{state['dataset_sha256'][:12]}, {config['data']['path']} has "
-                             f"{manifest['sha256'][:12]}); use a new run directory")
-        _resume_config(config, state, run_dir, allow_config_change, write=ddp.main)
-        model.load_state_dict(state["model"])
-        ema.model.load_state_dict(state["ema"])
-        ema.updates = state["ema_updates"]
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        step, history = state["step"], state["history"]
-    if step >= tcfg["steps"]:  # nothing to do: report what is stored, open no tracking run
-        return TrainResult(step, history[-1]["loss"] if history else float("nan"), history, run_dir, ran=0)
-    wrapped = torch.nn.parallel.DistributedDataParallel(model) if ddp.active else model
-    if tcfg["compile"]:  # the same parameters, traced; checkpoints and the EMA keep using `model`
-        backend = "inductor" if tcfg["compile"] is True else tcfg["compile"]
-        known = torch.compiler.list_backends(exclude_tags=())
-        if backend not in known:
-            raise ValueError(f"train.compile: unknown torch.compile backend {backend!r}; use true (inductor) or one "
-                             f"of {sorted(known)}")
-        wrapped = torch.compile(wrapped, backend=backend)
+        _resume(state, checkpoint_path, config, network, manifest, allow_config_change, write=ddp.main)
+    if state.step >= tcfg["steps"]:  # nothing to do: report what is stored, open no tracking run
+        final = state.history[-1]["loss"] if state.history else float("nan")
+        return TrainResult(state.step, final, state.history, run_dir, ran=0)
+    loss_of = _compiled(state.model, ddp, tcfg["compile"])
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    tcfg_track, parent = config["tracking"], tracking_parent or {}
-    tracker = Tracker(enabled=ddp.main and tcfg_track["enabled"],
-                      experiment=parent.get("experiment") or tcfg_track["experiment"],
-                      run_name=tcfg_track["run_name"] or run_dir.name, uri=parent.get("uri") or tcfg_track["uri"],
-                      run_dir=run_dir, parent_run_id=parent.get("run_id"),
-                      tags={"cldsgm.role": "train", "sde": config["sde"]["name"], "network": config["model"]["name"]})
-    if ddp.main:
-        tracker.log_params(flatten(config))
-        tracker.set_tags({"git_commit": git_commit(), "dataset_sha256": manifest["sha256"],
-                          "n_parameters": str(count_parameters(model)), "world_size": str(ddp.world),
-                          "run_dir": str(run_dir.absolute())})
+    tracker = _tracker(config, run_dir, ddp, tracking_parent or {}, manifest, state.model)
 
     def checkpoint() -> None:
         if ddp.main:
-            save_checkpoint(checkpoint_path, {
-                "step": step, "model": model.state_dict(), "ema": ema.model.state_dict(), "ema_updates": ema.updates,
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "history": history,
-                "config": config, "network": network, "dataset_sha256": manifest["sha256"],
-                "data": {"kind": manifest["kind"], "shape": list(manifest["shape"])}})
-            _write_history(run_dir / "loss.csv", history)
+            state.checkpoint(checkpoint_path, config, network, manifest)
+            _write_history(run_dir / "loss.csv", state.history)
 
     batches = _Batches(len(data), tcfg["batch_size"], config["seed"])
-    first = step
-    last = tcfg["steps"] if stop_after is None else min(tcfg["steps"], step + stop_after)
-    bar = tqdm(total=last, initial=step, disable=not (progress and ddp.main), desc="train", unit="it")
+    shard = slice(ddp.rank * tcfg["batch_size"] // ddp.world, (ddp.rank + 1) * tcfg["batch_size"] // ddp.world)
+    first = state.step
+    last = tcfg["steps"] if stop_after is None else min(tcfg["steps"], state.step + stop_after)
+    bar = tqdm(total=last, initial=state.step, disable=not (progress and ddp.main), desc="train", unit="it")
     # fp32: no autocast context and no loss scaler in the step at all (each costs a few microseconds per call)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if tcfg["precision"] == "bf16" else torch.float16)
                 if tcfg["precision"] != "fp32" else contextlib.nullcontext())
-    scaling = scaler.is_enabled()
-    lr_now = None
-    loss_value, status = float("nan"), "FAILED"
+    clip = ocfg["grad_clip"] if ocfg["grad_clip"] is not None else float("inf")
+    lr_now, loss_value, status = None, float("nan"), "FAILED"
     pending = []  # losses since the last read (device tensors): checked for finiteness before any log or checkpoint
     try:
-        while step < last:
-            gen = _step_generator(config["seed"], step)
-            _seed_dropout(int(torch.randint(2**62, (), generator=gen)), device)
-            x0 = _to_batch(data, manifest["kind"], batches.indices(step), config["data"]["hflip"], gen)
-            state_shape = (len(x0), sde.state_channels(data_channels), *x0.shape[2:])
-            t = sample_time(len(x0), lcfg["t_min"], generator=gen)
-            eps = torch.randn(state_shape, generator=gen)
-            extra = {}
-            if isinstance(sde, PhaseSpaceSDE) and lcfg["objective"] == "dsm":
-                extra["v0"] = math.sqrt(sde.init_v_var) * torch.randn(x0.shape, generator=gen)
-            shard = slice(ddp.rank * local, (ddp.rank + 1) * local)
-            extra = {k: _to_device(v[shard], device) for k, v in extra.items()}
-            lr = ocfg["lr"] * min(step / ocfg["warmup_steps"], 1.0) if ocfg["warmup_steps"] else ocfg["lr"]
+        while state.step < last:
+            batch = _Batch(config, sde, data, manifest, batches, state.step)
+            _seed_dropout(batch.dropout_seed, device)
+            lr = _learning_rate(ocfg, state.step)
             if lr != lr_now:  # only during warm-up
-                for group in optimizer.param_groups:
+                for group in state.optimizer.param_groups:
                     group["lr"] = lr
                 lr_now = lr
             with autocast:
-                loss = score_matching_loss(sde, wrapped, _to_device(x0[shard], device), objective=lcfg["objective"],
+                loss = score_matching_loss(sde, loss_of, **batch.on(device, shard), objective=lcfg["objective"],
                                            weighting=lcfg["weighting"], mixed_score=lcfg["mixed_score"],
-                                           reduction=lcfg["reduction"], t=_to_device(t[shard], device),
-                                           eps=_to_device(eps[shard], device), **extra).mean()
-            optimizer.zero_grad(set_to_none=True)
-            if scaling:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            clip = ocfg["grad_clip"] if ocfg["grad_clip"] is not None else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            if scaling:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            ema.update()
-            step += 1
+                                           reduction=lcfg["reduction"]).mean()
+            grad_norm = _update(state, loss, clip)
+            state.step += 1
             pending.append(loss.detach())
             bar.update(1)  # a no-op when disabled
-            logging = step % tcfg["log_every"] == 0 or step == last
-            saving = step % tcfg["checkpoint_every"] == 0 or step == last
+            logging = state.step % tcfg["log_every"] == 0 or state.step == last
+            saving = state.step % tcfg["checkpoint_every"] == 0 or state.step == last
             if not (logging or saving or len(pending) >= _MAX_PENDING):
                 continue
             # a non-finite loss is caught here, before anything is logged or written: the updates since the last
             # read are discarded with the process, and the checkpoint on disk is from before them
-            bad = _first_non_finite(pending, step)
+            bad = _first_non_finite(pending, state.step)
             if bad is not None:
                 raise FloatingPointError(
                     f"non-finite loss ({bad[1]}) at step {bad[0]}; the last checkpoint is intact. Try "
@@ -338,16 +393,12 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
             pending.clear()
             if not (logging or saving):
                 continue
-            loss_value = float(loss.detach())
-            if ddp.active:  # report the global-batch loss
-                reduced = loss.detach().clone()
-                dist.all_reduce(reduced)
-                loss_value = float(reduced) / ddp.world
+            loss_value = _global_loss(loss, ddp)
             if not bar.disable:
                 bar.set_postfix(loss=f"{loss_value:.4g}")
             if logging:
-                history.append({"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)})
-                tracker.log_metrics({"loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)}, step)
+                state.history.append({"step": state.step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)})
+                tracker.log_metrics({"loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)}, state.step)
             if saving:
                 checkpoint()
         status = "FINISHED"
@@ -359,6 +410,13 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
         if ddp.main:
             tracker.log_artifact(run_dir / "loss.csv")
         tracker.end(status)
-    return TrainResult(step, loss_value, history, run_dir, ran=step - first)
+    return TrainResult(state.step, loss_value, state.history, run_dir, ran=state.step - first)
 
 
+def _global_loss(loss: torch.Tensor, ddp: _Distributed) -> float:
+    """The loss of the global batch: this rank's, or the mean over the ranks under torchrun (one host read)."""
+    if not ddp.active:
+        return float(loss.detach())
+    reduced = loss.detach().clone()
+    dist.all_reduce(reduced)
+    return float(reduced) / ddp.world

@@ -6,6 +6,7 @@ a file that no reader mistakes for the output, and that `remove_stale_temporarie
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -13,7 +14,8 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "default_file_mode", "remove_stale_temporaries"]
+__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "default_file_mode", "file_sha256",
+           "remove_stale_temporaries"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -73,3 +75,12 @@ def remove_stale_temporaries(directory: str | os.PathLike, names) -> list[Path]:
             except FileNotFoundError:  # another cleaner got there first
                 pass
     return removed
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """The sha256 of a file's bytes (hex), read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,126 @@
+"""Score sources: what samples come from, a training checkpoint's network or an exact-score oracle.
+
+A source bundles the SDE, a score function (u, t) -> score, the data's kind and per-sample shape, and a JSON-able
+identity (checkpoint path, sha256, step and weights, or the oracle) that every manifest and record carries.
+A network is evaluated on blocks of exactly `net_batch` rows (`FixedRowsNet`, the last block padded), because
+matrix kernels pick their blocking by batch size and a sample's last bits would otherwise depend on its batch.
+Oracles need no padding: their score is per sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from cldsgm.oracles import GaussianMixture, oracle_law
+from cldsgm.sde import build_sde
+from cldsgm.utils.io import file_sha256
+
+__all__ = ["FixedRowsNet", "ScoreSource", "checkpoint_source", "oracle_source"]
+
+
+class FixedRowsNet(nn.Module):
+    """`net` evaluated on blocks of exactly `rows` samples (the last one zero-padded), optionally under autocast.
+
+    Makes a sample's output independent of the batch it comes in (see the module docstring). The output is
+    cast back to the input's dtype: autocast touches the network only, never the sampler's arithmetic.
+    """
+
+    def __init__(self, net: nn.Module, rows: int, precision: str = "fp32"):
+        super().__init__()
+        if rows < 1:
+            raise ValueError(f"net_batch must be >= 1, got {rows}")
+        self.net, self.rows, self.precision = net, int(rows), precision
+
+    def forward(self, u: Tensor, t: Tensor) -> Tensor:
+        outs = []
+        for start in range(0, u.shape[0], self.rows):
+            block_u, block_t = u[start:start + self.rows], t[start:start + self.rows]
+            k = block_u.shape[0]
+            if k < self.rows:
+                block_u = torch.cat([block_u, block_u.new_zeros(self.rows - k, *block_u.shape[1:])])
+                block_t = torch.cat([block_t, block_t.new_full((self.rows - k,), 0.5)])
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+            with torch.autocast(u.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                out = self.net(block_u, block_t)
+            outs.append(out[:k].to(u.dtype))
+        return torch.cat(outs)
+
+
+@dataclass
+class ScoreSource:
+    """What samples come from: an SDE, a score function (u, t) -> score, and what the data look like.
+
+    identity: JSON-able description (checkpoint path, sha256, step and weights, or the oracle) that goes into
+    every manifest and record. mixture: the oracle's data law (mode coverage, exact NLL), else None.
+    """
+
+    sde: object
+    sde_name: str
+    score_fn: object
+    data_shape: tuple
+    kind: str
+    identity: dict
+    network: str | None = None
+    mixture: GaussianMixture | None = None
+    sde_params: dict = field(default_factory=dict)
+
+
+def checkpoint_source(path: str | Path, *, raw_weights: bool = False, precision: str = "fp32", device="cpu",
+                      net_batch: int = 256) -> ScoreSource:
+    """The score model of a training checkpoint (EMA weights unless raw_weights), on `device`, in eval mode.
+
+    path: a checkpoint.pt or the run directory holding it. Raises FileNotFoundError, UnsafeCheckpointError or
+    ValueError (not a cldsgm checkpoint, or weights that do not fit the recorded network).
+    """
+    from cldsgm.models.registry import build_network
+    from cldsgm.models.score import ScoreParameterisation, check_network_fits
+    from cldsgm.training.checkpoint import load_checkpoint
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    state = load_checkpoint(path)
+    config = state["config"]
+    data = state.get("data") or _data_from_manifest(config, path)
+    sde = build_sde(config["sde"]["name"], **config["sde"]["params"])
+    net = build_network(state["network"]["name"], **state["network"]["options"])
+    weights = state["model"] if raw_weights else state["ema"]
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {path}: weights do not fit network {state['network']['name']!r} "
+                         f"({str(err).splitlines()[0]})") from None
+    net = net.to(device).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    check_network_fits(net, sde, data["shape"], device=device, what=f"checkpoint {path}")
+    param = ScoreParameterisation(sde, objective=config["loss"]["objective"], mixed_score=config["loss"]["mixed_score"])
+    wrapped = FixedRowsNet(net, net_batch, precision)
+    identity = {"checkpoint": str(path.absolute()), "sha256": file_sha256(path), "step": int(state["step"]),
+                "weights": "raw" if raw_weights else "ema"}
+    return ScoreSource(sde, config["sde"]["name"], param.score_fn(wrapped), tuple(data["shape"]), data["kind"],
+                       identity, network=state["network"]["name"], sde_params=dict(config["sde"]["params"]))
+
+
+def _data_from_manifest(config: dict, path: Path) -> dict:
+    """Data kind and shape of checkpoints written before they recorded them: from the training data's manifest."""
+    from cldsgm.data.prepared import read_manifest
+
+    manifest_path = Path(config["data"]["path"]).with_suffix(".json")
+    if not manifest_path.is_file():
+        raise ValueError(f"checkpoint {path} does not record its data shape and its training data manifest "
+                         f"{manifest_path} is missing")
+    manifest = read_manifest(manifest_path)
+    return {"kind": manifest["kind"], "shape": manifest["shape"]}
+
+
+def oracle_source(name: str, sde_name: str = "cld", sde_params: dict | None = None) -> ScoreSource:
+    """The exact score of a 2-D Gaussian-mixture law of cldsgm.catalog.ORACLES under an SDE."""
+    mix = oracle_law(name)  # ValueError naming the choices
+    sde = build_sde(sde_name, **(sde_params or {}))
+    return ScoreSource(sde, sde_name, mix.score_fn(sde), (mix.dim,), "points", {"oracle": name},
+                       mixture=mix, sde_params=dict(sde_params or {}))

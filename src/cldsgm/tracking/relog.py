@@ -1,0 +1,116 @@
+"""Logging what is on disk into the store later: a training run's records (`relog_run_dir`) and a study's evaluation
+records (`log_records`), only what the store lacks. Both go through `Tracker`, the one gate into MLflow."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import tempfile
+from pathlib import Path
+
+from cldsgm.tracking.store import TrackingError, git_commit, tracking_uri
+from cldsgm.tracking.tracker import Tracker
+
+__all__ = ["log_records", "relog_run_dir"]
+
+
+def _read_loss_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return [{k: (int(v) if k == "step" else float(v)) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def relog_run_dir(run_dir: str | Path, uri: str | None = None, *, parent_run_id: str | None = None,
+                  experiment: str | None = None) -> dict:
+    """Log a training run's on-disk records (config.yaml, loss.csv) to the store; only what is missing.
+
+    Reopens the run named in run_dir/tracking.json when it is in this store, else creates one. Metrics whose
+    step the store already has are not logged twice. Returns {'run_id', 'logged', 'status'}.
+    Raises FileNotFoundError for a directory without records and TrackingError if the store fails.
+    """
+    import yaml
+
+    from cldsgm.config import flatten
+
+    run_dir = Path(run_dir)
+    config_path, loss_path = run_dir / "config.yaml", run_dir / "loss.csv"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: {run_dir} holds no training records")
+    config = yaml.safe_load(config_path.read_text())
+    history = _read_loss_csv(loss_path) if loss_path.is_file() else []
+    finished = bool(history) and history[-1]["step"] >= config["train"]["steps"]
+    tracking = config.get("tracking", {})
+    tracker = Tracker(enabled=True, experiment=experiment or tracking.get("experiment", "cldsgm"),
+                      run_name=tracking.get("run_name") or run_dir.name, uri=uri or tracking.get("uri"),
+                      run_dir=run_dir, parent_run_id=parent_run_id)
+    if tracker.run_id is None:
+        raise TrackingError(tracker.failure or f"could not open a run in {tracker.uri}")
+    tracker.log_params(flatten(config))
+    logged = tracker.log_metric_rows(history, keys=("loss", "lr", "grad_norm"))
+    tracker.log_artifact(loss_path)
+    status = "FINISHED" if finished else "KILLED"
+    tracker.end(status)
+    if tracker.failure:
+        raise TrackingError(tracker.failure)
+    return {"run_id": tracker.run_id, "logged": logged, "status": status, "uri": tracker.uri}
+
+
+def _step(row) -> int:
+    """A record's step: its NFE budget, else the NFE it spent (the adaptive ODE), else 0 (NLL, accuracy)."""
+    for value in (row.nfe_budget, row.nfe):
+        if value == value and value:  # NaN (missing in the frame) != NaN
+            return int(round(value))
+    return 0
+
+
+def _group(row) -> tuple[str, dict]:
+    """The child run a record belongs to, and that run's tags: one run per (source, variant, striding), so that the
+    UI draws each metric against NFE (step = NFE); one per model for NLL; one for the classifier."""
+    if row.metric == "classifier_accuracy":
+        return "classifier", {"cldsgm.rule": "digits_classifier"}
+    if row.metric.startswith("nll"):
+        return f"{row.source}/nll", {"cldsgm.rule": "nll", "sde": str(row.sde), "model": row.source}
+    return f"{row.source}/{row.variant}-{row.striding}", {
+        "cldsgm.rule": "sample", "source": row.source, "sde": str(row.sde), "sampler": str(row.sampler),
+        "variant": str(row.variant), "striding": str(row.striding), "network": str(row.network), "kind": row.kind}
+
+
+def log_records(records_dir: str | Path, parent: dict) -> dict:
+    """Log every record under records_dir (cldsgm.records.records_frame) into child runs of the study's parent
+    run; only what is missing.
+
+    Quality metrics go in with step = NFE budget (the adaptive ODE: its mean NFE), NLL and accuracy at step 0;
+    each sample set's grid.png becomes an artifact of its run. Returns {'runs', 'logged'}; TrackingError
+    names the store when it fails.
+    """
+    from cldsgm.records import records_frame
+
+    frame = records_frame(records_dir)
+    groups: dict[str, list] = {}
+    tags_of: dict[str, dict] = {}
+    for row in frame.itertuples(index=False):
+        name, tags = _group(row)
+        groups.setdefault(name, []).append(row)
+        tags_of[name] = tags
+    uri, logged, commit = tracking_uri(parent["uri"]), 0, git_commit()
+    for name, rows in groups.items():
+        tracker = Tracker(enabled=True, experiment=parent["experiment"], run_name=name, uri=uri, group=name,
+                          parent_run_id=parent.get("run_id"), tags={**tags_of[name], "git_commit": commit})
+        by_step: dict[int, dict] = {}
+        for r in rows:
+            if r.value == r.value:  # NaN: a record without a value
+                by_step.setdefault(_step(r), {"step": _step(r)})[r.metric] = r.value
+        tracker.log_metric_rows(list(by_step.values()), keys=sorted({r.metric for r in rows}))
+        logged += tracker.points_logged
+        have = tracker.artifacts("grids")
+        for r in rows:
+            grid = Path(r.samples or "") / "grid.png"
+            target = f"grids/{r.row}.png"
+            if r.samples and grid.is_file() and target not in have:
+                with tempfile.TemporaryDirectory() as tmp:  # the artifact is named after its sample set
+                    shutil.copy(grid, Path(tmp) / f"{r.row}.png")
+                    tracker.log_artifact(Path(tmp) / f"{r.row}.png", "grids")
+                have.add(target)
+        tracker.end("FINISHED")
+        if tracker.failure:
+            raise TrackingError(f"MLflow store {uri} failed while logging records: {tracker.failure}")
+    return {"runs": len(groups), "logged": logged}

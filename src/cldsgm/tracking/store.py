@@ -1,0 +1,170 @@
+"""The MLflow store: where it is, its lock, its client, the study's parent run. Only this package imports mlflow.
+
+Where the store is (`tracking_uri`): the MLFLOW_TRACKING_URI environment variable, else the study's or config's
+`tracking.uri`, else `sqlite:///<cwd>/mlflow.db`, made absolute. Artifacts of a SQLite store go to `mlruns/`
+beside the database file, whatever the working directory of the job. HTTP stores get a short retry budget (2
+retries, 10 s timeout: seconds, not MLflow's default minutes) unless the user set MLflow's own variables. SQLite
+stores are created and migrated under a file lock, so jobs that start together on a fresh store (`snakemake -j N`)
+do not race on the schema.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from filelock import FileLock
+from filelock import Timeout as LockTimeout
+
+__all__ = ["TrackingError", "client", "experiment_id", "finish_parent", "first_line", "git_commit", "init_store",
+           "open_parent_run", "sqlite_path", "store_errors", "store_lock", "tracking_uri"]
+
+# MLflow's defaults retry for minutes (7 retries, backoff factor 2, 120 s timeout); a job waits seconds.
+_HTTP_BUDGET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+_QUIET = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # "View run" lines pollute captured stdout
+          "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+_LOCK_WAIT_S = 120.0
+
+
+class TrackingError(RuntimeError):
+    """The tracking store could not be reached or written (only raised where the caller asked for it)."""
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """$MLFLOW_TRACKING_URI, else `configured`, else sqlite:///<cwd>/mlflow.db; SQLite paths made absolute."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured or "sqlite:///mlflow.db"
+    db = sqlite_path(uri)
+    return f"sqlite:///{db}" if db is not None else uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI (absolute), or None for other stores."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):]).expanduser().absolute()
+
+
+def git_commit() -> str:
+    """The current git commit of the working directory, or 'unknown' outside a repository."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """An exclusive lock on <db>.lock for SQLite stores (nothing for servers, which serialise themselves). A holder
+    that dies releases it with its file descriptor; the timeout only guards against a holder that hangs."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(db.with_name(db.name + ".lock"), timeout=_LOCK_WAIT_S)
+    try:
+        lock.acquire()
+    except LockTimeout:
+        raise TrackingError(f"the lock {lock.lock_file} of the store {uri} was held for over {_LOCK_WAIT_S:.0f} s") \
+            from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def store_errors(uri: str, doing: str = "is not usable"):
+    """Any exception inside (MLflow raises many types; all mean the store is unusable) -> TrackingError."""
+    try:
+        yield
+    except TrackingError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise TrackingError(f"MLflow store {uri} {doing}: {first_line(err)}") from err
+
+
+def client(uri: str):
+    """An MlflowClient of the store, with a short HTTP retry budget and without MLflow's console chatter."""
+    for key, value in {**_QUIET, **(_HTTP_BUDGET if sqlite_path(uri) is None else {})}.items():
+        os.environ.setdefault(key, value)
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(mlflow_client, uri: str, name: str) -> str:
+    """The id of experiment `name`, created if absent (for SQLite with artifacts in mlruns/ beside the db)."""
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    db = sqlite_path(uri)
+    location = None
+    if db is not None:
+        location = (db.parent / "mlruns" / re.sub(r"[^A-Za-z0-9_.-]", "_", name)).as_uri()
+    return mlflow_client.create_experiment(name, artifact_location=location)
+
+
+def init_store(uri: str | None = None, experiment: str | None = None) -> tuple[str, str | None]:
+    """Create (and migrate) the store and, if named, the experiment, under the store's lock.
+
+    Run once before parallel jobs (`cldsgm track --init`); safe to run concurrently. Returns
+    (uri, experiment id or None). Raises TrackingError naming the store on failure.
+    """
+    uri = tracking_uri(uri)
+    with store_errors(uri), store_lock(uri):
+        mlflow_client = client(uri)
+        exp_id = experiment_id(mlflow_client, uri, experiment) if experiment else None
+        if exp_id is None:
+            mlflow_client.search_experiments(max_results=1)  # opens (and for SQLite creates) the store
+    return uri, exp_id
+
+
+def open_parent_run(uri: str, experiment: str, path: str | Path | None) -> dict:
+    """The study's parent run: the one `path` names, else the experiment's active study run, else a new one;
+    written to `path` when given. It stays RUNNING while the jobs log their children; `finish_parent` closes it.
+    """
+    from cldsgm.utils.io import atomic_write_json
+
+    path = Path(path) if path is not None else None
+    with store_errors(uri), store_lock(uri):
+        mlflow_client = client(uri)
+        exp_id = experiment_id(mlflow_client, uri, experiment)
+        run_id = None
+        if path is not None and path.is_file():
+            old = json.loads(path.read_text())
+            if old.get("uri") == uri and old.get("experiment_id") == exp_id and old.get("run_id"):
+                try:
+                    run_id = mlflow_client.get_run(old["run_id"]).info.run_id
+                except Exception:  # noqa: BLE001 - deleted or unknown: look further
+                    run_id = None
+        if run_id is None:
+            found = mlflow_client.search_runs([exp_id], filter_string="tags.`cldsgm.role` = 'study'", max_results=1)
+            run_id = found[0].info.run_id if found else mlflow_client.create_run(exp_id, run_name=experiment, tags={
+                "cldsgm.role": "study", "git_commit": git_commit()}).info.run_id
+    parent = {"uri": uri, "experiment": experiment, "experiment_id": exp_id, "run_id": run_id}
+    if path is not None:
+        atomic_write_json(path, parent)
+    return parent
+
+
+def finish_parent(parent: dict, artifacts: str | Path | None = None) -> None:
+    """Log the report folder as artifacts of the study's parent run and mark it FINISHED."""
+    if not parent.get("run_id"):
+        return
+    with store_errors(parent["uri"], "failed while closing the study run"):
+        mlflow_client = client(parent["uri"])
+        if artifacts is not None and Path(artifacts).is_dir():
+            mlflow_client.log_artifacts(parent["run_id"], str(artifacts), "report")
+        mlflow_client.set_terminated(parent["run_id"], "FINISHED")

@@ -1,0 +1,103 @@
+"""The tree's structure: imports run down the layers only, and no list of sampler, dataset or SDE names lives
+outside cldsgm/catalog.py (the one source of names)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from cldsgm import catalog
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "cldsgm"
+
+# lowest first: a module may import its own layer and those below, never one above
+LAYERS = [
+    ["cldsgm", "cldsgm.utils", "cldsgm.catalog"],
+    ["cldsgm.config", "cldsgm.sde"],
+    ["cldsgm.records", "cldsgm.oracles", "cldsgm.models", "cldsgm.losses", "cldsgm.samplers", "cldsgm.data",
+     "cldsgm.shards", "cldsgm.tracking"],
+    ["cldsgm.training"],
+    ["cldsgm.sources", "cldsgm.sampling", "cldsgm.eval", "cldsgm.bench"],
+    ["cldsgm.study", "cldsgm.report"],
+    ["cldsgm.cli", "cldsgm.__main__"],
+]
+
+
+def _layer(module: str) -> int:
+    best = None
+    for i, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and (best is None or len(name) > len(best[1])):
+                best = (i, name)
+    assert best is not None, f"{module} is in no layer of tests/test_layout.py"
+    return best[0]
+
+
+def _module_of(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Every cldsgm module `path` imports, at the top or inside a function (lazy imports count)."""
+    out = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("cldsgm")}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base
+                                                                                                  else []))
+            if base.startswith("cldsgm"):
+                out.add(base)
+    return out
+
+
+def test_imports_run_down_the_layers_only():
+    upward = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module_of(path)
+        for imported in _imports(path, module):
+            if _layer(imported) > _layer(module):
+                upward.append(f"{module} (layer {_layer(module)}) imports {imported} (layer {_layer(imported)})")
+    assert not upward, "\n".join(upward)
+
+
+def test_the_layer_check_catches_an_upward_import(tmp_path):
+    probe = PACKAGE / "sde" / "probe.py"  # what a careless edit would add: the process maths importing sampling
+    tree = ast.parse("from cldsgm.sampling import sample_to_dir\n")
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert _layer(_module_of(probe)) < max(_layer(m) for m in imported)
+
+
+NAME_SETS = {"sampler": set(catalog.SAMPLERS), "dataset": set(catalog.DATASETS), "SDE": set(catalog.SDES)}
+_GROUP = re.compile(r"[\[\(\{]([^\[\]\(\)\{\}]*)[\]\)\}]")
+_QUOTED = re.compile(r"""["']([a-z_0-9]+)["']|(?<=[\[,\s])([a-z_0-9]+)(?=[,\]])""")
+
+
+def _name_lists(text: str) -> list[str]:
+    """Bracketed groups holding 3 or more names of one kind (a hand-kept enumeration of samplers, datasets or SDEs)."""
+    found = []
+    text = re.sub(r"__all__\s*=\s*\[[^\]]*\]", "", text)  # a module's exported function names are not a list
+    for group in _GROUP.findall(text):
+        words = {a or b for a, b in _QUOTED.findall(f"[{group}]")}
+        for kind, names in NAME_SETS.items():
+            if len(words & names) >= 3:
+                found.append(f"{kind}s {sorted(words & names)} in ({group.strip()[:80]})")
+    return found
+
+
+def test_no_list_of_names_outside_the_catalog():
+    files = [*PACKAGE.rglob("*.py"), *(ROOT / "workflow").rglob("*.smk"), *(ROOT / "workflow").rglob("*.yaml"),
+             ROOT / "Snakefile"]
+    lists = {str(p.relative_to(ROOT)): _name_lists(p.read_text()) for p in files if p.name != "catalog.py"}
+    assert not {k: v for k, v in lists.items() if v}
+
+
+def test_the_name_list_check_sees_a_list():
+    assert _name_lists('SAMPLERS = ("em", "sscs", "ode")') and _name_lists("enum: [vpsde, cld, psld]")
+    assert not _name_lists('raise ValueError(f"sampler {name!r} needs cld or psld")')

@@ -1,0 +1,102 @@
+"""The report renders one list of sections: the HTML page and the Markdown file have the same headings, in order,
+and every figure the Markdown names exists. Records are found by what they say about themselves."""
+
+from __future__ import annotations
+
+import html
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from cldsgm.records import make_record, records_frame, write_record
+from cldsgm.report import build_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _record(records: Path, source, row, metric, value, *, sampler="em", striding="uniform", budget=6, data="diamond",
+            kind="model", variant=None, sde="cld", samples=None):
+    record = make_record(metric, value, n=100, seed=0, wall_s=0.1, device="cpu", sampler=sampler, striding=striding,
+                         nfe_budget=budget, nfe=float(budget or 40), sde=sde, samples=samples,
+                         source={"oracle": "diamond"} if kind == "oracle" else {"checkpoint": "x.pt"},
+                         labels={"source": source, "row": row, "variant": variant or sampler, "data": data,
+                                 "kind": kind})
+    # the directory names mean nothing: the record says where it belongs
+    write_record(records / f"r{len(list(records.glob('*.json')))}.json", record)
+
+
+def _results(tmp_path: Path) -> Path:
+    results = tmp_path / "results"
+    records = results / "records"
+    records.mkdir(parents=True)
+    samples = tmp_path / "somewhere" / "else"
+    samples.mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(samples / "grid.png")
+    for sampler, value in (("em", 0.3), ("sscs", 0.2)):
+        for striding in ("uniform", "quadratic"):
+            _record(records, "diamond_cld", f"{sampler}-{striding}-nfe6", "sliced_w2", value, sampler=sampler,
+                    striding=striding, samples=str(samples))
+    _record(records, "diamond_vpsde", "em-uniform-nfe6", "sliced_w2", 0.5, sde="vpsde")
+    _record(records, "oracle-diamond-cld", "ode-adaptive", "sliced_w2", 0.02, sampler="ode", striding=None,
+            budget=None, kind="oracle")
+    _record(records, "diamond_cld", "nll", "nll_nats", 1.5, sampler="ode", striding=None, budget=None)
+    (results / "runs" / "diamond_cld").mkdir(parents=True)
+    pd.DataFrame({"step": [10, 20], "loss": [3.0, 2.0], "lr": [1e-3, 1e-3], "grad_norm": [1.0, 1.0]}).to_csv(
+        results / "runs" / "diamond_cld" / "loss.csv", index=False)
+    return results
+
+
+def _study(tmp_path: Path) -> Path:
+    study = {"study": "rep", "description": "a report test", "data": {"diamond": {}},
+             "models": {"diamond_cld": {"data": "diamond", "config": "params/train/toy_cld.yaml"},
+                        "diamond_vpsde": {"data": "diamond", "config": "params/train/toy_vpsde.yaml"}},
+             "sampling": {"num_samples": {"diamond": 100}, "nfe": [6], "stridings": ["uniform", "quadratic"],
+                          "samplers": {"cld": ["em", "sscs", "ode"], "vpsde": ["em"]}},
+             "evaluation": {}}
+    path = tmp_path / "rep.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_html_and_markdown_have_the_same_sections(tmp_path):
+    results, out = _results(tmp_path), tmp_path / "report"
+    metrics = build_report(_study(tmp_path), results, out)
+    page, markdown = (out / "index.html").read_text(), (out / "report.md").read_text()
+    html_headings = [html.unescape(h) for h in re.findall(r"<h[1-6]>(.*?)</h[1-6]>", page)]
+    md_headings = [line.lstrip("#").strip() for line in markdown.splitlines() if re.match(r"#+ ", line)]
+    assert html_headings == md_headings
+    assert {"Quality against NFE", "Negative log-likelihood", "Paper claims", "Training loss", "Samples",
+            "Not computed"} <= set(md_headings)
+    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
+        assert (out / link).is_file(), link
+    assert metrics["figures"] == 3  # quality, loss, one sample grid
+    assert metrics["quality"]["diamond/diamond_cld/sscs-quadratic-nfe6/sliced_w2"] == 0.2
+    assert metrics["nll"] == {"diamond_cld/nll_nats": 1.5}
+    assert "SSCS beats Euler-Maruyama at low NFE (CLD paper) [diamond_cld, quadratic, NFE 6, sliced_w2]" in \
+        metrics["claims"]
+
+
+def test_the_one_reader_of_records_uses_their_labels_not_their_paths(tmp_path):
+    frame = records_frame(_results(tmp_path) / "records")
+    assert set(frame["source"]) == {"diamond_cld", "diamond_vpsde", "oracle-diamond-cld"}
+    assert set(frame.loc[frame["metric"] == "nll_nats", "row"]) == {"nll"}
+    assert set(frame.loc[frame["kind"] == "oracle", "striding"]) == {"adaptive"}  # the ODE's, from the catalog
+    write_record(tmp_path / "by_hand.json", make_record("sliced_w2", 0.1, n=5, seed=0, wall_s=0.0, device="cpu",
+                                                        sampler="sscs", striding="uniform", nfe_budget=20,
+                                                        source={"oracle": "gaussian"}))
+    by_hand = records_frame(tmp_path).query("path.str.endswith('by_hand.json')", engine="python").iloc[0]
+    assert (by_hand["source"], by_hand["row"], by_hand["kind"]) == ("oracle:gaussian", "sscs-uniform-nfe20", "oracle")
+
+
+def test_a_report_without_records_is_refused(tmp_path):
+    import pytest
+
+    (tmp_path / "results").mkdir()
+    with pytest.raises(ValueError, match="no records under"):
+        build_report(_study(tmp_path), tmp_path / "results", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
