@@ -17,4 +17,4 @@ def main() -> None:
     """cldsgm: reproduce and compare CLD, PSLD and VPSDE score-based generative models."""
 
 
-from cldsgm.cli import bench, data, evaluate, imports, report, sample, train  # noqa: E402, F401  (registers the verbs)
+from cldsgm.cli import bench, catalog, data, evaluate, imports, report, sample, train  # noqa: E402, F401  (registers)

@@ -103,9 +103,11 @@ def log_records(records_dir: str | Path, parent: dict) -> dict:
         logged += tracker.points_logged
         have = tracker.artifacts("grids")
         for r in rows:
-            grid = Path(r.samples or "") / "grid.png"
+            if not isinstance(r.samples, str):  # None / NaN: a record of no sample set (NLL, the classifier)
+                continue
+            grid = Path(r.samples) / "grid.png"
             target = f"grids/{r.row}.png"
-            if r.samples and grid.is_file() and target not in have:
+            if grid.is_file() and target not in have:
                 with tempfile.TemporaryDirectory() as tmp:  # the artifact is named after its sample set
                     shutil.copy(grid, Path(tmp) / f"{r.row}.png")
                     tracker.log_artifact(Path(tmp) / f"{r.row}.png", "grids")
