@@ -184,10 +184,32 @@ def run_snakemake(cwd, *args, env=None, timeout=600, check=True):
 
 
 # -- the smoke study end to end, shared by test_workflow.py and test_slurm.py (xdist group "smoke") -----------------
+# Both runs of the smoke study, the local one (killed during training, then rerun) and the one on the live SLURM
+# cluster (tests/slurm_local.py), start together: the SLURM run spends most of its time waiting for the scheduler
+# and its status polls, so the two overlap instead of adding up.
+SLURM_PROFILE = ("--profile", "workflow/profiles/slurm")
+# the tests poll the scheduler every second at first (the profile's 5 s suits a real cluster's queue); the rest of
+# the profile is what users run
+SLURM_FAST_POLL = ("--slurm-init-seconds-before-status-checks", "1")
+
+
 @pytest.fixture(scope="session")
-def smoke(tmp_path_factory):
-    """The smoke study on a fresh SQLite store with 2 cores: killed (SIGKILL) during training, then rerun."""
-    project = project_copy(tmp_path_factory.mktemp("smoke") / "project")
+def slurm(tmp_path_factory):
+    """A live single-node SLURM cluster (skipped where one cannot be stood up: off Debian, without root)."""
+    from slurm_local import LocalSlurm, why_unavailable
+
+    reason = why_unavailable()
+    if reason:
+        pytest.skip(reason)
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"), cpus=4)
+    try:
+        cluster.start(gpus=0)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _local_smoke(project: Path) -> dict:
     args = [str(BIN / "snakemake"), "--cores", "2", "--configfile", "params/smoke.yaml", "--rerun-incomplete"]
     proc = subprocess.Popen(args, cwd=project, env=WORKFLOW_ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -205,3 +227,37 @@ def smoke(tmp_path_factory):
             "wall_s": time.time() - started}
 
 
+@pytest.fixture(scope="session")
+def smoke_runs(request, tmp_path_factory):
+    """{'local': the local smoke run, 'slurm': the SLURM one or the reason it was skipped}, run at the same time."""
+    slurm_run = None
+    try:
+        cluster = request.getfixturevalue("slurm")
+    except pytest.skip.Exception as skipped:
+        slurm_run = {"skipped": str(skipped)}
+    if slurm_run is None:
+        if cluster.gpus:
+            cluster.restart(0)
+        remote = project_copy(tmp_path_factory.mktemp("slurm_smoke") / "project")
+        started = time.time()
+        proc = subprocess.Popen([str(BIN / "snakemake"), *SLURM_PROFILE, *SLURM_FAST_POLL, "--configfile",
+                                 "params/smoke.yaml"], cwd=remote, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env={**WORKFLOW_ENV, "SLURM_CONF": str(cluster.conf)}, text=True)
+    try:
+        local = _local_smoke(project_copy(tmp_path_factory.mktemp("smoke") / "project"))
+    except BaseException:
+        if slurm_run is None:
+            proc.kill()
+            cluster.cancel_all()
+        raise
+    if slurm_run is None:
+        output, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, output[-4000:]
+        slurm_run = {"project": remote, "log": output, "wall_s": time.time() - started, "jobs": cluster.jobs()}
+    return {"local": local, "slurm": slurm_run}
+
+
+@pytest.fixture(scope="session")
+def smoke(smoke_runs):
+    """The smoke study on a fresh SQLite store with 2 cores: killed (SIGKILL) during training, then rerun."""
+    return smoke_runs["local"]

@@ -90,13 +90,14 @@ class LocalSlurm:
             f"SlurmdPidFile={s / 'slurmd.pid'}", f"SlurmctldLogFile={s / 'slurmctld.log'}",
             f"SlurmdLogFile={s / 'slurmd.log'}", "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
             # accounting off: `sacct` fails, so the profile's status command must be squeue (MinJobAge keeps
-            # finished jobs visible to squeue for 300 s)
+            # finished jobs visible to squeue for an hour: the tests list every job of a study run that takes
+            # minutes, SLURM's default of 300 s would forget the first ones)
             "AccountingStorageType=accounting_storage/none", "JobAcctGatherType=jobacct_gather/none",
             "JobCompType=jobcomp/none", "MpiDefault=none", "SelectType=select/cons_tres",
             # without a default memory per CPU, a job with no --mem takes the whole node
             "SelectTypeParameters=CR_Core_Memory", "DefMemPerCPU=256", "SchedulerType=sched/backfill",
             # refuse impossible requests at submission instead of leaving them PENDING forever
-            "EnforcePartLimits=ALL", "ReturnToService=2", "MinJobAge=300",
+            "EnforcePartLimits=ALL", "ReturnToService=2", "MinJobAge=3600",
             # advertise more CPUs than the machine has, so that 3 small jobs run at once on 2 cores
             "SlurmdParameters=config_overrides",
         ]
@@ -243,7 +244,7 @@ class LocalSlurm:
 
     # -- queries ---------------------------------------------------------------------------------------------------
     def jobs(self) -> dict[str, tuple[str, str]]:
-        """Every job the controller still knows (MinJobAge = 300 s): id -> (state, Snakemake rule or "").
+        """Every job the controller still knows (MinJobAge = 3600 s): id -> (state, Snakemake rule or "").
 
         The SLURM executor comments each job `rule_<name>` or `rule_<name>_wildcards_<values>`.
         """

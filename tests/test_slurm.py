@@ -18,27 +18,14 @@ import pytest
 import torch
 import yaml
 
-from conftest import BIN, WORKFLOW_ENV, project_copy, run_snakemake
-from slurm_local import LocalSlurm, why_unavailable
+from conftest import BIN, SLURM_FAST_POLL, SLURM_PROFILE, WORKFLOW_ENV, project_copy, run_snakemake
+from slurm_local import LocalSlurm
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smoke")]  # one cluster per machine: one xdist worker
-PROFILE = ("--profile", "workflow/profiles/slurm")
+PROFILE = (*SLURM_PROFILE, *SLURM_FAST_POLL)
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: ([^)]+)\)")
 # what a record may differ in between two runs of the same study: provenance, not results
 PROVENANCE = {"created", "wall_s", "host"}
-
-
-@pytest.fixture(scope="session")
-def slurm(tmp_path_factory):
-    reason = why_unavailable()
-    if reason:
-        pytest.skip(reason)
-    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"), cpus=4)
-    try:
-        cluster.start(gpus=0)
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def _on(cluster: LocalSlurm, gpus: int) -> LocalSlurm:
@@ -86,13 +73,11 @@ TRAINED = "results/mini/runs/diamond_cld/done.json"
 
 # -- the smoke study on SLURM ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def slurm_smoke(slurm, tmp_path_factory):
-    cluster = _on(slurm, 0)
-    project = project_copy(tmp_path_factory.mktemp("slurm_smoke") / "project")
-    started = time.time()
-    done = _slurm_snakemake(cluster, project, "--configfile", "params/smoke.yaml", timeout=900)
-    return {"project": project, "log": done.stdout + done.stderr, "wall_s": time.time() - started,
-            "jobs": cluster.jobs()}
+def slurm_smoke(smoke_runs):
+    """The smoke study through the SLURM profile (run alongside the local one: conftest.smoke_runs)."""
+    if "skipped" in smoke_runs["slurm"]:
+        pytest.skip(smoke_runs["slurm"]["skipped"])
+    return smoke_runs["slurm"]
 
 
 def _normalised(value, project: Path):

@@ -1,7 +1,9 @@
 """Command-line interface: `cldsgm <command>`. Every workflow rule is a call into one of these commands.
 
-One module per verb group (data, train, bench, sample, evaluate); each verb is a thin click command that
-checks its arguments (before importing torch where it can), calls one library function and prints one line.
+One module per verb group: data (prepare), train (train, track), imports (import-checkpoint), sample, evaluate
+(fid-stats, fid, digits-classifier, fd-digits, sample-distance, nll), report, bench (kernel, sampler-bench) and
+catalog. Each verb is a thin click command that checks its arguments (before importing torch where it can), calls
+the library and prints one line; names and choices come from cldsgm.catalog.
 """
 
 from __future__ import annotations

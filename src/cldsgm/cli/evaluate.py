@@ -95,40 +95,30 @@ def fid_stats_command(data_path, inception, mode, n, batch_size, device, out_pat
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Records: fid.json, kid.json.")
 def fid_command(samples_dir, stats_path, inception, mode, batch_size, device, kid, out_dir):
     """FID (and KID) of a complete sample directory against reference statistics, with clean-fid's code."""
-    from cldsgm.eval import fid as fidlib
+    from cldsgm.eval.fid import reference_stats, score_images
     from cldsgm.shards import load_samples
 
     try:  # cheap checks first: weights, statistics, samples, then the features
         torch_device = device_for(device)
-        if not fidlib.inception_path(inception).is_file():
-            fidlib.load_inception(inception, mode, torch_device)  # raises the error that says where to get it
-        mu, sigma, ref_feats, meta = fidlib.load_stats(stats_path)
-        if meta.get("mode") not in (None, mode):
-            raise ValueError(f"{stats_path} was computed in mode {meta['mode']!r}, not {mode!r}; FID modes are "
-                             "not interchangeable")
+        reference = reference_stats(stats_path, inception, mode, torch_device)
         images, manifest = load_samples(samples_dir)
         if manifest["kind"] != "image":
             raise ValueError(f"{samples_dir} holds {manifest['kind']}: FID needs images (use sample-distance)")
         writable_dir(out_dir, "--out")
-        model, backbone = fidlib.load_inception(inception, mode, torch_device)
-        start = time.perf_counter()
-        feats = fidlib.inception_features(images, model, mode, batch_size=batch_size, device=torch_device,
-                                          progress=True)
-        value = fidlib.frechet(feats, mu, sigma)
-        common = {"n": len(images), "mode": mode, "backbone": backbone, "device": str(torch_device),
-                  "dataset": {"stats": str(Path(stats_path).absolute()), **meta.get("dataset", {})},
-                  **_sample_fields(manifest, samples_dir)}
-        _write(out_dir, "fid", value, wall_s=time.perf_counter() - start, **common)
-        line = f"FID ({mode}) {value:.4g}"
-        if kid and ref_feats is not None:
-            kid_value = fidlib.kid(feats, ref_feats)
-            _write(out_dir, "kid", kid_value, wall_s=time.perf_counter() - start, **common)
-            line += f", KID {kid_value:.4g}"
+        scores = score_images(images, reference, inception, mode, batch_size=batch_size, device=torch_device,
+                              with_kid=kid)
+        common = {"n": scores["n"], "mode": mode, "backbone": scores["backbone"], "device": str(torch_device),
+                  "dataset": reference["dataset"], "wall_s": scores["wall_s"], **_sample_fields(manifest, samples_dir)}
+        _write(out_dir, "fid", scores["fid"], **common)
+        line = f"FID ({mode}) {scores['fid']:.4g}"
+        if scores["kid"] is not None:
+            _write(out_dir, "kid", scores["kid"], **common)
+            line += f", KID {scores['kid']:.4g}"
         elif kid:
             line += " (no KID: the statistics file holds no features)"
     except (ValueError, OSError) as err:
         raise click_error(err) from err
-    click.echo(f"{line} over {len(images)} samples -> {out_dir}")
+    click.echo(f"{line} over {scores['n']} samples -> {out_dir}")
 
 
 @main.command("digits-classifier")

@@ -24,15 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cldsgm import catalog
 from cldsgm.utils.io import atomic_path, file_sha256
 
 __all__ = ["DEFAULT_INCEPTION", "FEATURE_DIM", "INCEPTION_ENV", "INCEPTION_FILE", "MODES", "frechet", "inception_path",
-           "inception_features", "kid", "load_inception", "load_stats", "save_stats"]
+           "inception_features", "kid", "load_inception", "load_stats", "reference_stats", "save_stats",
+           "score_images"]
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_ENV = "CLDSGM_INCEPTION"
 DEFAULT_INCEPTION = Path("resources") / INCEPTION_FILE
-MODES = ("clean", "legacy_tensorflow")
+MODES = catalog.FID_MODES
 FEATURE_DIM = 2048
 INCEPTION_HELP = (
     "FID needs NVIDIA's TorchScript Inception file {name} (the one clean-fid and StyleGAN2-ADA use, published at "
@@ -154,3 +156,36 @@ def kid(features: np.ndarray, ref_features: np.ndarray, *, seed: int = 0) -> flo
         return float(kernel_distance(features, ref_features))
     finally:
         np.random.set_state(state)  # noqa: NPY002
+
+
+def reference_stats(stats_path: str | Path, inception: str | Path | None, mode: str, device="cpu") -> dict:
+    """The cheap checks of an FID, before any feature is computed: the Inception weights exist, the statistics read
+    and were computed in `mode`. Returns {'mu', 'sigma', 'features' (or None), 'meta'}; FileNotFoundError or
+    ValueError naming the file."""
+    if not inception_path(inception).is_file():
+        load_inception(inception, mode, device)  # raises the error that says where to get the file
+    mu, sigma, features, meta = load_stats(stats_path)
+    if meta.get("mode") not in (None, mode):
+        raise ValueError(f"{stats_path} was computed in mode {meta['mode']!r}, not {mode!r}; FID modes are not "
+                         "interchangeable")
+    return {"mu": mu, "sigma": sigma, "features": features, "meta": meta,
+            "dataset": {"stats": str(Path(stats_path).absolute()), **meta.get("dataset", {})}}
+
+
+def score_images(images: np.ndarray, reference: dict, inception: str | Path | None, mode: str, *,
+                 batch_size: int = 64, device="cpu", with_kid: bool = True) -> dict:
+    """FID (and KID where the reference holds features) of uint8 images [N, C, H, W] against `reference_stats`.
+
+    Returns {'fid', 'kid' (None without reference features or with with_kid off), 'n', 'backbone' (the Inception
+    file's sha256), 'wall_s'}.
+    """
+    import time
+
+    model, backbone = load_inception(inception, mode, device)
+    start = time.perf_counter()
+    feats = inception_features(images, model, mode, batch_size=batch_size, device=device, progress=True)
+    value = frechet(feats, reference["mu"], reference["sigma"])
+    has_features = with_kid and reference["features"] is not None
+    kid_value = kid(feats, reference["features"]) if has_features else None
+    return {"fid": value, "kid": kid_value, "n": len(images), "backbone": backbone,
+            "wall_s": time.perf_counter() - start}
