@@ -19,7 +19,8 @@ from cldsgm import __version__
 from cldsgm.config import first_error
 from cldsgm.utils.io import atomic_write_json
 
-__all__ = ["METRICS", "RECORD_SCHEMA", "RecordError", "make_record", "read_record", "records_frame", "write_record"]
+__all__ = ["METRICS", "RECORD_SCHEMA", "RecordError", "dataset_fields", "make_record", "read_record", "records_frame",
+           "sample_set_fields", "write_metric", "write_record"]
 
 # metric name -> what it is (the report's column captions come from here)
 METRICS = {
@@ -101,6 +102,32 @@ def write_record(path: str | Path, record: dict) -> Path:
     _validate(record, str(path))
     atomic_write_json(path, record)
     return Path(path)
+
+
+def write_metric(out_dir: str | Path, metric: str, value, **fields) -> Path:
+    """`<out_dir>/<metric>.json`: one record made and written (the evaluation verbs' one way to record)."""
+    return write_record(Path(out_dir) / f"{metric}.json", make_record(metric, value, **fields))
+
+
+def sample_set_fields(manifest: dict, samples_dir: str | Path) -> dict:
+    """Record fields describing a sample directory from its manifest (cldsgm.shards): what produced the samples,
+    the NFE actually spent (the mean over its shards), where they are and what the study calls them."""
+    ident = manifest["identity"]
+    shards = manifest["shards"].values()
+    nfe = sum(e["nfe"] * e["count"] for e in shards) / max(1, sum(e["count"] for e in shards))
+    return {"nfe": nfe, "nfe_budget": ident["nfe_budget"], "sampler": ident["sampler"], "options": ident["options"],
+            "striding": ident["striding"], "t_min": ident["t_min"], "sde": ident["sde"],
+            "sde_params": ident["sde_params"], "network": ident["network"], "source": ident["source"],
+            "samples": str(Path(samples_dir).absolute()), "seed": ident["seed"], "labels": manifest.get("labels")}
+
+
+def dataset_fields(path: str | Path) -> dict:
+    """Record fields describing a prepared split (its path, sha256, name and split), from its manifest."""
+    from cldsgm.data.prepared import read_manifest
+
+    manifest = read_manifest(Path(path).with_suffix(".json"))
+    return {"path": str(Path(path).absolute()), "sha256": manifest["sha256"], "name": manifest.get("name"),
+            "split": manifest.get("split")}
 
 
 def read_record(path: str | Path) -> dict:

@@ -22,34 +22,10 @@ from cldsgm.cli._common import (
     writable_dir,
 )
 from cldsgm.cli.sample import load_source, resolve_source_args, source_options
+from cldsgm.records import dataset_fields, sample_set_fields, write_metric
 from cldsgm.utils.launch import launch
 
 _MODE = catalog_choice("fid_modes")
-
-
-def _sample_fields(manifest: dict, samples_dir) -> dict:
-    """Record fields describing a sample directory (what produced the samples)."""
-    ident = manifest["identity"]
-    shards = manifest["shards"].values()
-    nfe = sum(e["nfe"] * e["count"] for e in shards) / max(1, sum(e["count"] for e in shards))
-    return {"nfe": nfe, "nfe_budget": ident["nfe_budget"], "sampler": ident["sampler"], "options": ident["options"],
-            "striding": ident["striding"], "t_min": ident["t_min"], "sde": ident["sde"],
-            "sde_params": ident["sde_params"], "network": ident["network"], "source": ident["source"],
-            "samples": str(Path(samples_dir).absolute()), "seed": ident["seed"], "labels": manifest.get("labels")}
-
-
-def _write(out_dir, metric, value, **fields):
-    from cldsgm.records import make_record, write_record
-
-    return write_record(Path(out_dir) / f"{metric}.json", make_record(metric, value, **fields))
-
-
-def _dataset_fields(path) -> dict:
-    from cldsgm.data.prepared import read_manifest
-
-    manifest = read_manifest(Path(path).with_suffix(".json"))
-    return {"path": str(Path(path).absolute()), "sha256": manifest["sha256"], "name": manifest.get("name"),
-            "split": manifest.get("split")}
 
 
 @main.command("fid-stats")
@@ -76,7 +52,7 @@ def fid_stats_command(data_path, inception, mode, n, batch_size, device, out_pat
         start = time.perf_counter()
         feats = inception_features(images, model, mode, batch_size=batch_size, device=torch_device, progress=True)
         save_stats(out_path, feats, {"mode": mode, "backbone": backbone, "n": len(images),
-                                     "dataset": _dataset_fields(data_path), "wall_s": time.perf_counter() - start})
+                                     "dataset": dataset_fields(data_path), "wall_s": time.perf_counter() - start})
     except (ValueError, OSError) as err:
         raise click_error(err) from err
     click.echo(f"FID statistics of {len(images)} images ({mode}) -> {out_path}")
@@ -108,11 +84,12 @@ def fid_command(samples_dir, stats_path, inception, mode, batch_size, device, ki
         scores = score_images(images, reference, inception, mode, batch_size=batch_size, device=torch_device,
                               with_kid=kid)
         common = {"n": scores["n"], "mode": mode, "backbone": scores["backbone"], "device": str(torch_device),
-                  "dataset": reference["dataset"], "wall_s": scores["wall_s"], **_sample_fields(manifest, samples_dir)}
-        _write(out_dir, "fid", scores["fid"], **common)
+                  "dataset": reference["dataset"], "wall_s": scores["wall_s"],
+                  **sample_set_fields(manifest, samples_dir)}
+        write_metric(out_dir, "fid", scores["fid"], **common)
         line = f"FID ({mode}) {scores['fid']:.4g}"
         if scores["kid"] is not None:
-            _write(out_dir, "kid", scores["kid"], **common)
+            write_metric(out_dir, "kid", scores["kid"], **common)
             line += f", KID {scores['kid']:.4g}"
         elif kid:
             line += " (no KID: the statistics file holds no features)"
@@ -147,10 +124,10 @@ def digits_classifier_command(train_path, test_path, epochs, seed, out_path, rec
         model = train_classifier(x_train, y_train, epochs=epochs, seed=seed)
         acc = accuracy(model, x_test, y_test)
         wall = time.perf_counter() - start
-        meta = {"test_accuracy": acc, "train": _dataset_fields(train_path), "test": _dataset_fields(test_path),
+        meta = {"test_accuracy": acc, "train": dataset_fields(train_path), "test": dataset_fields(test_path),
                 "epochs": epochs, "seed": seed}
         save_classifier(out_path, model, meta)
-        _write(record_dir or Path(out_path).parent, "classifier_accuracy", acc, n=len(x_test), seed=seed,
+        write_metric(record_dir or Path(out_path).parent, "classifier_accuracy", acc, n=len(x_test), seed=seed,
                wall_s=wall, device="cpu", dataset=meta["test"], labels=parse_labels(labels) or None,
                extra={"classifier": str(Path(out_path).absolute()), "epochs": epochs})
     except (ValueError, OSError) as err:
@@ -187,9 +164,9 @@ def fd_digits_command(samples_dirs, classifier, data_path, out_dirs):
             images, manifest = load_samples(samples_dir)
             start = time.perf_counter()
             value = fd_digits(model, images, reference)
-            _write(out_dir, "fd_digits", value, n=len(images), wall_s=time.perf_counter() - start, device="cpu",
-                   dataset=_dataset_fields(data_path), extra={"classifier_accuracy": meta["test_accuracy"]},
-                   **_sample_fields(manifest, samples_dir))
+            write_metric(out_dir, "fd_digits", value, n=len(images), wall_s=time.perf_counter() - start, device="cpu",
+                   dataset=dataset_fields(data_path), extra={"classifier_accuracy": meta["test_accuracy"]},
+                   **sample_set_fields(manifest, samples_dir))
             click.echo(f"FD-digits {value:.4g} over {len(images)} samples of {samples_dir} -> {out_dir}")
     except (ValueError, OSError) as err:
         raise click_error(err) from err
@@ -226,7 +203,7 @@ def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs):
             if manifest["kind"] != "points":
                 raise ValueError(f"{samples_dir} holds {manifest['kind']}; sample-distance is for 2-D points")
             if data_path is not None:
-                dataset = _dataset_fields(data_path)
+                dataset = dataset_fields(data_path)
                 ref = reference
             else:
                 ref = mixture.sample(len(points), generator=torch.Generator().manual_seed(seed)).numpy()
@@ -234,11 +211,11 @@ def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs):
             start = time.perf_counter()
             result = point_distances(points, np.asarray(ref), mixture=mixture)
             common = {"n": result["n"], "wall_s": time.perf_counter() - start, "device": "cpu", "dataset": dataset,
-                      **_sample_fields(manifest, samples_dir)}
+                      **sample_set_fields(manifest, samples_dir)}
             for metric in ("sliced_w2", "energy"):
-                _write(out_dir, metric, result[metric], **common)
+                write_metric(out_dir, metric, result[metric], **common)
             if "mode_tv" in result:
-                _write(out_dir, "mode_tv", result["mode_tv"], extra={"mode_weights": result["mode_weights"]},
+                write_metric(out_dir, "mode_tv", result["mode_tv"], extra={"mode_weights": result["mode_weights"]},
                        **common)
             extra = f", mode TV {result['mode_tv']:.3g}" if "mode_tv" in result else ""
             click.echo(f"sliced W2 {result['sliced_w2']:.4g}, energy {result['energy']:.4g}{extra} of {samples_dir} "
@@ -290,7 +267,7 @@ def nll_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, d
         source = load_source(source_args, precision=precision, device=torch_device, net_batch=net_batch)
         data, _, _ = load_prepared(data_path)
         start = time.perf_counter()
-        summary = nll_to_dir(source, data, _dataset_fields(data_path), out_dir, n=n, first=first, count=count,
+        summary = nll_to_dir(source, data, dataset_fields(data_path), out_dir, n=n, first=first, count=count,
                              probes=probes, n_probes=n_probes, rtol=rtol, atol=atol, method=ode_method, t_min=t_min,
                              seed=seed, batch_size=batch_size, shard_size=shard_size, rank=here.rank, world=here.world,
                              device=torch_device, progress=progress and here.main)
@@ -301,11 +278,12 @@ def nll_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, d
         result = nll_summary(out_dir)
         ident = result["identity"]
         shard_wall = time.perf_counter() - start
-        _write(record_dir or out_dir, result["metric"], result["value"], stderr=result["stderr"], nfe=result["nfe"],
-               n=result["n"], seed=seed, wall_s=shard_wall, device=str(torch_device), sde=ident["sde"],
-               sde_params=ident["sde_params"], network=ident["network"], source=ident["source"],
-               dataset=ident["dataset"], t_min=t_min, sampler="ode", labels=parse_labels(labels) or None, options={
-                   "probes": probes, "n_probes": ident["n_probes"], "rtol": rtol, "atol": atol, "method": ode_method})
+        write_metric(record_dir or out_dir, result["metric"], result["value"], stderr=result["stderr"],
+                     nfe=result["nfe"], n=result["n"], seed=seed, wall_s=shard_wall, device=str(torch_device),
+                     sde=ident["sde"], sde_params=ident["sde_params"], network=ident["network"], source=ident["source"],
+                     dataset=ident["dataset"], t_min=t_min, sampler="ode", labels=parse_labels(labels) or None,
+                     options={"probes": probes, "n_probes": ident["n_probes"], "rtol": rtol, "atol": atol,
+                              "method": ode_method})
     except (ValueError, OSError) as err:
         raise click_error(err) from err
     unit = "bits/dim" if result["metric"] == "nll_bpd" else "nats"
