@@ -44,15 +44,20 @@ def label_option(f):
                              "every record made from it, so that records describe themselves.")(f)
 
 
-def parse_labels(items) -> dict:
-    """('source=digits_cld', 'row=em-uniform-nfe6') -> {'source': 'digits_cld', ...}: strings, in order."""
-    out = {}
+def pairs(items, flag: str) -> list[tuple[str, str]]:
+    """('a=1', 'b=x=y') -> [('a', '1'), ('b', 'x=y')]; a usage error naming `flag` for an item without KEY=."""
+    out = []
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--label")
-        out[key] = value
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=flag)
+        out.append((key, value))
     return out
+
+
+def parse_labels(items) -> dict:
+    """('source=digits_cld', 'row=em-uniform-nfe6') -> {'source': 'digits_cld', ...}: strings, in order."""
+    return dict(pairs(items, "--label"))
 
 
 def floats(text: str, name: str) -> list[float]:
@@ -123,10 +128,7 @@ def device_for(name: str):
 def key_values(items, flag: str) -> dict:
     """('a=1', 'b=x') -> {'a': 1.0, 'b': 'x'}: numbers where they parse, else strings."""
     out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=flag)
+    for key, value in pairs(items, flag):
         try:
             out[key] = float(value)
         except ValueError:

@@ -7,7 +7,7 @@ import os
 import click
 
 from cldsgm.cli import main
-from cldsgm.cli._common import click_error, remove_if_empty, sigterm_as_interrupt, writable_dir
+from cldsgm.cli._common import click_error, pairs, remove_if_empty, sigterm_as_interrupt, writable_dir
 from cldsgm.utils.launch import launch
 
 
@@ -18,10 +18,7 @@ def dotted_overrides(settings) -> dict:
     from cldsgm.config import nest
 
     dotted = {}
-    for item in settings:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+    for key, value in pairs(settings, "--set"):
         try:
             dotted[key] = yaml.safe_load(value)
         except yaml.YAMLError as err:
