@@ -7,9 +7,12 @@ import html
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
+from cldsgm import stats
 from cldsgm.records import make_record, records_frame, write_record
 from cldsgm.report import build_report
 
@@ -17,12 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _record(records: Path, source, row, metric, value, *, sampler="em", striding="uniform", budget=6, data="diamond",
-            kind="model", variant=None, sde="cld", samples=None):
+            kind="model", variant=None, sde="cld", samples=None, spread=0.01, model=None):
+    fields = {}
+    if spread is not None:
+        replicates = value + spread * np.random.default_rng(len(list(records.glob("*.json")))).normal(size=150)
+        fields = stats.interval_fields(value, replicates, seed=0)
     record = make_record(metric, value, n=100, seed=0, wall_s=0.1, device="cpu", sampler=sampler, striding=striding,
                          nfe_budget=budget, nfe=float(budget or 40), sde=sde, samples=samples,
                          source={"oracle": "diamond"} if kind == "oracle" else {"checkpoint": "x.pt"},
                          labels={"source": source, "row": row, "variant": variant or sampler, "data": data,
-                                 "kind": kind})
+                                 "kind": kind, "model": model or source}, **fields)
     # the directory names mean nothing: the record says where it belongs
     write_record(records / f"r{len(list(records.glob('*.json')))}.json", record)
 
@@ -40,10 +47,12 @@ def _results(tmp_path: Path) -> Path:
         for striding in ("uniform", "quadratic"):
             _record(records, "diamond_cld", f"{sampler}-{striding}-nfe6", "sliced_w2", value, sampler=sampler,
                     striding=striding, samples=str(samples))
-    _record(records, "diamond_vpsde", "em-uniform-nfe6", "sliced_w2", 0.5, sde="vpsde")
+    for seed, value in ((0, 0.5), (1, 0.48)):  # two training replicas of the baseline
+        _record(records, "diamond_vpsde" + ("" if seed == 0 else f"-seed{seed}"), "em-uniform-nfe6", "sliced_w2",
+                value, sde="vpsde", model="diamond_vpsde")
     _record(records, "oracle-diamond-cld", "ode-adaptive", "sliced_w2", 0.02, sampler="ode", striding=None,
             budget=None, kind="oracle")
-    _record(records, "diamond_cld", "nll", "nll_nats", 1.5, sampler="ode", striding=None, budget=None)
+    _record(records, "diamond_cld", "nll", "nll_nats", 1.5, sampler="ode", striding=None, budget=None, spread=None)
     (results / "runs" / "diamond_cld").mkdir(parents=True)
     pd.DataFrame({"step": [10, 20], "loss": [3.0, 2.0], "lr": [1e-3, 1e-3], "grad_norm": [1.0, 1.0]}).to_csv(
         results / "runs" / "diamond_cld" / "loss.csv", index=False)
@@ -74,15 +83,24 @@ def test_html_and_markdown_have_the_same_sections(tmp_path):
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
         assert (out / link).is_file(), link
     assert metrics["figures"] == 3  # quality, loss, one sample grid
-    assert metrics["quality"]["diamond/diamond_cld/sscs-quadratic-nfe6/sliced_w2"] == 0.2
-    assert metrics["nll"] == {"diamond_cld/nll_nats": 1.5}
-    assert "SSCS beats Euler-Maruyama at low NFE (CLD paper) [diamond_cld, quadratic, NFE 6, sliced_w2]" in \
-        metrics["claims"]
+    quality = metrics["quality"]["diamond/diamond_cld/sscs-quadratic-nfe6/sliced_w2"]
+    assert quality["value"] == 0.2 and quality["ci_low"] < 0.2 < quality["ci_high"]
+    assert all(q["ci_low"] is not None and q["ci_high"] is not None for q in metrics["quality"].values())
+    assert metrics["nll"]["diamond_cld/nll_nats"]["value"] == 1.5
+    sscs = metrics["claims"]["SSCS beats Euler-Maruyama at low NFE (CLD paper) [diamond_cld, quadratic, NFE 6, "
+                             "sliced_w2]"]
+    assert sscs["verdict"] == "holds" and sscs["ci_high"] < 0  # 0.2 against 0.3, intervals of about 0.02
+    cld = next(v for k, v in metrics["claims"].items() if k.startswith("CLD beats the VPSDE baseline"))
+    assert cld["verdict"] == "holds" and cld["difference"] == pytest.approx(0.2 - 0.49)
+    claims = pd.read_csv(out / "claims.csv")
+    assert claims.loc[claims["claim"].str.startswith("CLD beats"), "seeds (A/B)"].item() == "1/2"
+    assert "within noise" not in page and "[" in page  # no 10 % rule; intervals in the tables
 
 
 def test_the_one_reader_of_records_uses_their_labels_not_their_paths(tmp_path):
     frame = records_frame(_results(tmp_path) / "records")
-    assert set(frame["source"]) == {"diamond_cld", "diamond_vpsde", "oracle-diamond-cld"}
+    assert set(frame["source"]) == {"diamond_cld", "diamond_vpsde", "diamond_vpsde-seed1", "oracle-diamond-cld"}
+    assert set(frame.loc[frame["source"] == "diamond_vpsde-seed1", "model"]) == {"diamond_vpsde"}
     assert set(frame.loc[frame["metric"] == "nll_nats", "row"]) == {"nll"}
     assert set(frame.loc[frame["kind"] == "oracle", "striding"]) == {"adaptive"}  # the ODE's, from the catalog
     write_record(tmp_path / "by_hand.json", make_record("sliced_w2", 0.1, n=5, seed=0, wall_s=0.0, device="cpu",
@@ -93,8 +111,6 @@ def test_the_one_reader_of_records_uses_their_labels_not_their_paths(tmp_path):
 
 
 def test_a_report_without_records_is_refused(tmp_path):
-    import pytest
-
     (tmp_path / "results").mkdir()
     with pytest.raises(ValueError, match="no records under"):
         build_report(_study(tmp_path), tmp_path / "results", tmp_path / "out")

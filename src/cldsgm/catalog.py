@@ -70,6 +70,7 @@ class DatasetSpec:
     modes, so that mode coverage is measured against it. needs_source: read from a path the user supplies.
     generator: 'module:function(n, rng) -> float [n, d]' of a law we draw from (toy data). test_fraction: the
     default held-out share of a dataset split by us (None: it comes with its own splits or is drawn per split).
+    exact_law: the data are draws of the oracle law itself, so its exact NLL can stand beside a model's.
     """
 
     name: str
@@ -81,6 +82,7 @@ class DatasetSpec:
     needs_source: bool = False
     generator: str | None = None
     test_fraction: float | None = None
+    exact_law: bool = False
 
     @property
     def nll_metric(self) -> str:
@@ -93,7 +95,7 @@ DATASETS = {spec.name: spec for spec in (
     DatasetSpec("cifar10", "image", "fid", ("fid", "kid"), needs_source=True),
     DatasetSpec("image_folder", "image", "fid", ("fid", "kid"), needs_source=True, test_fraction=0.0),
     DatasetSpec("diamond", "points", "sample_distance", ("sliced_w2", "energy", "mode_tv"), oracle="diamond",
-                modes=True, generator="cldsgm.data.sources:diamond_points"),
+                modes=True, generator="cldsgm.data.sources:diamond_points", exact_law=True),
     DatasetSpec("multimodal_swissroll", "points", "sample_distance", ("sliced_w2", "energy"), oracle="swissroll",
                 generator="cldsgm.data.sources:swissroll_points"),
 )}

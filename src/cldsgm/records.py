@@ -69,8 +69,20 @@ RECORD_SCHEMA = {
         "created": {"type": "string"},
         "host": {"type": "string"},
         "extra": {"type": "object"},
-        # what the study calls the evaluated set: source (model or oracle), row, variant, data, kind
+        # what the study calls the evaluated set: source (model or oracle), row, variant, data, kind, model, seed
         "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        # a 95 % interval of the value (cldsgm.stats) and the replicates paired comparisons are made from
+        "ci_low": {"type": ["number", "null"]},
+        "ci_high": {"type": ["number", "null"]},
+        "ci_method": _OPT_STR,
+        "bootstrap": {"type": "object", "required": ["resamples", "seed", "replicates"], "properties": {
+            "resamples": {"type": "integer", "minimum": 1}, "seed": {"type": "integer"},
+            "replicates": {"type": "array", "items": {"type": "number"}}}},
+        # NLL: whether the value bounds the NLL from above (CLD, PSLD), the exact NLL of the data law on the same
+        # points where it is known (with the gap estimate - exact), and the variance split (data, probes)
+        "bound": {"type": "boolean"},
+        "exact": {"type": "object"},
+        "variance": {"type": "object"},
     },
 }
 
@@ -142,8 +154,9 @@ def read_record(path: str | Path) -> dict:
 
 
 # the columns of records_frame, in order
-FRAME_COLUMNS = ["source", "row", "variant", "data", "kind", "metric", "value", "stderr", "nfe", "nfe_budget",
-                 "sampler", "options", "striding", "sde", "network", "n", "seed", "wall_s", "samples", "path"]
+FRAME_COLUMNS = ["source", "row", "variant", "data", "kind", "model", "train_seed", "metric", "value", "stderr",
+                 "ci_low", "ci_high", "replicates", "nfe", "nfe_budget", "sampler", "options", "striding", "sde",
+                 "network", "n", "seed", "wall_s", "samples", "bound", "exact", "variance", "path"]
 
 
 def _described(record: dict) -> dict:
@@ -160,19 +173,23 @@ def _described(record: dict) -> dict:
     default_source = (f"oracle:{identity['oracle']}" if "oracle" in identity
                       else identity.get("checkpoint") or record["metric"])
     data = labels.get("data") or (record.get("dataset") or {}).get("name")
-    return {"source": labels.get("source") or default_source, "row": labels.get("row") or default_row,
-            "variant": labels.get("variant") or sampler, "data": data, "striding": striding,
-            "kind": labels.get("kind") or ("oracle" if "oracle" in identity else "model")}
+    source = labels.get("source") or default_source
+    return {"source": source, "row": labels.get("row") or default_row, "variant": labels.get("variant") or sampler,
+            "data": data, "striding": striding, "kind": labels.get("kind") or ("oracle" if "oracle" in identity
+                                                                                  else "model"),
+            "model": labels.get("model") or source, "train_seed": labels.get("seed")}
 
 
 def records_frame(records_dir: str | Path):
     """Every record under records_dir (recursively) as one row of a pandas DataFrame with FRAME_COLUMNS: the one
-    reader of records, for the report and the MLflow re-logging. `options` is the sampler options as sorted JSON."""
+    reader of records, for the report and the MLflow re-logging. `options` is the sampler options as sorted JSON;
+    `replicates` the bootstrap replicates (a list, or None); `model` and `train_seed` name a training replica."""
     import pandas as pd
 
     rows = []
     for path in sorted(Path(records_dir).rglob("*.json")):
         record = read_record(path)
         rows.append({**{k: record.get(k) for k in FRAME_COLUMNS}, **_described(record),
-                     "options": json.dumps(record.get("options") or {}, sort_keys=True), "path": str(path)})
+                     "options": json.dumps(record.get("options") or {}, sort_keys=True), "path": str(path),
+                     "replicates": (record.get("bootstrap") or {}).get("replicates")})
     return pd.DataFrame(rows, columns=FRAME_COLUMNS)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -146,9 +147,12 @@ def _check_variant_options(name: str, variant: dict, source: str) -> None:
 
 def _check_models(study: dict, source: str, check_files: bool) -> None:
     for name, model in study["models"].items():
-        if name.startswith("oracle-"):
-            raise StudyError(f"{source}: models.{name}: names starting with 'oracle-' are the exact-score sources' "
-                             "(sampling.oracle); rename the model")
+        if name.startswith("oracle-") or re.search(r"-seed\d+$", name):
+            raise StudyError(f"{source}: models.{name}: names starting with 'oracle-' or ending in '-seed<k>' are "
+                             "the exact-score sources' and the training replicas'; rename the model")
+        if model.get("checkpoint") and len(model.get("seeds") or []) > 1:
+            raise StudyError(f"{source}: models.{name}.seeds: an imported checkpoint is one set of weights; give "
+                             "no seeds for it")
         if model["data"] not in study["data"]:
             raise StudyError(f"{source}: models.{name}.data is {model['data']!r}, which the study does not prepare "
                              f"(data: {sorted(study['data'])})")
@@ -220,13 +224,28 @@ def oracle_source(data: str, sde: str) -> str:
     return f"oracle-{data}-{sde}"
 
 
+def replicas(study: dict) -> dict[str, dict]:
+    """Training replicas by source name: {'model', 'seed'}; the first seed of a model keeps its name, the others are
+    <model>-seed<k> (models.<m>.seeds, default [the study's seed])."""
+    out = {}
+    for name, model in study["models"].items():
+        seeds = model.get("seeds") or [study["seed"]]
+        for i, seed in enumerate(seeds):
+            out[name if i == 0 else f"{name}-seed{seed}"] = {"model": name, "seed": seed}
+    return out
+
+
 def _sources(study: dict) -> list[dict]:
-    """Every sample source: the study's models, then the exact-score oracles of sampling.oracle."""
-    out = [{"source": name, "kind": "model", "data": model["data"], "sde": model_sde(model), "oracle": None}
-           for name, model in study["models"].items()]
+    """Every sample source: the study's models (each training replica), then the exact-score oracles of
+    sampling.oracle."""
+    out = []
+    for name, replica in replicas(study).items():
+        model = study["models"][replica["model"]]
+        out.append({"source": name, "kind": "model", "data": model["data"], "sde": model_sde(model), "oracle": None,
+                    "model": replica["model"], "train_seed": replica["seed"]})
     oracle = study["sampling"].get("oracle", {})
     out += [{"source": oracle_source(data, sde), "kind": "oracle", "data": data, "sde": sde,
-             "oracle": catalog.DATASETS[data].oracle}
+             "oracle": catalog.DATASETS[data].oracle, "model": oracle_source(data, sde), "train_seed": None}
             for data in oracle.get("data", []) for sde in oracle.get("sdes", [])]
     return out
 
@@ -272,8 +291,9 @@ def job_table(study: dict) -> dict:
     """Everything the workflow decides from a (validated) study.
 
     rows: sample_rows, each with its `num_samples`. sources: name -> {kind, data, sde, oracle, evaluation (the verb
-    scoring its sets, or None), metrics (of that verb), modes (the law to measure mode coverage against, or None)}.
-    nll: model -> NLL metric (empty when evaluation.nll is null). trained / imported: model names.
+    scoring its sets, or None), metrics (of that verb), modes (the law to measure mode coverage against, or None),
+    model and train_seed (a training replica's model and seed)}. replicas: run name -> {model, seed}. nll: run
+    name -> NLL metric (empty when evaluation.nll is null). trained / imported: run names.
     """
     rows = [{**row, "num_samples": study["sampling"]["num_samples"][row["data"]]} for row in sample_rows(study)]
     sources = {}
@@ -282,8 +302,9 @@ def job_table(study: dict) -> dict:
         evaluation = _evaluation(study, src["data"])
         sources[src["source"]] = {**src, "evaluation": evaluation, "metrics": list(spec.metrics) if evaluation else [],
                                   "modes": spec.oracle if spec.modes else None}
-    nll = ({name: catalog.DATASETS[model["data"]].nll_metric for name, model in study["models"].items()}
+    runs = replicas(study)
+    nll = ({name: catalog.DATASETS[study["models"][r["model"]]["data"]].nll_metric for name, r in runs.items()}
            if study["evaluation"].get("nll") else {})
-    imported = sorted(name for name, model in study["models"].items() if model.get("checkpoint"))
-    return {"rows": rows, "sources": sources, "nll": nll, "imported": imported,
-            "trained": sorted(name for name in study["models"] if name not in imported)}
+    imported = sorted(name for name, r in runs.items() if study["models"][r["model"]].get("checkpoint"))
+    return {"rows": rows, "sources": sources, "nll": nll, "imported": imported, "replicas": runs,
+            "trained": sorted(name for name in runs if name not in imported)}

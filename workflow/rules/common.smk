@@ -43,6 +43,11 @@ wildcard_constraints:
     part=r"[0-9]+",
 
 
+def model_of(run):
+    """The study model (its spec) a training run (a replica name, see cldsgm.study.replicas) belongs to."""
+    return STUDY["models"][TABLE["replicas"][run]["model"]]
+
+
 def flag(name, value):
     """One command-line flag with its value shell-quoted: a study file is data and never reaches a shell as code."""
     return f"{name} {shlex.quote(str(value))}"
@@ -96,8 +101,8 @@ def prepare_flags(wildcards):
 
 
 def train_flags(wildcards, input):
-    model = STUDY["models"][wildcards.model]
-    return set_flags({**(model.get("overrides") or {}), "data.path": input.data, "seed": STUDY["seed"]})
+    seed = TABLE["replicas"][wildcards.model]["seed"]  # the replica's training seed (the study's by default)
+    return set_flags({**(model_of(wildcards.model).get("overrides") or {}), "data.path": input.data, "seed": seed})
 
 
 def train_launcher(wildcards, resources, threads):
@@ -119,7 +124,7 @@ def one_of(names):
 
 
 def import_flags(wildcards):
-    model = STUDY["models"][wildcards.model]
+    model = model_of(wildcards.model)
     params = (model["checkpoint"].get("sde_params") or {}).items()
     flags = [flag("--format", model["checkpoint"]["format"]), *(flag("--sde-param", f"{k}={v}") for k, v in params)]
     return " ".join([*flags, set_flags(model.get("overrides") or {})])
@@ -146,8 +151,13 @@ def sample_args(wildcards):
     for key, value in sorted(row["options"].items()):  # a stable order: the param string is a rerun trigger
         args.append(flag(spec.option(key).cli_flag, value))
     args.append(label_flags(source=row["source"], row=row["row"], variant=row["variant"], data=row["data"],
-                            kind=row["kind"]))
+                            kind=row["kind"], **replica_labels(row)))
     return " ".join(args)
+
+
+def replica_labels(row):
+    """model and seed of a training replica (nothing for an oracle source)."""
+    return {"model": row["model"], "seed": row["train_seed"]} if row["kind"] == "model" else {}
 
 
 def sample_inputs(wildcards):
@@ -216,8 +226,16 @@ def nll_flags(wildcards):
     return " ".join(flag(name, NLL[key]) for key, name in keys.items() if key in NLL)
 
 
+def nll_exact(wildcards):
+    """--exact-law for data drawn from a known law (the diamond): its exact NLL goes beside the estimate."""
+    spec = catalog.DATASETS[model_of(wildcards.model)["data"]]
+    return flag("--exact-law", spec.oracle) if spec.exact_law else ""
+
+
 def nll_labels(wildcards):
-    return label_flags(source=wildcards.model, row="nll", data=STUDY["models"][wildcards.model]["data"], kind="model")
+    replica = TABLE["replicas"][wildcards.model]
+    return label_flags(source=wildcards.model, row="nll", data=model_of(wildcards.model)["data"], kind="model",
+                       model=replica["model"], seed=replica["seed"])
 
 
 def records():

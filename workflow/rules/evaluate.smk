@@ -37,6 +37,7 @@ rule fd_digits:
         done=f"{RESULTS}/records/{{source}}/fd_digits.done",
     params:
         pairs=eval_pairs,
+        bootstrap=EVALUATION["bootstrap"],
     threads: 1
     log:
         f"{LOGS}/fd_digits/{{source}}.log",
@@ -45,7 +46,8 @@ rule fd_digits:
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "cldsgm fd-digits {params.pairs} --classifier {input.classifier:q} --data {input.test:q} > {log:q} 2>&1 "
+        "cldsgm fd-digits {params.pairs} --classifier {input.classifier:q} --data {input.test:q} "
+        "--bootstrap {params.bootstrap:q} > {log:q} 2>&1 "
         "&& echo complete > {output.done:q}"
 
 
@@ -58,6 +60,7 @@ rule sample_distance:
     params:
         pairs=eval_pairs,
         oracle=distance_oracle,
+        bootstrap=EVALUATION["bootstrap"],
     threads: 1
     log:
         f"{LOGS}/sample_distance/{{source}}.log",
@@ -66,7 +69,8 @@ rule sample_distance:
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "cldsgm sample-distance {params.pairs} --data {input.test:q} {params.oracle} > {log:q} 2>&1 "
+        "cldsgm sample-distance {params.pairs} --data {input.test:q} {params.oracle} "
+        "--bootstrap {params.bootstrap:q} > {log:q} 2>&1 "
         "&& echo complete > {output.done:q}"
 
 
@@ -103,6 +107,7 @@ rule fid:
         out=lambda wc, output: os.path.dirname(output.record),
         inception=FID.get("inception"),
         mode=FID.get("mode", "clean"),
+        bootstrap=EVALUATION["bootstrap"],
     threads: 2
     resources:
         gpu=EVALUATION["gpus"],
@@ -114,13 +119,13 @@ rule fid:
         "../envs/cldsgm.yaml"
     shell:
         "cldsgm fid --samples {params.samples:q} --stats {input.stats:q} --inception {params.inception:q} "
-        "--mode {params.mode:q} --out {params.out:q} > {log:q} 2>&1"
+        "--mode {params.mode:q} --bootstrap {params.bootstrap:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule nll:
     input:
         run=lambda wc: train_done(wc.model),
-        test=lambda wc: data_file(STUDY["models"][wc.model]["data"], "test"),
+        test=lambda wc: data_file(model_of(wc.model)["data"], "test"),
     output:
         record=f"{RESULTS}/records/{{model}}/nll/{{metric}}.json",
     params:
@@ -130,6 +135,7 @@ rule nll:
         records=lambda wc, output: os.path.dirname(output.record),
         seed=STUDY["seed"],
         labels=nll_labels,
+        exact=nll_exact,
     threads: 1
     resources:
         gpu=EVALUATION["gpus"],
@@ -141,4 +147,5 @@ rule nll:
         "../envs/cldsgm.yaml"
     shell:
         "cldsgm nll --run-dir {params.run_dir:q} --data {input.test:q} {params.flags} --seed {params.seed:q} "
-        "--out {params.out:q} --record-dir {params.records:q} {params.labels} --no-progress > {log:q} 2>&1"
+        "--out {params.out:q} --record-dir {params.records:q} {params.exact} {params.labels} --no-progress "
+        "> {log:q} 2>&1"

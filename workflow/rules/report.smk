@@ -23,7 +23,7 @@ rule mlflow_init:
 rule report:
     input:
         records=records(),
-        runs=[train_done(model) for model in STUDY["models"]],
+        runs=[train_done(run) for run in TABLE["replicas"]],
         study=STUDY_FILE,
     output:
         html=f"reports/{NAME}/index.html",

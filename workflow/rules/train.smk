@@ -4,8 +4,8 @@
 
 rule train:
     input:
-        data=lambda wc: data_file(STUDY["models"][wc.model]["data"], "train"),
-        config=lambda wc: STUDY["models"][wc.model]["config"],
+        data=lambda wc: data_file(model_of(wc.model)["data"], "train"),
+        config=lambda wc: model_of(wc.model)["config"],
         parent=parent_run(),
     output:
         done=f"{RESULTS}/runs/{{model}}/done.json",
@@ -18,7 +18,7 @@ rule train:
         launcher=train_launcher,
     threads: 2
     resources:
-        gpu=lambda wc: STUDY["models"][wc.model]["gpus"],
+        gpu=lambda wc: model_of(wc.model)["gpus"],
     log:
         f"{LOGS}/train/{{model}}.log",
     benchmark:
@@ -33,8 +33,8 @@ rule train:
 # A model of the authors' released weights: imported (`cldsgm import-checkpoint`), not trained.
 rule import_checkpoint:
     input:
-        checkpoint=lambda wc: STUDY["models"][wc.model]["checkpoint"]["file"],
-        config=lambda wc: STUDY["models"][wc.model]["config"],
+        checkpoint=lambda wc: model_of(wc.model)["checkpoint"]["file"],
+        config=lambda wc: model_of(wc.model)["config"],
     output:
         done=f"{RESULTS}/runs/{{model}}/done.json",
     wildcard_constraints:

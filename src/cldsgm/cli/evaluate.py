@@ -28,6 +28,30 @@ from cldsgm.utils.launch import launch
 _MODE = catalog_choice("fid_modes")
 
 
+def bootstrap_option(f):
+    """--bootstrap B: resamples of the generated samples behind each record's 95 % interval (0: none)."""
+    return click.option("--bootstrap", "resamples", type=int, default=200, show_default=True,
+                        help="Bootstrap resamples of the generated samples for each value's 95 % interval and the "
+                             "paired comparisons of the report (at least 100; 0: no interval).")(f)
+
+
+def _check_resamples(resamples: int) -> None:
+    from cldsgm.stats import MIN_RESAMPLES
+
+    if resamples and resamples < MIN_RESAMPLES:
+        raise click.BadParameter(f"at least {MIN_RESAMPLES} resamples (or 0 for none), got {resamples}",
+                                 param_hint="--bootstrap")
+
+
+def _interval(value, replicates, manifest, **kw) -> dict:
+    """Record fields of the value's interval (none without replicates)."""
+    from cldsgm.stats import interval_fields
+
+    if replicates is None:
+        return {}
+    return interval_fields(value, replicates, manifest["identity"]["seed"], **kw)
+
+
 @main.command("fid-stats")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), required=True, help="A prepared split (.npz).")
 @click.option("--inception", type=click.Path(dir_okay=False), default=None,
@@ -68,12 +92,14 @@ def fid_stats_command(data_path, inception, mode, n, batch_size, device, out_pat
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--device", type=catalog_choice("devices"), default="auto", show_default=True)
 @click.option("--kid/--no-kid", default=True, show_default=True, help="Also KID (needs features in --stats).")
+@bootstrap_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Records: fid.json, kid.json.")
-def fid_command(samples_dir, stats_path, inception, mode, batch_size, device, kid, out_dir):
+def fid_command(samples_dir, stats_path, inception, mode, batch_size, device, kid, out_dir, resamples):
     """FID (and KID) of a complete sample directory against reference statistics, with clean-fid's code."""
     from cldsgm.eval.fid import reference_stats, score_images
     from cldsgm.shards import load_samples
 
+    _check_resamples(resamples)
     try:  # cheap checks first: weights, statistics, samples, then the features
         torch_device = device_for(device)
         reference = reference_stats(stats_path, inception, mode, torch_device)
@@ -82,14 +108,17 @@ def fid_command(samples_dir, stats_path, inception, mode, batch_size, device, ki
             raise ValueError(f"{samples_dir} holds {manifest['kind']}: FID needs images (use sample-distance)")
         writable_dir(out_dir, "--out")
         scores = score_images(images, reference, inception, mode, batch_size=batch_size, device=torch_device,
-                              with_kid=kid)
+                              with_kid=kid, resamples=resamples, resample_seed=manifest["identity"]["seed"])
         common = {"n": scores["n"], "mode": mode, "backbone": scores["backbone"], "device": str(torch_device),
                   "dataset": reference["dataset"], "wall_s": scores["wall_s"],
                   **sample_set_fields(manifest, samples_dir)}
-        write_metric(out_dir, "fid", scores["fid"], **common)
+        write_metric(out_dir, "fid", scores["fid"], **common,
+                     **_interval(scores["fid"], scores.get("fid_replicates"), manifest))
         line = f"FID ({mode}) {scores['fid']:.4g}"
         if scores["kid"] is not None:
-            write_metric(out_dir, "kid", scores["kid"], **common)
+            write_metric(out_dir, "kid", scores["kid"], **common, **_interval(
+                scores["kid"], scores.get("kid_replicates"), manifest, nonnegative=False,
+                method="bootstrap over KID's subsets of the samples"))
             line += f", KID {scores['kid']:.4g}"
         elif kid:
             line += " (no KID: the statistics file holds no features)"
@@ -150,23 +179,36 @@ def _pairs(samples_dirs, out_dirs) -> list[tuple[str, str]]:
               help="The held-out reference split (digits_test.npz).")
 @click.option("--out", "out_dirs", type=click.Path(file_okay=False), required=True, multiple=True,
               help="Where the record fd_digits.json of the matching --samples goes.")
-def fd_digits_command(samples_dirs, classifier, data_path, out_dirs):
+@bootstrap_option
+def fd_digits_command(samples_dirs, classifier, data_path, out_dirs, resamples):
     """FD-digits of complete sample directories of 8x8 digits against the held-out split (not FID)."""
+    import numpy as np
+
     from cldsgm.data.prepared import load_prepared
-    from cldsgm.eval.digits import fd_digits, load_classifier
+    from cldsgm.eval.bootstrap import frechet_replicates
+    from cldsgm.eval.digits import digits_features, fd_digits, load_classifier
     from cldsgm.shards import load_samples
+    from cldsgm.stats import resample_counts
 
     pairs = _pairs(samples_dirs, out_dirs)
+    _check_resamples(resamples)
     try:
         model, meta = load_classifier(classifier)
         reference, _, _ = load_prepared(data_path)
+        ref = digits_features(model, reference)
         for samples_dir, out_dir in pairs:
             images, manifest = load_samples(samples_dir)
             start = time.perf_counter()
             value = fd_digits(model, images, reference)
-            write_metric(out_dir, "fd_digits", value, n=len(images), wall_s=time.perf_counter() - start, device="cpu",
-                   dataset=dataset_fields(data_path), extra={"classifier_accuracy": meta["test_accuracy"]},
-                   **sample_set_fields(manifest, samples_dir))
+            replicates = None
+            if resamples:
+                counts = resample_counts(len(images), resamples, manifest["identity"]["seed"])
+                replicates = frechet_replicates(digits_features(model, images), ref.mean(0),
+                                                np.cov(ref, rowvar=False), counts)
+            write_metric(out_dir, "fd_digits", value, n=len(images), wall_s=time.perf_counter() - start,
+                         device="cpu", dataset=dataset_fields(data_path),
+                         extra={"classifier_accuracy": meta["test_accuracy"]},
+                         **_interval(value, replicates, manifest), **sample_set_fields(manifest, samples_dir))
             click.echo(f"FD-digits {value:.4g} over {len(images)} samples of {samples_dir} -> {out_dir}")
     except (ValueError, OSError) as err:
         raise click_error(err) from err
@@ -182,7 +224,8 @@ def fd_digits_command(samples_dirs, classifier, data_path, out_dirs):
 @click.option("--seed", type=int, default=12345, show_default=True, help="Seed of the oracle's reference draws.")
 @click.option("--out", "out_dirs", type=click.Path(file_okay=False), required=True, multiple=True,
               help="Records of the matching --samples: sliced_w2.json, energy.json (+ mode_tv.json).")
-def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs):
+@bootstrap_option
+def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs, resamples):
     """Sliced W2, energy distance and mode coverage of 2-D samples against fresh data."""
     import numpy as np
     import torch
@@ -195,6 +238,7 @@ def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs):
     if data_path is None and oracle is None:
         raise click.UsageError("give --data (a prepared split) and/or --oracle (the data law)")
     pairs = _pairs(samples_dirs, out_dirs)
+    _check_resamples(resamples)
     try:
         mixture = oracle_law(oracle) if oracle else None
         reference = load_prepared(data_path)[0] if data_path is not None else None
@@ -209,14 +253,17 @@ def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs):
                 ref = mixture.sample(len(points), generator=torch.Generator().manual_seed(seed)).numpy()
                 dataset = {"oracle": oracle, "seed": seed}
             start = time.perf_counter()
-            result = point_distances(points, np.asarray(ref), mixture=mixture)
+            result = point_distances(points, np.asarray(ref), mixture=mixture, resamples=resamples,
+                                     resample_seed=manifest["identity"]["seed"])
             common = {"n": result["n"], "wall_s": time.perf_counter() - start, "device": "cpu", "dataset": dataset,
                       **sample_set_fields(manifest, samples_dir)}
+            replicates = result.get("replicates", {})
             for metric in ("sliced_w2", "energy"):
-                write_metric(out_dir, metric, result[metric], **common)
+                write_metric(out_dir, metric, result[metric], **common,
+                             **_interval(result[metric], replicates.get(metric), manifest))
             if "mode_tv" in result:
                 write_metric(out_dir, "mode_tv", result["mode_tv"], extra={"mode_weights": result["mode_weights"]},
-                       **common)
+                             **common, **_interval(result["mode_tv"], replicates.get("mode_tv"), manifest))
             extra = f", mode TV {result['mode_tv']:.3g}" if "mode_tv" in result else ""
             click.echo(f"sliced W2 {result['sliced_w2']:.4g}, energy {result['energy']:.4g}{extra} of {samples_dir} "
                        f"-> {out_dir}")
@@ -250,11 +297,14 @@ def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs):
               help="Write the record here instead of into --out.")
 @click.option("--done", "done_path", type=click.Path(dir_okay=False), default=None,
               help="Write this JSON summary once this invocation's slice is complete (a workflow's output).")
+@click.option("--exact-law", type=catalog_choice("oracles"), default=None,
+              help="The law the data were drawn from (points): its exact NLL on the same items goes beside the "
+                   "estimate, with the gap and its standard error.")
 @label_option
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def nll_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, data_path, n, first, count, probes,
                 n_probes, rtol, atol, ode_method, t_min, seed, batch_size, net_batch, shard_size, precision, device,
-                out_dir, record_dir, done_path, labels, progress):
+                out_dir, record_dir, done_path, exact_law, labels, progress):
     """NLL (bits/dim for images, nats for points) of a prepared split through the probability-flow ODE."""
     source_args = resolve_source_args(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights)
     writable_dir(out_dir, "--out")
@@ -275,15 +325,24 @@ def nll_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, d
         if not summary["complete"]:
             click.echo(f"NLL: {summary['done']} of {summary['n']} items done -> {out_dir} (run again to finish)")
             return
-        result = nll_summary(out_dir)
+        from cldsgm import catalog
+        from cldsgm.oracles import oracle_law
+
+        result = nll_summary(out_dir, data=data, exact_law=oracle_law(exact_law) if exact_law else None)
         ident = result["identity"]
+        extra = {"exact": result["exact"]} if "exact" in result else {}
+        if result["stderr"] is not None:  # over the items (data and probes together): a normal 95 % interval
+            extra.update({"ci_low": result["value"] - 1.96 * result["stderr"],
+                          "ci_high": result["value"] + 1.96 * result["stderr"],
+                          "ci_method": f"normal, 1.96 standard errors over {result['n']} items"})
         shard_wall = time.perf_counter() - start
         write_metric(record_dir or out_dir, result["metric"], result["value"], stderr=result["stderr"],
                      nfe=result["nfe"], n=result["n"], seed=seed, wall_s=shard_wall, device=str(torch_device),
                      sde=ident["sde"], sde_params=ident["sde_params"], network=ident["network"], source=ident["source"],
                      dataset=ident["dataset"], t_min=t_min, sampler="ode", labels=parse_labels(labels) or None,
                      options={"probes": probes, "n_probes": ident["n_probes"], "rtol": rtol, "atol": atol,
-                              "method": ode_method})
+                              "method": ode_method}, variance=result["variance"],
+                     bound=catalog.SDES[ident["sde"]].phase_space, **extra)
     except (ValueError, OSError) as err:
         raise click_error(err) from err
     unit = "bits/dim" if result["metric"] == "nll_bpd" else "nats"

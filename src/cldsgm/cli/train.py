@@ -108,6 +108,8 @@ def train_command(config_path, run_dir, steps, no_tracking, allow_config_change,
 
             atomic_write_json(done_path, {"run_dir": str(run_dir), "step": result.step,
                                           "final_loss": result.final_loss, "ran": result.ran,
+                                          "n_parameters": result.n_parameters,
+                                          "train_seconds": round(result.train_seconds, 3),
                                           # the ranks that trained it (torchrun), for the record and the SLURM tests
                                           "world_size": launch().world})
     except (ValueError, FileNotFoundError, FloatingPointError, OSError) as err:  # UnsafeCheckpointError too

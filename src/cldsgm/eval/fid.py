@@ -173,19 +173,33 @@ def reference_stats(stats_path: str | Path, inception: str | Path | None, mode: 
 
 
 def score_images(images: np.ndarray, reference: dict, inception: str | Path | None, mode: str, *,
-                 batch_size: int = 64, device="cpu", with_kid: bool = True) -> dict:
+                 batch_size: int = 64, device="cpu", with_kid: bool = True, resamples: int = 0,
+                 resample_seed: int = 0) -> dict:
     """FID (and KID where the reference holds features) of uint8 images [N, C, H, W] against `reference_stats`.
 
     Returns {'fid', 'kid' (None without reference features or with with_kid off), 'n', 'backbone' (the Inception
-    file's sha256), 'wall_s'}.
+    file's sha256), 'wall_s'}, and with resamples (at least 100) 'fid_replicates' (FID of resamples of the images,
+    cldsgm.eval.bootstrap) and 'kid_replicates' (KID over resamples of its 100 subsets).
     """
     import time
+
+    from cldsgm.eval.bootstrap import frechet_replicates, kid_subsets
 
     model, backbone = load_inception(inception, mode, device)
     start = time.perf_counter()
     feats = inception_features(images, model, mode, batch_size=batch_size, device=device, progress=True)
     value = frechet(feats, reference["mu"], reference["sigma"])
+    out = {"fid": value, "kid": None, "n": len(images), "backbone": backbone}
     has_features = with_kid and reference["features"] is not None
-    kid_value = kid(feats, reference["features"]) if has_features else None
-    return {"fid": value, "kid": kid_value, "n": len(images), "backbone": backbone,
-            "wall_s": time.perf_counter() - start}
+    if has_features:
+        out["kid"], terms = kid_subsets(feats, reference["features"])
+    if resamples:
+        from cldsgm import stats
+
+        counts = stats.resample_counts(len(feats), resamples, resample_seed)
+        out["fid_replicates"] = frechet_replicates(feats, reference["mu"], reference["sigma"], counts, device=device)
+        if has_features:
+            picks = stats.resample_counts(len(terms), resamples, resample_seed)
+            out["kid_replicates"] = picks @ terms / len(terms)
+    out["wall_s"] = time.perf_counter() - start
+    return out

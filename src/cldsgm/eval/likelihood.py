@@ -31,12 +31,15 @@ __all__ = ["LikelihoodResult", "bits_per_dim", "dequantize", "ode_likelihood", "
 @dataclass(frozen=True)
 class LikelihoodResult:
     """nll_nats: [B] NLL of x in nats (for CLD/PSLD the upper bound); bpd: [B] or None; nfe: score calls;
-    probes: Hutchinson probes per sample (0 for the exact divergence)."""
+    probes: Hutchinson probes per sample (0 for the exact divergence); probe_var: [B] the variance over an item's
+    probes of its NLL in nats (ddof 1; None with fewer than 2 probes): the estimator's own noise, apart from the
+    data's."""
 
     nll_nats: Tensor
     bpd: Tensor | None
     nfe: int
     probes: int
+    probe_var: Tensor | None = None
 
 
 def bits_per_dim(nll_nats: Tensor, dims: int, offset: float = 7.0) -> Tensor:
@@ -115,4 +118,6 @@ def ode_likelihood(sde, score_fn, x: Tensor, *, t_min: float = 1e-5, probes: str
     if isinstance(sde, PhaseSpaceSDE):
         nll = nll - velocity_entropy(sde, dims)
     bpd = None if bpd_offset is None else bits_per_dim(nll, dims, bpd_offset)
-    return LikelihoodResult(nll, bpd, counting.nfe, 0 if probe_set is None else n_probes)
+    # each probe's divergence is integrated on its own: an item's NLL per probe differs in that term alone
+    probe_var = integrated_div.var(1) if integrated_div.shape[1] > 1 else None
+    return LikelihoodResult(nll, bpd, counting.nfe, 0 if probe_set is None else n_probes, probe_var)

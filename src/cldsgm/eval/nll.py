@@ -72,22 +72,47 @@ def nll_to_dir(source: ScoreSource, data: np.ndarray, dataset: dict, out_dir: st
                                     n_probes=n_probes, rtol=rtol, atol=atol, method=method, seed=seed, first_index=lo,
                                     bpd_offset=7.0 if kind == "image" else None)
             bpd = result.bpd if result.bpd is not None else torch.full_like(result.nll_nats, float("nan"))
-            rows.append(torch.stack([result.nll_nats.double().cpu(), bpd.double().cpu(),
-                                     torch.full((hi - lo,), float(result.nfe), dtype=torch.float64)], 1).numpy())
+            columns = [result.nll_nats.double().cpu(), bpd.double().cpu(),
+                       torch.full((hi - lo,), float(result.nfe), dtype=torch.float64)]
+            if result.probe_var is not None:  # a 4th column with 2 or more probes: the probes' variance per item
+                per_unit = 1.0 if kind != "image" else (math.prod(data.shape[1:]) * math.log(2.0)) ** -2
+                columns.append(result.probe_var.double().cpu() * per_unit)  # in the unit of the metric
+            rows.append(torch.stack(columns, 1).numpy())
             bar.update(hi - lo)
         array = np.concatenate(rows)
         return array, float(array[:, 2].mean())
 
     plan = ShardPlan(n, first, count, shard_size, rank, world)
-    return fill_shards(Path(out_dir), identity, "nll", [3], make_shard, plan, device=device, progress=progress,
+    columns = 4 if probes != "exact" and n_probes > 1 else 3
+    return fill_shards(Path(out_dir), identity, "nll", [columns], make_shard, plan, device=device, progress=progress,
                        unit="item")
 
 
-def nll_summary(out_dir: str | Path) -> dict:
-    """{'metric', 'value', 'stderr', 'nfe', 'n', 'identity'} of a complete NLL directory (bits/dim for images)."""
+def nll_summary(out_dir: str | Path, *, data: np.ndarray | None = None, exact_law=None) -> dict:
+    """{'metric', 'value', 'stderr', 'nfe', 'n', 'identity', 'variance', 'exact'} of a complete NLL directory
+    (bits/dim for images, nats for points).
+
+    variance: {'between_items'} (the variance of the items' estimates) and, where each item had 2 or more probes,
+    'probes' (the part the Hutchinson probes add to it: the mean over items of their probe variance / probes), and
+    'data' (the rest). exact_law (a cldsgm.oracles.GaussianMixture) with the evaluated points `data`: the exact NLL
+    of the law on the same points, and the paired gap estimate - exact with its standard error.
+    """
     values, manifest = load_samples(out_dir)
     images = not np.isnan(values[:, 1]).all()
     column = values[:, 1] if images else values[:, 0]
-    stderr = float(column.std(ddof=1) / math.sqrt(len(column))) if len(column) > 1 else None
-    return {"metric": "nll_bpd" if images else "nll_nats", "value": float(column.mean()), "stderr": stderr,
-            "nfe": float(values[:, 2].mean()), "n": len(column), "identity": manifest["identity"]}
+    n = len(column)
+    stderr = float(column.std(ddof=1) / math.sqrt(n)) if n > 1 else None
+    between = float(column.var(ddof=1)) if n > 1 else None
+    variance = {"between_items": between, "unit": "bits/dim" if images else "nats"}
+    probes = manifest["identity"]["n_probes"]
+    if values.shape[1] > 3 and probes > 1 and between is not None:
+        probe_part = float(values[:, 3].mean() / probes)  # column 3 is in the metric's unit
+        variance.update({"probes": probe_part, "data": between - probe_part})
+    out = {"metric": "nll_bpd" if images else "nll_nats", "value": float(column.mean()), "stderr": stderr,
+           "nfe": float(values[:, 2].mean()), "n": n, "identity": manifest["identity"], "variance": variance}
+    if exact_law is not None and data is not None and not images:
+        exact = -exact_law.log_prob(torch.from_numpy(np.asarray(data[:n], np.float64))).numpy()
+        gap = values[:, 0] - exact
+        out["exact"] = {"value": float(exact.mean()), "stderr": float(exact.std(ddof=1) / math.sqrt(n)),
+                        "gap": float(gap.mean()), "gap_stderr": float(gap.std(ddof=1) / math.sqrt(n)), "n": n}
+    return out

@@ -1,7 +1,9 @@
-"""The report's numbers: records (cldsgm.records.records_frame) in; tables, verdicts and metrics out.
+"""The report's numbers: records (cldsgm.records.records_frame) in; tables, intervals, verdicts and metrics out.
 
 No plotting and no HTML here (cldsgm.report.render draws and writes). A row of the report is named by its
-variant: the sampler's name, or the name a study gave a sampler with its own options (sampling.variants).
+variant: the sampler's name, or the name a study gave a sampler with its own options (sampling.variants). Every
+value is shown with its 95 % interval; every verdict comes from the interval of a difference (cldsgm.stats), never
+from point values alone.
 """
 
 from __future__ import annotations
@@ -9,16 +11,17 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from cldsgm import catalog
+from cldsgm import catalog, stats
 
-__all__ = ["NOISE", "SAMPLE_METRICS", "claims", "cost_table", "grid_paths", "headline_metrics", "loss_histories",
-           "nll_table", "published_match", "published_table", "quality_tables", "sigma_sweep"]
+__all__ = ["SAMPLE_METRICS", "budgets", "claims", "cost_table", "grid_paths", "headline_metrics", "loss_histories",
+           "nll_table", "published_match", "published_table", "quality_tables", "sigma_sweep", "with_interval"]
 
-NOISE = 0.10  # relative difference under which two figures are called equal ("within noise")
 # the metrics of sample sets (one per dataset's evaluation), as opposed to NLL and the classifier's accuracy
 SAMPLE_METRICS = tuple(dict.fromkeys(m for spec in catalog.DATASETS.values() for m in spec.metrics))
+_SIDE_SEED = 20_13  # the draws of training replicas in the bootstrap over seeds (fixed: the report is reproducible)
 
 
 def headline_metrics() -> dict[str, str]:
@@ -30,39 +33,111 @@ def sample_metrics(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["metric"].isin(SAMPLE_METRICS)] if not df.empty else df
 
 
+def with_interval(value, low, high) -> str:
+    """'0.1234 [0.1100, 0.1350]', or the value alone where it has no interval."""
+    def fmt(v):
+        return f"{v:.4g}"
+
+    if value is None or value != value:
+        return "—"
+    if low is None or high is None or low != low or high != high:
+        return fmt(value)
+    return f"{fmt(value)} [{fmt(low)}, {fmt(high)}]"
+
+
 def quality_tables(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame, pd.DataFrame]]:
-    """Per (dataset, metric): (data, metric, the records, a table source x sampler x striding against NFE budget;
-    the adaptive ODE in a column of its own)."""
+    """Per (dataset, metric): (data, metric, the records, a table source x sampler x striding against NFE budget,
+    each cell the value with its 95 % interval; the adaptive ODE in a column of its own)."""
     out = []
     sub_all = sample_metrics(df)
     for (data, metric), sub in (sub_all.groupby(["data", "metric"]) if not sub_all.empty else []):
         budget = sub["nfe_budget"].fillna(0).astype(int)  # 0: the adaptive ODE (its NFE is in the CSVs)
-        table = sub.assign(nfe_budget=budget).pivot_table(index=["source", "sde", "sampler", "striding"],
-                                                          columns="nfe_budget", values="value",
-                                                          aggfunc="first").reset_index()
+        cells = sub.assign(nfe_budget=budget, cell=[with_interval(v, lo, hi) for v, lo, hi in
+                                                    zip(sub["value"], sub["ci_low"], sub["ci_high"], strict=True)])
+        table = cells.pivot_table(index=["source", "sde", "sampler", "striding"], columns="nfe_budget",
+                                  values="cell", aggfunc="first").reset_index()
         table.columns = [c if isinstance(c, str) else ("ODE" if c in (0, None) else f"NFE {int(c)}")
                          for c in table.columns]
-        out.append((data, metric, sub, table))
+        out.append((data, metric, sub, table.fillna("")))
     return out
 
 
 def nll_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per NLL record: the estimate with its interval, whether it bounds the NLL from above, the exact NLL of
+    the data law on the same points where it is known, the gap and whether the estimate's standard error is under
+    5 % of it, and how the items' variance splits between the data and the Hutchinson probes."""
     nll = df[df["metric"].str.startswith("nll")] if not df.empty else df
-    if nll.empty:
-        return pd.DataFrame()
-    return nll[["source", "sde", "metric", "value", "stderr", "nfe", "n"]].rename(columns={"source": "model"})
+    rows = []
+    for _, r in nll.iterrows():
+        exact = r["exact"] if isinstance(r["exact"], dict) else None
+        variance = r["variance"] if isinstance(r["variance"], dict) else {}
+        gap_ok = "—"
+        if exact and r["stderr"] == r["stderr"] and exact.get("gap"):
+            gap_ok = "yes" if r["stderr"] < 0.05 * abs(exact["gap"]) else "no: more points needed"
+        split = (f"data {variance['data']:.3g}, probes {variance['probes']:.3g}" if "probes" in variance
+                 else "one probe per item: not separated")
+        rows.append({"model": r["source"], "sde": r["sde"], "metric": r["metric"],
+                     "estimate [95 %]": with_interval(r["value"], r["ci_low"], r["ci_high"]),
+                     "kind": "upper bound" if r["bound"] is True else "estimate", "n": r["n"],
+                     "exact NLL of the data law": f"{exact['value']:.4g} ± {exact['stderr']:.2g}" if exact else "—",
+                     "gap (estimate - exact)": f"{exact['gap']:.4g} ± {exact['gap_stderr']:.2g}" if exact else "—",
+                     "se < 5 % of gap": gap_ok, "variance (data, probes)": split})
+    return pd.DataFrame(rows)
 
 
-def _verdict(ours: float, theirs: float, lower_is_better: bool = True) -> str:
-    if any(v is None or not math.isfinite(v) for v in (ours, theirs)):
-        return "not computed"
-    if abs(ours - theirs) <= NOISE * max(abs(ours), abs(theirs)):
-        return "within noise"
-    return "holds" if (ours < theirs) == lower_is_better else "does not hold"
+def _side(rows: pd.DataFrame, rng: np.random.Generator) -> tuple[float, np.ndarray] | None:
+    """One side of a claim, a row of one model over its training replicas: (the mean of their values, [B] bootstrap
+    replicates of that mean: per resample b, replicas drawn with replacement, their replicate b averaged), or None
+    where a replica has no replicates."""
+    reps = [r for r in rows["replicates"] if isinstance(r, list)]
+    if len(reps) != len(rows) or len({len(r) for r in reps}) != 1:
+        return None
+    matrix = np.asarray(reps, np.float64)  # [R, B]
+    if len(matrix) == 1:
+        return float(rows["value"].iloc[0]), matrix[0]
+    picks = rng.integers(0, len(matrix), size=(matrix.shape[1], len(matrix)))  # [B, R]
+    return float(rows["value"].mean()), matrix[picks, np.arange(matrix.shape[1])[:, None]].mean(1)
 
 
-def claims(df: pd.DataFrame) -> list[dict]:
-    """The paper claims this study can test, each with our figures and a verdict computed from them."""
+def _budget(budgets: dict, model: str) -> str:
+    b = budgets.get(model)
+    if not b:
+        return "—"
+    params = f"{b['n_parameters'] / 1e6:.3g}M params" if b.get("n_parameters") else "params ?"
+    seconds = f"{b['train_seconds']:.0f} s" if b.get("train_seconds") is not None else "time ?"
+    return f"{b['steps']} steps x batch {b['batch_size']}, {params}, {seconds}"
+
+
+def _claim(claim: str, setting: str, a_name: str, a_rows, b_name: str, b_rows, rng, budgets: dict) -> dict:
+    """A claim 'A beats B' (lower is better) from the two sides' replicates: both figures with their intervals, the
+    difference A - B with its interval, the replicas on each side, and the verdict (none without intervals)."""
+    a, b = _side(a_rows, rng), _side(b_rows, rng)
+    row = {"claim": claim, "setting": setting,
+           "A": f"{a_name} {with_interval(a_rows['value'].mean(), *_ci(a))}",
+           "B": f"{b_name} {with_interval(b_rows['value'].mean(), *_ci(b))}",
+           "seeds (A/B)": f"{len(a_rows)}/{len(b_rows)}",
+           "budget (A; B)": f"{_budget(budgets, a_rows['model'].iloc[0])}; {_budget(budgets, b_rows['model'].iloc[0])}"}
+    if a is None or b is None:
+        return {**row, "A - B [95 %]": "—", "verdict": "not computed (no interval)", "difference": None,
+                "ci_low": None, "ci_high": None}
+    diff = stats.compare(a[0], a[1], b[0], b[1])
+    return {**row, "A - B [95 %]": with_interval(diff["difference"], diff["ci_low"], diff["ci_high"]),
+            "verdict": stats.verdict(diff["ci_low"], diff["ci_high"]), **diff}
+
+
+def _ci(side) -> tuple:
+    if side is None:
+        return None, None
+    return stats.basic_interval(side[0], side[1])
+
+
+def claims(df: pd.DataFrame, budgets: dict | None = None) -> list[dict]:
+    """The paper claims this study can test, each a comparison with an interval and a verdict (cldsgm.stats): holds
+    where the interval of A - B excludes 0 in the claimed direction, does not hold where it excludes 0 the other
+    way, inconclusive otherwise. Training replicas of a model (models.<m>.seeds) are averaged, their seed-to-seed
+    variation drawn into the interval."""
+    budgets = budgets or {}
+    rng = np.random.default_rng(_SIDE_SEED)
     out = []
     if df.empty:
         return out
@@ -71,27 +146,30 @@ def claims(df: pd.DataFrame) -> list[dict]:
         if sub.empty:
             continue
         low = sub[sub["sampler"].isin(["em", "sscs"])]["nfe_budget"].min()
-        for source, group in sub[sub["nfe_budget"] == low].groupby("source"):
-            for striding in catalog.STRIDINGS:
-                em = group[(group["sampler"] == "em") & (group["striding"] == striding)]["value"]
-                sscs = group[(group["sampler"] == "sscs") & (group["striding"] == striding)]["value"]
-                if len(em) and len(sscs):
-                    out.append({"claim": "SSCS beats Euler-Maruyama at low NFE (CLD paper)",
-                                "setting": f"{source}, {striding}, NFE {int(low)}, {metric}",
-                                "ours": f"SSCS {sscs.iloc[0]:.4g} vs EM {em.iloc[0]:.4g}",
-                                "verdict": _verdict(sscs.iloc[0], em.iloc[0])})
+        at_low = sub[sub["nfe_budget"] == low]
+        for (model, striding), group in at_low.groupby(["model", "striding"]):
+            em, sscs = group[group["sampler"] == "em"], group[group["sampler"] == "sscs"]
+            if len(em) and len(sscs):
+                out.append(_claim("SSCS beats Euler-Maruyama at low NFE (CLD paper)",
+                                  f"{model}, {striding}, NFE {int(low)}, {metric}", "SSCS", sscs, "EM", em, rng,
+                                  budgets))
         trained = sub[sub["kind"] == "model"]
-        best = trained.groupby("sde")["value"].min()
-        for other, claim in (("vpsde", "CLD beats the VPSDE baseline (CLD paper)"),
-                             ("psld", "PSLD beats CLD (PSLD paper)")):
-            first, second = ("psld", "cld") if other == "psld" else ("cld", "vpsde")
+        best = {}
+        for sde, rows in trained.groupby("sde"):  # the best row (mean over replicas) of each SDE
+            means = rows.groupby(["model", "sampler", "striding", "nfe_budget"], dropna=False)["value"].mean()
+            best[sde] = rows.set_index(["model", "sampler", "striding", "nfe_budget"]).loc[[means.idxmin()]]
+            best[sde] = best[sde].reset_index()
+        for first, second, claim in (("cld", "vpsde", "CLD beats the VPSDE baseline (CLD paper)"),
+                                     ("psld", "cld", "PSLD beats CLD (PSLD paper)")):
             if first in best and second in best:
-                out.append({"claim": claim, "setting": f"{data}, best {metric} over samplers and NFE",
-                            "ours": f"{first.upper()} {best[first]:.4g} vs {second.upper()} {best[second]:.4g}",
-                            "verdict": _verdict(best[first], best[second])})
+                a, b = best[first], best[second]
+                setting = (f"{data}, each side's best {metric} over samplers and NFE: {a['model'].iloc[0]} "
+                           f"{a['sampler'].iloc[0]} vs {b['model'].iloc[0]} {b['sampler'].iloc[0]}")
+                out.append(_claim(claim, setting, first.upper(), a, second.upper(), b, rng, budgets))
     for claim in ("HSM has lower loss variance than DSM (CLD paper)", "The mixed score helps (CLD paper)"):
-        out.append({"claim": claim, "setting": "needs models that differ only in that choice",
-                    "ours": "not tested by this study", "verdict": "not tested"})
+        out.append({"claim": claim, "setting": "needs models that differ only in that choice", "A": "—", "B": "—",
+                    "seeds (A/B)": "—", "budget (A; B)": "—", "A - B [95 %]": "—", "verdict": "not tested",
+                    "difference": None, "ci_low": None, "ci_high": None})
     return out
 
 
@@ -166,6 +244,27 @@ def cost_summary(cost: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     return (cost.groupby("rule")["seconds"].agg(["count", "sum", "max"]).reset_index()
             .rename(columns={"count": "jobs", "sum": "seconds (total)", "max": "seconds (longest)"}))
+
+
+def budgets(results: Path, replicas: dict) -> dict[str, dict]:
+    """model -> what one of its training replicas cost: steps, batch size, parameters, training seconds (from the
+    run's config.yaml and done.json; the first replica's, the others train the same budget)."""
+    import json
+
+    import yaml
+
+    out = {}
+    for run, replica in replicas.items():
+        if replica["model"] in out:
+            continue
+        config_path, done_path = results / "runs" / run / "config.yaml", results / "runs" / run / "done.json"
+        if not config_path.is_file():
+            continue
+        config = yaml.safe_load(config_path.read_text())
+        done = json.loads(done_path.read_text()) if done_path.is_file() else {}
+        out[replica["model"]] = {"steps": config["train"]["steps"], "batch_size": config["train"]["batch_size"],
+                                 "n_parameters": done.get("n_parameters"), "train_seconds": done.get("train_seconds")}
+    return out
 
 
 def loss_histories(results: Path, models) -> dict[str, pd.DataFrame]:

@@ -78,8 +78,9 @@ def log_records(records_dir: str | Path, parent: dict) -> dict:
     """Log every record under records_dir (cldsgm.records.records_frame) into child runs of the study's parent
     run; only what is missing.
 
-    Quality metrics go in with step = NFE budget (the adaptive ODE: its mean NFE), NLL and accuracy at step 0;
-    each sample set's grid.png becomes an artifact of its run. Returns {'runs', 'logged'}; TrackingError
+    Quality metrics go in with step = NFE budget (the adaptive ODE: its mean NFE), with their 95 % interval as
+    <metric>_ci_low / <metric>_ci_high at the same step; NLL and accuracy at step 0; each sample set's grid.png
+    becomes an artifact of its run. Returns {'runs', 'logged'}; TrackingError
     names the store when it fails.
     """
     from cldsgm.records import records_frame
@@ -98,8 +99,13 @@ def log_records(records_dir: str | Path, parent: dict) -> dict:
         by_step: dict[int, dict] = {}
         for r in rows:
             if r.value == r.value:  # NaN: a record without a value
-                by_step.setdefault(_step(r), {"step": _step(r)})[r.metric] = r.value
-        tracker.log_metric_rows(list(by_step.values()), keys=sorted({r.metric for r in rows}))
+                point = by_step.setdefault(_step(r), {"step": _step(r)})
+                point[r.metric] = r.value
+                for end in ("ci_low", "ci_high"):  # the 95 % interval, at the same step (NFE)
+                    if getattr(r, end) == getattr(r, end) and getattr(r, end) is not None:
+                        point[f"{r.metric}_{end}"] = getattr(r, end)
+        keys = sorted({k for point in by_step.values() for k in point if k != "step"})
+        tracker.log_metric_rows(list(by_step.values()), keys=keys)
         logged += tracker.points_logged
         have = tracker.artifacts("grids")
         for r in rows:

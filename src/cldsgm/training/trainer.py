@@ -12,6 +12,7 @@ import contextlib
 import copy
 import csv
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,8 @@ class TrainResult:
     history: list
     run_dir: Path
     ran: int = 0  # steps taken by this call (0: the run had already finished)
+    n_parameters: int = 0  # trainable parameters of the network
+    train_seconds: float = 0.0  # wall seconds of the training steps, over every call that ran them (resumes too)
 
 
 class _Distributed:
@@ -190,10 +193,12 @@ class _State:
     scaler: torch.amp.GradScaler
     step: int = 0
     history: list = None
+    seconds: float = 0.0  # wall seconds spent in training steps so far (kept across resumes)
 
     def checkpoint(self, path: Path, config: dict, network: dict, manifest: dict) -> None:
         save_checkpoint(path, {
-            "step": self.step, "model": self.model.state_dict(), "ema": self.ema.model.state_dict(),
+            "step": self.step, "train_seconds": self.seconds, "model": self.model.state_dict(),
+            "ema": self.ema.model.state_dict(),
             "ema_updates": self.ema.updates, "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "history": self.history, "config": config, "network": network,
             "dataset_sha256": manifest["sha256"], "data": {"kind": manifest["kind"], "shape": list(manifest["shape"])}})
@@ -228,6 +233,7 @@ def _resume(state: _State, path: Path, config: dict, network: dict, manifest: di
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scaler.load_state_dict(saved["scaler"])
     state.step, state.history = saved["step"], saved["history"]
+    state.seconds = float(saved.get("train_seconds", 0.0))  # absent in checkpoints of earlier versions
 
 
 def _compiled(model: torch.nn.Module, ddp: _Distributed, compile_option) -> torch.nn.Module:
@@ -338,7 +344,8 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
         _resume(state, checkpoint_path, config, network, manifest, allow_config_change, write=ddp.main)
     if state.step >= tcfg["steps"]:  # nothing to do: report what is stored, open no tracking run
         final = state.history[-1]["loss"] if state.history else float("nan")
-        return TrainResult(state.step, final, state.history, run_dir, ran=0)
+        return TrainResult(state.step, final, state.history, run_dir, ran=0,
+                           n_parameters=count_parameters(state.model), train_seconds=state.seconds)
     loss_of = _compiled(state.model, ddp, tcfg["compile"])
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -361,6 +368,7 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
     clip = ocfg["grad_clip"] if ocfg["grad_clip"] is not None else float("inf")
     lr_now, loss_value, status = None, float("nan"), "FAILED"
     pending = []  # losses since the last read (device tensors): checked for finiteness before any log or checkpoint
+    clock = time.perf_counter()
     try:
         while state.step < last:
             batch = _Batch(config, sde, data, manifest, batches, state.step)
@@ -394,6 +402,7 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
             if not (logging or saving):
                 continue
             loss_value = _global_loss(loss, ddp)
+            state.seconds += time.perf_counter() - clock  # the steps' time, read once the device has finished them
             if not bar.disable:
                 bar.set_postfix(loss=f"{loss_value:.4g}")
             if logging:
@@ -401,6 +410,7 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
                 tracker.log_metrics({"loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)}, state.step)
             if saving:
                 checkpoint()
+            clock = time.perf_counter()  # logging and checkpoint writes are not training time
         status = "FINISHED"
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from a scheduler (the CLI turns it into this)
         status = "KILLED"
@@ -410,7 +420,8 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
         if ddp.main:
             tracker.log_artifact(run_dir / "loss.csv")
         tracker.end(status)
-    return TrainResult(state.step, loss_value, state.history, run_dir, ran=state.step - first)
+    return TrainResult(state.step, loss_value, state.history, run_dir, ran=state.step - first,
+                       n_parameters=count_parameters(state.model), train_seconds=state.seconds)
 
 
 def _global_loss(loss: torch.Tensor, ddp: _Distributed) -> float:
