@@ -202,6 +202,21 @@ def test_nll_with_the_gaussian_oracle_reproduces_the_analytic_nll(tmp_path):
     record = read_record(tmp_path / "cld" / "nll_nats.json")
     assert abs(record["value"] - exact.mean()) < 3 * record["stderr"], (record["value"], exact.mean())
     assert record["nfe"] > 10 and record["source"] == {"oracle": "gaussian"}
+    assert record["bound"] is True and record["ci_low"] < record["value"] < record["ci_high"]
+
+
+def test_nll_beside_the_exact_nll_of_the_data_law_with_the_probe_variance_apart(tmp_path):
+    data, exact = _gauss_split(tmp_path, n=120)
+    _invoke("nll", "--oracle", "gaussian", "--sde", "vpsde", "--data", data, "--probes", "gaussian", "--n-probes", 3,
+            "--exact-law", "gaussian", "--batch-size", 60, "--device", "cpu", "--no-progress", "--out", tmp_path / "vp")
+    record = read_record(tmp_path / "vp" / "nll_nats.json")
+    assert record["bound"] is False  # VPSDE: the ODE's NLL itself
+    assert record["exact"]["value"] == pytest.approx(exact.mean(), rel=1e-12)
+    assert record["exact"]["gap"] == pytest.approx(record["value"] - exact.mean(), abs=1e-12)
+    variance = record["variance"]
+    # the Hutchinson probes add variance of their own; the data's is what remains; both are positive here
+    assert variance["probes"] > 0 and variance["data"] > 0
+    assert variance["probes"] + variance["data"] == pytest.approx(variance["between_items"])
 
 
 def test_nll_of_a_trained_toy_net_is_finite_and_resumes(toy_run, diamond_data, tmp_path):

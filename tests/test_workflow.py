@@ -150,8 +150,18 @@ def test_smoke_study_finishes_with_report_and_records(smoke):
     assert any(k.startswith("diamond/diamond_vpsde/pc-uniform-nfe5/") for k in quality)
     assert not any("vpsde/sscs" in k for k in quality)  # SSCS only for phase-space SDEs
     assert set(metrics["nll"]) == {"digits_cld/nll_bpd", "diamond_cld/nll_nats", "diamond_vpsde/nll_nats"}
+    # every value with its interval; every verdict from the interval of a difference
+    assert all(q["ci_low"] is not None and q["ci_low"] <= q["ci_high"] for q in quality.values())
+    assert all(n["ci_low"] <= n["value"] <= n["ci_high"] for n in metrics["nll"].values())
+    assert metrics["nll"]["diamond_cld/nll_nats"]["upper_bound"] and metrics["nll"]["diamond_cld/nll_nats"]["exact"]
+    verdicts = {c["verdict"] for c in metrics["claims"].values()}
+    assert verdicts <= {"holds", "does not hold", "inconclusive", "not tested"} and "holds" in verdicts
+    assert all(c["ci_low"] is not None for c in metrics["claims"].values() if c["verdict"] != "not tested")
+    record = json.loads((project / "results/smoke/records/oracle-diamond-cld/sscs-uniform-nfe6/sliced_w2.json")
+                        .read_text())
+    assert record["bootstrap"]["resamples"] == 200 and len(record["bootstrap"]["replicates"]) == 200
     html = (project / "reports" / "smoke" / "index.html").read_text()
-    assert "SSCS beats Euler-Maruyama" in html and "data:image/png;base64," in html
+    assert "SSCS beats Euler-Maruyama" in html and "data:image/png;base64," in html and "seeds (A/B)" in html
     assert (project / "results/smoke/benchmarks/train/digits_cld.tsv").is_file()
 
 
@@ -205,6 +215,8 @@ def test_mlflow_parent_and_child_runs(smoke):
     sscs = children["oracle-diamond-cld/sscs-uniform"]
     assert sscs.data.tags["sampler"] == "sscs" and sscs.data.tags["sde"] == "cld"
     assert [m.step for m in client.get_metric_history(sscs.info.run_id, "sliced_w2")] == [6]
+    low, high = (client.get_metric_history(sscs.info.run_id, f"sliced_w2_{end}") for end in ("ci_low", "ci_high"))
+    assert [m.step for m in low] == [6] and low[0].value <= high[0].value
     pc = children["diamond_vpsde/pc-quadratic"]
     assert [m.step for m in client.get_metric_history(pc.info.run_id, "energy")] == [5]
     assert "report" in {a.path for a in client.list_artifacts(parent.info.run_id)}

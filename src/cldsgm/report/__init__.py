@@ -57,7 +57,10 @@ def sections(study: dict, df: pd.DataFrame, results: Path) -> tuple[list[Section
     from cldsgm.study import replicas
 
     metrics = {"study": study["study"], "quality": {}, "nll": {}}
-    out = [Section("Quality against NFE")]
+    out = [Section("Quality against NFE", text=(
+        f"Each value with its 95 % interval [low, high]: a basic bootstrap over the generated samples "
+        f"({study['evaluation']['bootstrap']} resamples, the reference data fixed); the bars of the plots are the "
+        "same intervals."))]
     for data, metric, sub, table in quality_tables(df):
         title = f"{data}: {metric} against NFE"
         out.append(Section(title, level=3, table=table, figures=[
