@@ -134,6 +134,7 @@ class Option:
     minimum: float | None = None
     exclusive_minimum: float | None = None
     flag: str | None = None
+    maximum: float | None = None
 
     @property
     def cli_flag(self) -> str:
@@ -153,6 +154,8 @@ class Option:
             out["minimum"] = self.minimum
         if self.exclusive_minimum is not None:
             out["exclusiveMinimum"] = self.exclusive_minimum
+        if self.maximum is not None:
+            out["maximum"] = self.maximum
         return out
 
 
@@ -191,6 +194,15 @@ class SamplerSpec:
         return {"type": "object", "additionalProperties": False,
                 "properties": {o.name: o.schema() for o in self.options}}
 
+    def check_options(self, options: dict) -> None:
+        """ValueError (one line, naming the option) for options outside this sampler's schema."""
+        import jsonschema
+
+        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(self.schema()).iter_errors(options))
+        if error is not None:
+            where = ".".join(str(p) for p in error.absolute_path) or "options"
+            raise ValueError(f"sampler {self.name!r}: {where}: {error.message}")
+
 
 _TOL = {"type": float, "exclusive_minimum": 0}
 _SIGMA_D = Option("precision_sigma", float, 0.0, "sigma_d, the local data scale of the exponential / Gaussian-exact "
@@ -226,8 +238,14 @@ SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in (
                 "Euler steps on the probability-flow ODE (first-order deterministic baseline)", 1,
                 ("vpsde", "cld", "psld")),
     SamplerSpec("conjugate", "cldsgm.samplers.integrators:sample_conjugate",
-                "the conjugate (lambda-DDIM) integrator of the probability-flow ODE", 1, PHASE_SPACE,
-                (Option("lam", float, 0.0, "lambda of B_t = lambda I (0: the exponential integrator)", minimum=0),)),
+                "the conjugate integrator of the probability-flow ODE (exponential multistep in the gDDIM factor)", 1,
+                PHASE_SPACE, (
+                    Option("predict", str, "x0", "what is interpolated over the steps: the data prediction x0, "
+                           "eps = -R^T s, or eps_cholesky (the lambda-DDIM of before, unstable at low NFE)",
+                           choices=("x0", "eps", "eps_cholesky")),
+                    Option("order", int, 2, "multistep order 0-3 (0: gDDIM-0, exact for a point mass)", minimum=0,
+                           maximum=3),
+                    Option("lam", float, 0.0, "lambda of B_t = lambda I, with predict eps_cholesky only", minimum=0))),
     SamplerSpec("ge_ode", "cldsgm.samplers.integrators:sample_ge_ode",
                 "Gaussian-exact deterministic step (exact for Gaussian data)", 1, PHASE_SPACE, (_SIGMA_D,)),
     SamplerSpec("ge_sde", "cldsgm.samplers.integrators:sample_ge_sde",

@@ -45,7 +45,12 @@ def sampler_options(sampler: str, given: dict) -> dict:
     if wrong:
         flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
         raise click.UsageError(f"{flags} do(es) not apply to sampler {sampler!r}")
-    return {allowed[k]: v for k, v in given.items() if v is not None}
+    options = {allowed[k]: v for k, v in given.items() if v is not None}
+    try:
+        catalog.sampler(sampler).check_options(options)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    return options
 
 
 def sampler_flags(f):

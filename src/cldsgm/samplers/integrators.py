@@ -1,9 +1,11 @@
 """Integrators for CLD and PSLD that work with 2x2 coefficients per step (integrators_spec.md 2-3).
 
-- sample_conjugate: the conjugate integrator of the probability-flow ODE with B_t = lam I ("lambda-DDIM",
-  Pandey, Rudolph & Mandt 2024, section 3.1) on the Cholesky eps: eps(u, t) = -K_t^T s(u, t), K_t the lower
-  factor of the HSM kernel. lam = 0 is the exponential integrator with eps frozen over a step (DEIS order 0).
-  For CLD (only v noised) only eps_v enters, so the project's eps_v networks suffice.
+- sample_conjugate: the conjugate integrator of the probability-flow ODE as an exponential multistep method in the
+  gDDIM factor R (R R^T = Sigma_t(0), dR/dt = beta A R + beta/2 Dbar R^{-T}): the data prediction x0_hat (default) or
+  eps_R = -R^T s, interpolated over the last steps (orders 0-3). Order 0 is gDDIM-0, exact for a point mass at any
+  step. The lambda-DDIM on the Cholesky eps (Pandey, Rudolph & Mandt 2024, section 3.1, B_t = lam I) stays as
+  predict='eps_cholesky': it blows up at coarse steps ([14/18]), because eps_L is not constant along a point mass's
+  ODE and the backward map of a coarse step (norm up to ~300 at NFE 5) amplifies its drift.
 - sample_ge_ode / sample_ge_sde: Gaussian-exact steps, deterministic (GE-D) and ancestral (GE-A). With
   precision_sigma = sigma_d they are exact in one step for data N(m, sigma_d^2) whatever the step size, so they
   serve as test oracles; on multimodal data they mis-weight modes (options, never defaults). They need the full
@@ -27,7 +29,8 @@ from torch import Tensor
 from cldsgm.samplers.sde_solvers import _finish, _steps
 from cldsgm.sde import PhaseSpaceSDE
 
-__all__ = ["complete_score", "conjugate_coefficients", "sample_conjugate", "sample_ge_ode", "sample_ge_sde"]
+__all__ = ["CONJUGATE_PREDICTIONS", "complete_score", "conjugate_coefficients", "sample_conjugate", "sample_ge_ode",
+           "sample_ge_sde"]
 
 _ODE_RTOL = 1e-10  # the coefficients are 2x2 per step: make them exact to float64 noise, it costs nothing
 
@@ -137,16 +140,8 @@ def conjugate_coefficients(sde, ts: Tensor, lam: float = 0.0) -> list[tuple[np.n
     return _conjugate_cached(_Ref(sde), grid, float(lam))
 
 
-def sample_conjugate(sde, score_fn, u: Tensor, ts: Tensor, *, noise=None, denoise: bool = True,
-                     lam: float = 0.0) -> Tensor:
-    """The conjugate (lambda-DDIM) integrator of the probability-flow ODE, one NFE per step (spec 2.1).
-
-    lam >= 0: the paper's B_t = lam I; the best lam falls with NFE (on the diamond oracle about 1 at quadratic
-    NFE 20, 0.5 at 50, 0 to 0.25 at 100). lam = 0: exponential integrator on the Cholesky eps, first order.
-    `noise` is unused (deterministic).
-    """
-    if not lam >= 0:
-        raise ValueError(f"lam must be >= 0, got {lam!r}")
+def _sample_lambda_ddim(sde, score_fn, u, ts, lam):
+    """Order 0 on the Cholesky eps (the pre-[14/18] conjugate integrator, kept for comparison)."""
     coefficients = conjugate_coefficients(sde, ts, lam)
     for (t, _), (linear, eps_map, chol) in zip(_steps(ts), coefficients, strict=True):
         s_x, s_v = sde.split(score_fn(u, t))
@@ -158,6 +153,136 @@ def sample_conjugate(sde, score_fn, u: Tensor, ts: Tensor, *, noise=None, denois
         lx, lv = _apply(linear, x, v)
         ex, ev = _apply(eps_map, eps_x, eps_v)
         u = sde.join(lx + ex, lv + ev)
+    return u
+
+
+# -- exponential multistep in the gDDIM factor R -----------------------------------------------------------------------
+# R_t R_t^T = Sigma_t(0) with dR/dt = beta A R + beta/2 Dbar R^{-T} (gDDIM): along the probability-flow ODE of a point
+# mass both eps_R = R^{-1}(u - w x0) and x0_hat stay constant, so freezing either over a step is exact for any step
+# size. The Cholesky factor L has no such property: eps_L drifts over a step, and the backward map Psi(t', t) of a
+# coarse step (norm ~ e^{beta h ...}) amplifies that drift -- the conjugate integrator's blow-up at low NFE.
+
+def _r_factor(sde, grid: tuple):
+    """R_tau for tau in [t_min, 1]: a callable of a float64 array [m] -> [m, 2, 2], R_1 = chol(Sigma_1(0)).
+    R_tau = Psi_hat(tau, 1) R_1, Psi_hat the transition of d/dtau = beta A + beta/2 Dbar Sigma_tau^{-1} (spec 2.1)."""
+    from scipy.integrate import solve_ivp
+
+    a, dbar = np.array(sde.drift_matrix), np.diag(sde.noise)
+
+    def rhs(tau, y):
+        b = _beta(sde, tau)
+        return ((b * a + 0.5 * b * dbar @ np.linalg.inv(_cov(sde, tau, None))) @ y.reshape(2, 2)).ravel()
+
+    start = np.linalg.cholesky(_cov(sde, grid[0], None))
+    solution = solve_ivp(rhs, (grid[0], grid[-1]), start.ravel(), method="DOP853", rtol=_ODE_RTOL, atol=1e-14,
+                         dense_output=True)
+    return lambda tau: solution.sol(np.atleast_1d(tau)).T.reshape(-1, 2, 2)
+
+
+def _lagrange(tau: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Lagrange basis polynomials through `points` [k + 1] evaluated at tau [m]: [k + 1, m]."""
+    basis = np.ones((len(points), len(tau)))
+    for j, p_j in enumerate(points):
+        for m, p_m in enumerate(points):
+            if m != j:
+                basis[j] *= (tau - p_m) / (p_j - p_m)
+    return basis
+
+
+@functools.lru_cache(maxsize=64)
+def _multistep_cached(sde_ref, grid: tuple, order: int, predict: str):
+    """Per step t_i -> t_{i+1}: (linear 2x2, [coefficient of the j-th newest prediction], projection at t_i)."""
+    sde = sde_ref()
+    r_of = _r_factor(sde, grid)
+    nodes, weights = np.polynomial.legendre.leggauss(_GAUSS_NODES)
+    dbar = np.diag(sde.noise)
+    times = np.array(grid)
+    steps = []
+    for i, (t, t_next) in enumerate(zip(times[:-1], times[1:], strict=True)):
+        half = (t - t_next) / 2
+        tau = (t + t_next) / 2 + half * nodes
+        beta = sde.beta(torch.tensor(tau)).numpy() * np.ones_like(tau)
+        basis = _lagrange(tau, times[max(0, i - order):i + 1][::-1])  # newest prediction first
+        r_next, r_tau = r_of(t_next)[0], r_of(tau)
+        if predict == "x0":
+            # du/dtau = (beta A + beta/2 Dbar Sigma^{-1}) u - beta/2 Dbar Sigma^{-1} w x0: exact Psi_hat = R' R^{-1}
+            linear = r_next @ np.linalg.inv(r_of(t)[0])
+            w_tau = _phi_batch(sde, sde.clock(torch.tensor(tau))).numpy()[:, :, :1]  # [m, 2, 1]
+            kernel_w = np.linalg.solve(_kernel_batch(sde, torch.tensor(tau)).numpy(), w_tau)
+            forcing = (r_next @ np.linalg.solve(r_tau, 0.5 * beta[:, None, None] * dbar @ kernel_w))[:, :, 0]  # [m, 2]
+            # - int_t^{t'} = + int_{t'}^t
+            coefficients = [half * np.einsum("m,m,mi->i", weights, b_j, forcing) for b_j in basis]
+        else:
+            # du/dtau = beta A u + beta/2 Dbar R^{-T} eps: Psi = the backward map of beta A
+            linear = np.linalg.inv(_phi(sde, _clock(sde, t) - _clock(sde, t_next)))
+            psi_tau = np.linalg.inv(_phi_batch(sde, sde.clock(torch.tensor(tau)) - _clock(sde, t_next)).numpy())
+            forcing = psi_tau @ (0.5 * beta[:, None, None] * dbar) @ np.linalg.inv(r_tau).transpose(0, 2, 1)
+            coefficients = [-half * np.einsum("m,m,mij->ij", weights, b_j, forcing) for b_j in basis]
+        steps.append((linear, coefficients, _projection(sde, t, r_of(t)[0], predict)))
+    return steps
+
+
+def _projection(sde, t: float, r_t: np.ndarray, predict: str) -> np.ndarray:
+    """The map from (u, s) to the prediction, one row [4] acting on (x, v, s_x, s_v) (x0) or two rows (eps).
+    x0_hat = w^T (Sigma^{-1} u + s) / (w^T Sigma^{-1} w): the generalised least-squares inverse of Tweedie's
+    s = -Sigma^{-1}(u - w x0), exact when s is a kernel score; eps_R = -R^T s."""
+    if predict == "x0":
+        w = _phi(sde, _clock(sde, t))[:, 0]
+        pw = np.linalg.solve(_cov(sde, t, None), w)
+        return np.concatenate([pw, w])[None, :] / float(w @ pw)
+    return np.concatenate([np.zeros((2, 2)), -r_t.T], axis=1)
+
+
+def _sample_multistep(sde, score_fn, u, ts, order, predict):
+    grid = tuple(float(t) for t in torch.as_tensor(ts, dtype=torch.float64))
+    history: list = []  # newest prediction first
+    for (t, _), (linear, coefficients, projection) in zip(_steps(ts), _multistep_cached(_Ref(sde), grid, order,
+                                                                                          predict), strict=True):
+        s_x, s_v = sde.split(complete_score(sde, u, score_fn(u, t), t))
+        x, v = sde.split(u)
+        prediction = [a * x + b * v + c * s_x + d * s_v for a, b, c, d in projection.tolist()]
+        history = [prediction, *history][:order + 1]
+        x, v = _apply(linear, x, v)
+        for coefficient, past in zip(coefficients, history, strict=False):
+            if predict == "x0":
+                x, v = x + float(coefficient[0]) * past[0], v + float(coefficient[1]) * past[0]
+            else:
+                dx, dv = _apply(coefficient, *past)
+                x, v = x + dx, v + dv
+        u = sde.join(x, v)
+    return u
+
+
+CONJUGATE_PREDICTIONS = ("x0", "eps", "eps_cholesky")
+
+
+def sample_conjugate(sde, score_fn, u: Tensor, ts: Tensor, *, noise=None, denoise: bool = True, predict: str = "x0",
+                     order: int = 2, lam: float = 0.0) -> Tensor:
+    """The conjugate integrator of the probability-flow ODE, one NFE per step.
+
+    predict 'x0' (default): exponential integrator in the gDDIM factor R with the data prediction x0_hat
+        interpolated by a polynomial in t through the last order + 1 steps (Adams-Bashforth; DPM-Solver++(kM)-like).
+    predict 'eps': the same on eps_R = -R^T s (gDDIM / DEIS with K = R). Order 0 of either is gDDIM-0 = GE-D
+        with sigma_d = 0: exact for a point mass at any step size.
+    predict 'eps_cholesky': lambda-DDIM (Pandey, Rudolph & Mandt 2024; B_t = lam I) on the Cholesky eps, order 0
+        only; unstable at coarse steps (it is not exact for a point mass), kept to reproduce the comparison.
+    order: 0-3 (the first steps use what history there is). lam: only with 'eps_cholesky'. `noise` is unused.
+    """
+    if predict not in CONJUGATE_PREDICTIONS:
+        raise ValueError(f"predict must be one of {CONJUGATE_PREDICTIONS}, got {predict!r}")
+    if not lam >= 0:
+        raise ValueError(f"lam must be >= 0, got {lam!r}")
+    if not (isinstance(order, int) and 0 <= order <= 3):
+        raise ValueError(f"order must be an integer in 0..3, got {order!r}")
+    if predict == "eps_cholesky":
+        if order != 0:
+            raise ValueError(f"predict 'eps_cholesky' is order 0 only, got order {order}")
+        u = _sample_lambda_ddim(sde, score_fn, u, ts, lam)
+    else:
+        if lam != 0:
+            raise ValueError(f"lam applies to predict 'eps_cholesky' only (got lam {lam} with predict {predict!r})")
+        _check(sde)
+        u = _sample_multistep(sde, score_fn, u, ts, order, predict)
     return _finish(sde, score_fn, u, ts, denoise)
 
 
