@@ -19,6 +19,8 @@ from cldsgm.sde import build_sde
 
 STOCHASTIC = ["em", "sscs", "sscs-fix"]
 NFES = [10, 20, 50, 100]
+LAMBDA_DDIM = "conjugate:predict=eps_cholesky:order=0:lam=0.5"  # the spec's lambda-DDIM (T4 lines)
+LAMBDA_DDIM_0 = "conjugate:predict=eps_cholesky:order=0"
 
 
 def run(n: int, seeds: list[int], sde_name: str) -> pd.DataFrame:
@@ -26,8 +28,8 @@ def run(n: int, seeds: list[int], sde_name: str) -> pd.DataFrame:
     frames = []
     for seed in seeds:
         table = sampler_bench(sde, sde_name, STOCHASTIC, NFES, list(catalog.STRIDINGS), n_samples=n, seed=seed)
-        det = sampler_bench(sde, sde_name, ["euler-ode", "conjugate:lam=0.5", "conjugate"], [50, 100], ["quadratic"],
-                            n_samples=n, seed=seed)
+        det = sampler_bench(sde, sde_name, ["euler-ode", LAMBDA_DDIM, LAMBDA_DDIM_0, "conjugate"], [50, 100],
+                            ["quadratic"], n_samples=n, seed=seed)
         ode = sampler_bench(sde, sde_name, ["ode"], [0], n_samples=n, seed=seed, ode_tol=1e-5)
         frames += [table.assign(seed=seed), det.assign(seed=seed), ode.assign(seed=seed)]
     return pd.concat(frames, ignore_index=True)
@@ -75,9 +77,11 @@ def main() -> None:
             fix, (em, em_sd) = mean("sscs-fix", striding, nfe)[0], mean("em", striding, nfe)
             check(f"sscs-fix - (EM + 2 sd) at {striding} {nfe}", fix - (em + 2 * em_sd), 0.0)
     check("conjugate lam 0.5 / Euler PF-ODE at quadratic 50",
-          mean("conjugate:lam=0.5", "quadratic", 50)[0] / mean("euler-ode", "quadratic", 50)[0], 0.25)
+          mean(LAMBDA_DDIM, "quadratic", 50)[0] / mean("euler-ode", "quadratic", 50)[0], 0.25)
     check("conjugate lam 0 at quadratic 100 / RK45 1e-5",
-          mean("conjugate", "quadratic", 100)[0] / mean("ode", "-", 0)[0], 1.5)
+          mean(LAMBDA_DDIM_0, "quadratic", 100)[0] / mean("ode", "-", 0)[0], 1.5)
+    check("conjugate (x0, order 2, the default) at quadratic 50 / RK45 1e-5",
+          mean("conjugate", "quadratic", 50)[0] / mean("ode", "-", 0)[0], 1.5)
     print(f"\n{sum(verdicts)} of {len(verdicts)} lines pass")
 
 

@@ -23,7 +23,7 @@ __all__ = ["parse_sampler", "sampler_bench"]
 
 def parse_sampler(spec: str) -> tuple[str, dict]:
     """'name' or 'name:key=value:...' -> (sampler, options); values are read as numbers where they are numbers.
-    Names are those of cldsgm.catalog.bench_presets(), e.g. 'conjugate:lam=0.5', 'sscs:precision_sigma=0.02'."""
+    Names are those of cldsgm.catalog.bench_presets(), e.g. 'conjugate:order=3', 'sscs:precision_sigma=0.02'."""
     name, *pairs = spec.split(":")
     presets = catalog.bench_presets()  # every sampler by name, and the SSCS variants sscs-ref and sscs-fix
     if name not in presets:
@@ -35,9 +35,12 @@ def parse_sampler(spec: str) -> tuple[str, dict]:
         if not sep or not key:
             raise ValueError(f"sampler option {pair!r} in {spec!r} is not KEY=VALUE")
         try:
-            options[key] = float(value)
+            options[key] = int(value)
         except ValueError:
-            options[key] = value
+            try:
+                options[key] = float(value)
+            except ValueError:
+                options[key] = value
     return sampler, options
 
 

@@ -224,7 +224,10 @@ SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in (
     SamplerSpec("pc", "cldsgm.samplers.sde_solvers:sample_pc",
                 "predictor-corrector: Langevin corrector steps, then an EM step (Song et al. 2021)", 1, ("vpsde",), (
                     Option("snr", float, 0.16, "corrector signal-to-noise ratio", exclusive_minimum=0),
-                    Option("n_corrector", int, 1, "corrector steps per step", minimum=1)),
+                    Option("n_corrector", int, 1, "corrector steps per step", minimum=1),
+                    Option("step_size", str, "noise", "corrector step: 2 alpha snr^2 sigma_t^2 (noise) or with each "
+                           "sample's own |z|/|s| (sample, before [14/18]; grows with NFE in low dimension)",
+                           choices=("noise", "sample"), flag="--pc-step-size")),
                 nfe_per_step=lambda options: 1 + int(options.get("n_corrector", 1))),
     SamplerSpec("ode", "cldsgm.samplers.ode:sample_ode", "the probability-flow ODE with an adaptive solver", None,
                 ("vpsde", "cld", "psld"), (

@@ -40,6 +40,46 @@ def check_nfe(sampler: str, nfe: int | None, options: dict | None = None, *, den
     catalog.steps_for(sampler, nfe, options, denoise=denoise, exact=True)
 
 
+PILOT_N = 256  # data points in the pilot batch of the sigma_d estimate (2 probes each)
+
+
+def resolve_precision_sigma(source: ScoreSource, sampler: str, options: dict, t_min: float) -> tuple[dict, dict | None]:
+    """SSCS's exponential step without a given precision_sigma takes sigma_d from the model's own score Jacobian
+    (cldsgm.samplers.precision.model_sigma_d), not a constant: returns the options with it and what it came from
+    (None when nothing was estimated). A checkpoint's estimate is computed once and kept beside it in
+    `precision_sigma.json` (keyed by the checkpoint's sha256 and t_min); an oracle's is recomputed (a second)."""
+    if sampler != "sscs" or "precision_sigma" in options or options.get("score_step", "exponential") != "exponential":
+        return options, None
+    estimate = _cached_estimate(source, t_min)
+    return {**options, "precision_sigma": estimate["sigma_d"]}, {
+        key: estimate[key] for key in ("sigma_d", "method", "n", "probes", "seed", "t_min")}
+
+
+def _cached_estimate(source: ScoreSource, t_min: float) -> dict:
+    import json
+
+    from filelock import FileLock
+
+    from cldsgm.samplers.precision import model_sigma_d
+
+    def compute() -> dict:
+        x0 = source.pilot_data(PILOT_N)
+        return model_sigma_d(source.sde, source.score_fn, x0.to(torch.float32), t_min)
+
+    checkpoint = source.identity.get("checkpoint")
+    if checkpoint is None:
+        return compute()
+    path = Path(checkpoint).with_name("precision_sigma.json")
+    key = f"{source.identity['sha256']}:{source.identity.get('weights', 'ema')}:{t_min!r}"
+    with FileLock(str(path) + ".lock"):  # parallel sampling jobs of one model estimate it once
+        stored = json.loads(path.read_text()) if path.is_file() else {}
+        if key not in stored:
+            stored[key] = compute()
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(stored, indent=1))
+    return stored[key]
+
+
 def quantize_images(x: Tensor) -> np.ndarray:
     """[-1, 1] float -> uint8 as the references do: ((x + 1) / 2 * 255).clip(0, 255), truncated."""
     y = ((x.detach().to(torch.float32).cpu() + 1.0) / 2.0 * 255.0).clamp(0, 255)
@@ -67,11 +107,14 @@ def sample_to_dir(source: ScoreSource, out_dir: str | Path, *, sampler: str, nfe
         raise ValueError(f"striding must be one of {catalog.STRIDINGS}, got {striding!r}")
     check_nfe(sampler, nfe, options, denoise=denoise)
     adaptive = catalog.sampler(sampler).adaptive
+    options, precision_estimate = resolve_precision_sigma(source, sampler, options, t_min)
     identity = {"source": source.identity, "sde": source.sde_name, "sde_params": source.sde_params,
                 "network": source.network, "sampler": sampler, "options": options, "nfe_budget": nfe,
                 "striding": None if adaptive else striding, "t_min": t_min, "seed": seed, "n": n,
                 "shard_size": shard_size, "denoise": denoise, "precision": precision, "net_batch": net_batch,
                 "ode_batch": batch_size if adaptive else None}
+    if precision_estimate is not None:
+        identity["precision_sigma_from"] = precision_estimate
 
     def make_shard(a: int, b: int, bar):
         parts, nfe_total = [], 0

@@ -67,6 +67,23 @@ class ScoreSource:
     network: str | None = None
     mixture: GaussianMixture | None = None
     sde_params: dict = field(default_factory=dict)
+    data_path: str | None = None  # the prepared training data of a checkpoint (pilot batches, e.g. sigma_d)
+
+    def pilot_data(self, n: int, seed: int = 0) -> Tensor:
+        """n data samples [n, *data_shape] (float64; images in [-1, 1]): the oracle's law, or the first n of a fixed
+        permutation of the checkpoint's training data. ValueError when neither is available."""
+        if self.mixture is not None:
+            return self.mixture.sample(n, generator=torch.Generator().manual_seed(seed))
+        if self.data_path is None:
+            raise ValueError("this score source has no data to draw a pilot batch from")
+        import numpy as np
+
+        from cldsgm.data.prepared import load_prepared, scale_images
+
+        data, _, _ = load_prepared(self.data_path)
+        pick = np.random.default_rng(seed).permutation(len(data))[:n]
+        x = torch.from_numpy(data[np.sort(pick)])
+        return (scale_images(x) if self.kind == "image" else x).to(torch.float64)
 
 
 def checkpoint_source(path: str | Path, *, raw_weights: bool = False, precision: str = "fp32", device="cpu",
@@ -103,7 +120,8 @@ def checkpoint_source(path: str | Path, *, raw_weights: bool = False, precision:
     identity = {"checkpoint": str(path.absolute()), "sha256": file_sha256(path), "step": int(state["step"]),
                 "weights": "raw" if raw_weights else "ema"}
     return ScoreSource(sde, config["sde"]["name"], param.score_fn(wrapped), tuple(data["shape"]), data["kind"],
-                       identity, network=state["network"]["name"], sde_params=dict(config["sde"]["params"]))
+                       identity, network=state["network"]["name"], sde_params=dict(config["sde"]["params"]),
+                       data_path=config["data"].get("path"))
 
 
 def _data_from_manifest(config: dict, path: Path) -> dict:

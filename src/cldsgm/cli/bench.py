@@ -40,7 +40,7 @@ def kernel(sde_name: str, times: str, numerical_eps: float | None) -> None:
 @click.option("--sde", "sde_name", type=catalog_choice("sdes"), default="cld", show_default=True)
 @click.option("--samplers", default="em,sscs", show_default=True,
               help="Comma-separated: any sampler of the catalog (sscs is our default SSCS), sscs-ref (the reference "
-                   "code's), sscs-fix (sigma_d 0.04); options inline, e.g. conjugate:lam=0.5.")
+                   "code's), sscs-fix (sigma_d 0.04); options inline, e.g. conjugate:order=3.")
 @click.option("--nfe", "nfes", default="20,50,100", show_default=True, help="Comma-separated NFE budgets.")
 @click.option("--striding", "stridings", default="uniform", show_default=True, help="uniform and/or quadratic.")
 @click.option("--dataset", type=catalog_choice("oracles"), default="diamond", show_default=True,

@@ -62,27 +62,43 @@ def sample_euler_ode(sde, score_fn, u: Tensor, ts: Tensor, *, noise=None, denois
     return _finish(sde, score_fn, u, ts, denoise)
 
 
+PC_STEP_SIZES = ("noise", "sample")
+
+
 def sample_pc(sde, score_fn, u: Tensor, ts: Tensor, *, noise, denoise: bool = True, snr: float = 0.16,
-              n_corrector: int = 1) -> Tensor:
+              n_corrector: int = 1, step_size: str = "noise") -> Tensor:
     """Predictor-corrector for VPSDE (Song et al. 2021): Langevin corrector steps, then an EM predictor step.
 
-    The corrector's step is 2 alpha (snr |z| / |s|)^2. Score-SDE's alpha = 1 - beta(t) dt turns negative on
-    coarse grids (beta = 20, dt = 0.3), so we use alpha = exp(-int beta over the step), equal to first order
-    and always in (0, 1). Unlike Score-SDE, which averages the norms over the batch, the norms are per
-    sample, so a sample does not depend on its batch.
+    The corrector step is eps = 2 alpha snr^2 |z|^2 / |s|^2 in Score-SDE, with the norms averaged over the batch.
+    Averages over a batch would make a sample depend on its batch, so:
+    step_size 'noise' (default): eps = 2 alpha snr^2 sigma_t^2, sigma_t^2 = 1 - e^{-2 int beta} the kernel variance:
+        Score-SDE's rule where |s|^2 = |eps_hat|^2 / sigma_t^2 with |eps_hat|^2 ~ d (high dimension, and every
+        regime where the noise is identifiable from x_t); per sample, and independent of the batch.
+    step_size 'sample': the ratio with each sample's own norms (cldsgm before [14/18]). In low dimension |z| and |s|
+        of one sample are heavy-tailed (|s| ~ 0 at a mode's centre makes eps blow up): on the 2-D diamond its error
+        grows with NFE (quadratic NFE 19 / 49 / 99 / 199: 0.037 / 0.086 / 0.103 / 0.291 sliced W2) where the
+        batch-averaged rule gives 0.046 / 0.020 / 0.018 / 0.017 and 'noise' 0.046 / 0.019 / 0.018 / 0.015.
+    Score-SDE's alpha = 1 - beta(t) dt turns negative on coarse grids (beta = 20, dt = 0.3), so alpha =
+    exp(-int beta over the step), equal to first order and always in (0, 1).
     NFE = n_steps (1 + n_corrector) + denoising.
     """
     if not isinstance(sde, VPSDE):
         raise ValueError(f"the predictor-corrector sampler is defined for VPSDE only, not {type(sde).__name__}")
     if snr <= 0 or n_corrector < 0:
         raise ValueError(f"need snr > 0 and n_corrector >= 0, got snr={snr!r}, n_corrector={n_corrector!r}")
+    if step_size not in PC_STEP_SIZES:
+        raise ValueError(f"step_size must be one of {PC_STEP_SIZES}, got {step_size!r}")
     for t, dt in _steps(ts):
         alpha = math.exp(-float(sde.schedule.integral_between(t - dt, t)))
         for _ in range(n_corrector):
             grad, z = score_fn(u, t), noise.like(u)
-            # clamp: a zero score (an untrained net) would otherwise divide by zero
-            grad_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
-            step = 2 * alpha * (snr * z.flatten(1).norm(dim=1) / grad_norm) ** 2
+            if step_size == "noise":
+                step = torch.full((u.shape[0],), 2 * alpha * snr**2 * float(sde.var(t, 0.0)), dtype=u.dtype,
+                                  device=u.device)
+            else:
+                # clamp: a zero score (an untrained net) would otherwise divide by zero
+                grad_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
+                step = 2 * alpha * (snr * z.flatten(1).norm(dim=1) / grad_norm) ** 2
             u = u + per_sample(step, u) * grad + per_sample(torch.sqrt(2 * step), u) * z
         u = _em_step(sde, score_fn, u, t, dt, noise)
     return _finish(sde, score_fn, u, ts, denoise)
