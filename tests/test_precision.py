@@ -45,3 +45,42 @@ def test_stiffness_outside_every_gaussian():
     p0 = stiffness_of_sigma(sde, 0.01, 0.0)
     assert sigma_from_stiffness(sde, 0.01, 2 * p0) == 0.0
     assert math.isinf(sigma_from_stiffness(sde, 0.01, -1e9))
+
+
+# -- wiring: `cldsgm sample` takes sigma_d from the model when the study gives none ---------------------------------
+def _manifest(out):
+    import json
+
+    return json.loads((out / "manifest.json").read_text())["identity"]
+
+
+def test_sample_takes_sigma_d_from_the_oracle_score(tmp_path):
+    from conftest import run_cli
+
+    common = ("sample", "--oracle", "diamond", "--sde", "cld", "--sampler", "sscs", "--nfe", "6", "--num-samples", "64")
+    assert run_cli(*common, "--out", str(tmp_path / "auto")).returncode == 0
+    ident = _manifest(tmp_path / "auto")
+    assert ident["options"] == {"precision_sigma": 0.04}
+    assert ident["precision_sigma_from"]["method"] == "hutchinson-jacobian"
+    assert run_cli(*common, "--precision-sigma", "0", "--out", str(tmp_path / "zero")).returncode == 0
+    ident = _manifest(tmp_path / "zero")
+    assert ident["options"] == {"precision_sigma": 0.0} and "precision_sigma_from" not in ident
+    assert run_cli(*common, "--score-step", "euler", "--out", str(tmp_path / "euler")).returncode == 0
+    assert "precision_sigma" not in _manifest(tmp_path / "euler")["options"]
+
+
+def test_a_checkpoint_estimate_is_made_once_and_kept_beside_it(toy_run, tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    common = ("sample", "--run-dir", str(toy_run), "--sampler", "sscs", "--nfe", "6", "--num-samples", "32")
+    assert run_cli(*common, "--out", str(tmp_path / "a")).returncode == 0
+    stored = toy_run / "precision_sigma.json"
+    entries = json.loads(stored.read_text())
+    (key, estimate), = entries.items()
+    assert key.endswith(":ema:0.001") and len(estimate["per_time"]) == 4
+    assert _manifest(tmp_path / "a")["options"]["precision_sigma"] == estimate["sigma_d"] > 0
+    before = stored.stat().st_mtime_ns
+    assert run_cli(*common, "--seed", "1", "--out", str(tmp_path / "b")).returncode == 0
+    assert stored.stat().st_mtime_ns == before  # reused, not recomputed

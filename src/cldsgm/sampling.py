@@ -13,6 +13,7 @@ truncated to uint8 (not rounded; rounding shifts FID slightly).
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,8 @@ def _cached_estimate(source: ScoreSource, t_min: float) -> dict:
     if checkpoint is None:
         return compute()
     path = Path(checkpoint).with_name("precision_sigma.json")
+    if not os.access(path.parent, os.W_OK):  # a read-only run directory (a shared or pulled copy): not cached
+        return compute()
     key = f"{source.identity['sha256']}:{source.identity.get('weights', 'ema')}:{t_min!r}"
     with FileLock(str(path) + ".lock"):  # parallel sampling jobs of one model estimate it once
         stored = json.loads(path.read_text()) if path.is_file() else {}
