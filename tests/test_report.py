@@ -115,3 +115,27 @@ def test_a_report_without_records_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no records under"):
         build_report(_study(tmp_path), tmp_path / "results", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _family(source: str, kind: str, values: dict[int, float], spread: float = 0.001) -> list[dict]:
+    """Records of one sampler row at several NFE budgets, replicates around each value (independent draws)."""
+    return [{"source": source, "kind": kind, "data": "diamond", "sde": "cld", "sampler": "em",
+             "striding": "quadratic", "metric": "sliced_w2", "nfe_budget": float(nfe), "value": value,
+             "replicates": list(value + spread * np.random.default_rng(nfe).normal(size=200))}
+            for nfe, value in values.items()]
+
+
+def test_rows_that_get_worse_with_nfe_are_listed_with_a_reason():
+    """[14/18]: a rise beyond the paired interval is listed; the network is blamed where the same sampler on the exact
+    score improves, the sampler where the exact score rises too; a fall or a rise within noise is not listed."""
+    from cldsgm.report.analysis import worse_with_nfe
+
+    model = _family("diamond_cld", "model", {10: 0.10, 20: 0.08, 50: 0.09})  # 20 -> 50 rises by 10 spreads
+    oracle = _family("oracle-diamond-cld", "oracle", {10: 0.05, 20: 0.03, 50: 0.0301})  # within noise
+    rises = worse_with_nfe(pd.DataFrame(model + oracle))
+    assert list(rises["source"]) == ["diamond_cld"] and list(rises["NFE"]) == ["20 -> 50"]
+    assert rises["why"].iloc[0].startswith("the network, not the sampler")
+    oracle = _family("oracle-diamond-cld", "oracle", {10: 0.05, 20: 0.03, 50: 0.04})
+    rises = worse_with_nfe(pd.DataFrame(model + oracle)).set_index("source")
+    assert rises.loc["diamond_cld", "why"] == "the sampler: it rises on the exact score too"
+    assert rises.loc["oracle-diamond-cld", "why"].startswith("on the exact score")

@@ -26,6 +26,7 @@ from cldsgm.report.analysis import (
     published_table,
     quality_tables,
     sigma_sweep,
+    worse_with_nfe,
 )
 from cldsgm.report.render import Figure, Section, figure_name, render_html, render_markdown, write_figures
 from cldsgm.utils.io import atomic_path, atomic_write_json, atomic_write_text
@@ -67,6 +68,12 @@ def sections(study: dict, df: pd.DataFrame, results: Path) -> tuple[list[Section
             Figure(figure_name("quality", data, metric), title, quality_figure(sub, data, metric))]))
         for _, row in sub.iterrows():
             metrics["quality"][f"{data}/{row['source']}/{row['row']}/{metric}"] = _interval_entry(row)
+    rises = worse_with_nfe(df)
+    out.append(Section("Rows that get worse with more NFE", level=3, table=rises, text=(
+        "A sampler row whose metric rises from one NFE budget to the next by more than the paired 95 % interval of "
+        "the difference (the sets share their seed, so the comparison is paired), with what the study can say about "
+        "why. A one-sided 97.5 % bound flags about 1 in 40 pairs by chance alone. None listed: no row gets worse "
+        "beyond its interval.")))
     nll_records = df[df["metric"].str.startswith("nll")] if not df.empty else df
     for _, row in nll_records.iterrows():
         metrics["nll"][f"{row['source']}/{row['metric']}"] = {
