@@ -84,3 +84,15 @@ def test_a_checkpoint_estimate_is_made_once_and_kept_beside_it(toy_run, tmp_path
     before = stored.stat().st_mtime_ns
     assert run_cli(*common, "--seed", "1", "--out", str(tmp_path / "b")).returncode == 0
     assert stored.stat().st_mtime_ns == before  # reused, not recomputed
+
+
+def test_the_measured_block_is_the_one_that_tells_widths_apart():
+    """CLD noises v only; PSLD's v-stiffness barely moves with the data width near the data (3 % between sigma 0 and
+    infinity at t = 1e-3), its x-stiffness by six orders of magnitude: x is measured there."""
+    from cldsgm.samplers.precision import informative_block
+
+    cld, psld = build_sde("cld"), build_sde("psld")
+    assert [informative_block(cld, t) for t in TIMES] == ["v"] * len(TIMES)
+    assert informative_block(psld, 1e-3) == "x"
+    spread = {b: stiffness_of_sigma(psld, 1e-3, 0.0, b) / stiffness_of_sigma(psld, 1e-3, 10.0, b) for b in "xv"}
+    assert spread["v"] < 1.05 and spread["x"] > 1e5, spread
