@@ -168,7 +168,10 @@ def test_smoke_study_finishes_with_report_and_records(smoke):
 @pytest.mark.xdist_group("smoke")
 def test_smoke_values_equal_the_committed_digest(smoke):
     """Sample and NLL shards byte for byte, record values exactly, against tests/data/smoke_digest.json (made by
-    tests/smoke_digest.py before the [12/18] refactor): a change of layout must not change a single number."""
+    tests/smoke_digest.py before the [12/18] refactor): a change of layout must not change a single number.
+    Remade at [14/18], whose sampler changes are meant to change numbers: SSCS's sigma_d from the model and PC's
+    corrector step changed exactly the 14 SSCS/PC shards and their 20 records; the other 22 shards and 31 records
+    were byte-identical to the [12/18] digest."""
     import torch
 
     committed = json.loads((ROOT / "tests" / "data" / "smoke_digest.json").read_text())
