@@ -72,8 +72,8 @@ def sections(study: dict, df: pd.DataFrame, results: Path) -> tuple[list[Section
     out.append(Section("Rows that get worse with more NFE", level=3, table=rises, text=(
         "A sampler row whose metric rises from one NFE budget to the next by more than the paired 95 % interval of "
         "the difference (the sets share their seed, so the comparison is paired), with what the study can say about "
-        "why. A one-sided 97.5 % bound flags about 1 in 40 pairs by chance alone. None listed: no row gets worse "
-        "beyond its interval.")))
+        "why. A one-sided 97.5 % bound flags about 1 in 40 pairs by chance alone; an empty table means that no row "
+        "gets worse beyond its interval.")))
     nll_records = df[df["metric"].str.startswith("nll")] if not df.empty else df
     for _, row in nll_records.iterrows():
         metrics["nll"][f"{row['source']}/{row['metric']}"] = {
