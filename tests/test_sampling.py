@@ -56,7 +56,7 @@ def test_oracle_points_are_the_same_bytes_for_any_batch_size_and_sampler_options
     assert _shard_bytes(tmp_path / "a") == _shard_bytes(tmp_path / "b")
     points, manifest = load_samples(tmp_path / "a")
     assert points.dtype == np.float32 and points.shape == (300, 2)
-    assert manifest["identity"]["options"] == {"score_time": "start"}
+    assert manifest["identity"]["options"] == {"score_time": "start", "precision_sigma": 0.04}  # sigma_d measured
 
 
 def test_first_count_slices_give_the_same_set_as_one_run(digits_run, tmp_path):
