@@ -6,6 +6,7 @@ pyramid and Fourier embedding, PSLD with the plain (padded, strided) pyramid and
 both. These tests need no reference code.
 """
 
+import json
 import math
 import pickle
 from pathlib import Path
@@ -86,6 +87,11 @@ def test_an_imported_run_samples_like_a_trained_one(tmp_path):
                    "--num-samples", "4", "--out", str(tmp_path / "samples"), "--no-progress")
     assert done.returncode == 0, done.stderr
     assert list((tmp_path / "samples").glob("shard_*.npz"))
+    # no training data beside an imported checkpoint: sigma_d is not measured, it falls back to 0 and says so
+    assert "sigma_d not measured" in done.stderr
+    identity = json.loads((tmp_path / "samples" / "manifest.json").read_text())["identity"]
+    assert identity["options"] == {"precision_sigma": 0.0}
+    assert identity["precision_sigma_from"]["method"].startswith("none: prepared dataset file")
 
 
 def _reference_ema(layout):

@@ -51,7 +51,14 @@ def resolve_precision_sigma(source: ScoreSource, sampler: str, options: dict, t_
     `precision_sigma.json` (keyed by the checkpoint's sha256 and t_min); an oracle's is recomputed (a second)."""
     if sampler != "sscs" or "precision_sigma" in options or options.get("score_step", "exponential") != "exponential":
         return options, None
-    estimate = _cached_estimate(source, t_min)
+    try:
+        estimate = _cached_estimate(source, t_min)
+    except (FileNotFoundError, ValueError) as err:  # e.g. an imported checkpoint: no training data beside it
+        import warnings
+
+        warnings.warn(f"sigma_d not measured ({err}); SSCS uses sigma_d = 0 (the point mass). Give "
+                      f"--precision-sigma (a study: sampling.options.sscs.precision_sigma) to choose it.", stacklevel=2)
+        return {**options, "precision_sigma": 0.0}, {"sigma_d": 0.0, "method": f"none: {err}"}
     return {**options, "precision_sigma": estimate["sigma_d"]}, {
         key: estimate[key] for key in ("sigma_d", "method", "n", "probes", "seed", "t_min")}
 
