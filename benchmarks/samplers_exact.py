@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from cldsgm import catalog
 from cldsgm.eval.bootstrap import sliced_w2_replicates
 from cldsgm.eval.distances import sliced_wasserstein
 from cldsgm.oracles import diamond
@@ -27,7 +28,7 @@ from cldsgm.samplers.precision import model_sigma_d
 from cldsgm.sde import build_sde
 from cldsgm.stats import basic_interval, compare, resample_counts, verdict
 
-REFERENCE_SSCS = {"score_time": "start", "score_step": "euler", "second_half": "reference"}
+REFERENCE_SSCS = catalog.bench_presets()["sscs-ref"][1]  # the reference code's SSCS variant
 # pairs (A, B) whose difference A - B gets an interval and a verdict for "A is at or below B"
 COMPARISONS = (("conjugate", "em"), ("sscs(sigma_hat)", "sscs-ref"), ("sscs(sigma_hat)", "em"))
 

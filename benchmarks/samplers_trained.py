@@ -19,6 +19,7 @@ import time
 import numpy as np
 import torch
 
+from cldsgm import catalog
 from cldsgm.data.prepared import load_prepared
 from cldsgm.eval.bootstrap import frechet_replicates, sliced_w2_replicates
 from cldsgm.eval.distances import sliced_wasserstein
@@ -28,7 +29,7 @@ from cldsgm.sampling import PILOT_N, quantize_images
 from cldsgm.sources import checkpoint_source
 from cldsgm.stats import basic_interval, compare, resample_counts, verdict
 
-REFERENCE_SSCS = {"score_time": "start", "score_step": "euler", "second_half": "reference"}
+REFERENCE_SSCS = catalog.bench_presets()["sscs-ref"][1]  # the reference code's SSCS variant
 
 
 def _metric(source, reference: np.ndarray, classifier):

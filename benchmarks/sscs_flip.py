@@ -13,13 +13,14 @@ import argparse
 
 import torch
 
+from cldsgm import catalog
 from cldsgm.eval.distances import sliced_wasserstein
 from cldsgm.oracles import diamond
 from cldsgm.samplers import generate
 from cldsgm.samplers.precision import model_sigma_d
 from cldsgm.sde import build_sde
 
-REFERENCE_SSCS = {"score_time": "start", "score_step": "euler", "second_half": "reference"}
+REFERENCE_SSCS = catalog.bench_presets()["sscs-ref"][1]  # the reference code's SSCS variant
 SWEEP = (0.0, 0.02, 0.04, 0.08, 0.12, 0.2, 0.32)
 
 
