@@ -165,11 +165,12 @@ WORKFLOW_ENV.pop("MLFLOW_TRACKING_URI", None)
 
 
 def project_copy(where: Path) -> Path:
-    """A copy of what a user clones: Snakefile, workflow/, params/, dvc.yaml."""
+    """A copy of what a user clones: Snakefile, workflow/, profiles/ (the default workflow profile), params/,
+    dvc.yaml."""
     where.mkdir(parents=True, exist_ok=True)
     for name in ("Snakefile", "dvc.yaml"):
         shutil.copy(ROOT / name, where / name)
-    for name in ("workflow", "params", "reports", "src"):
+    for name in ("workflow", "profiles", "params", "reports", "src"):
         shutil.copytree(ROOT / name, where / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(ROOT / ".dvcignore", where / ".dvcignore")
     return where

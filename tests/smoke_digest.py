@@ -29,6 +29,19 @@ def digest(results: Path, exclude: tuple[str, ...] = ()) -> dict:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name: kernels of one instruction set still differ in their last bits between CPU models."""
+    import platform
+    from pathlib import Path
+
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="results/<study> of a finished run")
@@ -36,7 +49,8 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    doc = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+    doc = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_model": cpu_model(),
+           "torch": torch.__version__,
            **digest(args.results, tuple(args.exclude))}
     json.dump(doc, sys.stdout, indent=1)
     print()

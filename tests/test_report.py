@@ -15,6 +15,7 @@ import yaml
 from cldsgm import stats
 from cldsgm.records import make_record, records_frame, write_record
 from cldsgm.report import build_report
+from cldsgm.report.analysis import best_samplers as build_best
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,8 +79,12 @@ def test_html_and_markdown_have_the_same_sections(tmp_path):
     html_headings = [html.unescape(h) for h in re.findall(r"<h[1-6]>(.*?)</h[1-6]>", page)]
     md_headings = [line.lstrip("#").strip() for line in markdown.splitlines() if re.match(r"#+ ", line)]
     assert html_headings == md_headings
-    assert {"Quality against NFE", "Negative log-likelihood", "Paper claims", "Training loss", "Samples",
-            "Not computed"} <= set(md_headings)
+    assert {"Quality against NFE", "Negative log-likelihood", "What this study shows: the papers' claims",
+            "Best sampler per NFE budget", "Training loss", "Samples", "Not computed"} <= set(md_headings)
+    # what a reader came for first: the claims, then the best sampler per budget, before any quality plot
+    assert md_headings[1:4] == ["What this study shows: the papers' claims", "Best sampler per NFE budget",
+                               "Quality against NFE"]
+    assert page.index("What this study shows") < page.index("data:image/png;base64,")
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
         assert (out / link).is_file(), link
     assert metrics["figures"] == 3  # quality, loss, one sample grid
@@ -95,6 +100,45 @@ def test_html_and_markdown_have_the_same_sections(tmp_path):
     claims = pd.read_csv(out / "claims.csv")
     assert claims.loc[claims["claim"].str.startswith("CLD beats"), "seeds (A/B)"].item() == "1/2"
     assert "within noise" not in page and "[" in page  # no 10 % rule; intervals in the tables
+    assert "Regime: data diamond" in page and "<details>" in page  # the regime sentence; long tables folded
+    best = pd.DataFrame(build_best(records_frame(results / "records")))
+    row = best[(best["source"] == "diamond_cld") & (best["NFE"] == 6)].iloc[0]
+    assert row["best"].startswith("sscs") and row["runner-up"].startswith("sscs") and row["verdict"] == "tied"
+
+
+def _many_rows(n_samplers: int) -> pd.DataFrame:
+    """Records of one source with n_samplers x 2 stridings x 3 budgets, and its oracle twin."""
+    rows = []
+    for kind, source in (("model", "digits_cld"), ("oracle", "oracle-digits-cld")):
+        for i in range(n_samplers):
+            for striding in ("uniform", "quadratic"):
+                for nfe in (10, 20, 50):
+                    v = 1.0 / nfe + 0.01 * i
+                    rows.append({"source": source, "kind": kind, "sampler": f"s{i}", "striding": striding,
+                                 "nfe": nfe, "nfe_budget": nfe, "value": v, "ci_low": v * 0.9, "ci_high": v * 1.1})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("n_samplers", [2, 12])
+def test_every_quality_panel_has_at_most_ten_lines_and_one_legend(n_samplers):
+    from matplotlib.lines import Line2D
+
+    from cldsgm.report.figures import MAX_LINES, quality_axes
+
+    fig = quality_axes(_many_rows(n_samplers), "digits", "fd_digits")
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    lines = [len([x for x in ax.get_children() if isinstance(x, Line2D) and x.get_label()[:1] != "_"])
+             for ax in panels]
+    assert max(lines) <= MAX_LINES and sum(lines) == 2 * 2 * n_samplers  # every series drawn, none twice
+    assert len(fig.legends) == 1 and not any(ax.get_legend() for ax in panels)
+    titles = [ax.get_title() for ax in panels]
+    assert titles[0].startswith("digits_cld") and titles[-1].startswith("oracle-digits-cld")  # trained, then oracle
+    colours = {}
+    for ax in panels:  # one colour per sampler in every panel
+        for line in ax.get_lines():
+            if line.get_label()[:1] != "_":
+                colours.setdefault(line.get_label().split()[0], set()).add(line.get_color())
+    assert all(len(c) == 1 for c in colours.values())
 
 
 def test_the_one_reader_of_records_uses_their_labels_not_their_paths(tmp_path):

@@ -179,3 +179,44 @@ def test_quantisation_truncates_as_the_references():
     x = torch.tensor([-1.0, 1.0, 0.0, 0.999, 1.5, -3.0, 2 * 200.9 / 255 - 1])
     # (x + 1) / 2 * 255 = 0, 255, 127.5, 254.87, 318.75, -255, 200.9 -> clip, truncate
     assert quantize_images(x).tolist() == [0, 255, 127, 254, 255, 0, 200]
+
+
+def _rows_spec(tmp_path, name, **extra):
+    return json.dumps({"out": str(tmp_path / name), "sampler": "em", "n": 60, "nfe": 6, "striding": "quadratic",
+                       "labels": {"source": "digits_cld", "row": name, "seed": 0}, **extra})
+
+
+def test_sample_rows_makes_each_set_with_the_bytes_of_a_one_set_run(digits_run, tmp_path):
+    """One process, several sets (a snapshot among them), and in two --part slices: each set's shards equal those
+    of `cldsgm sample` with the same arguments; a rerun keeps everything; DIR/done.json per set and the job marker."""
+    common = ["--run-dir", digits_run, "--shard-size", 20, "--net-batch", 16, "--device", "cpu", "--no-progress"]
+    rows = [_rows_spec(tmp_path, "em"), _rows_spec(tmp_path, "sscs", sampler="sscs", options={"precision_sigma": 0.1}),
+            _rows_spec(tmp_path, "snap", checkpoint=str(digits_run / "checkpoint.pt"), nfe=8)]
+    args = ["sample-rows", *map(str, common), *(x for r in rows for x in ("--row", r))]
+    for part in (0, 1, 2):
+        result = CliRunner().invoke(main, [*args, "--part", str(part), "--parts", "3", "--done",
+                                           str(tmp_path / f"part{part}.json")])
+        assert result.exit_code == 0, result.output
+    assert not (tmp_path / "em" / "done.json").exists()  # slices: the gathering call marks the sets
+    result = CliRunner().invoke(main, [*args, "--done", str(tmp_path / "rows.json")])
+    assert result.exit_code == 0 and result.output.count("made 0 shard(s), kept 3") == 3, result.output
+    assert json.loads((tmp_path / "rows.json").read_text())["sets"][0]["complete"]
+    for name, extra in (("em", []), ("sscs", ["--sampler", "sscs", "--precision-sigma", 0.1]), ("snap", ["--nfe", 8])):
+        _sample("--run-dir", digits_run, "--sampler", "em", "--nfe", 6, "--n", 60, "--striding", "quadratic",
+                "--shard-size", 20, "--net-batch", 16, "--device", "cpu", "--out", tmp_path / f"one_{name}", *extra)
+        assert _shard_bytes(tmp_path / name) == _shard_bytes(tmp_path / f"one_{name}"), name
+        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+        assert manifest["labels"]["seed"] == "0" and (tmp_path / name / "done.json").is_file()
+
+
+@pytest.mark.parametrize("row, message", [
+    ("{not json", "not JSON"),
+    ('{"out": "x", "sampler": "em", "n": 4, "colour": 1}', "unknown ['colour']"),
+    ('{"out": "x", "sampler": "em", "n": 4, "options": {"order": 2}}', "order"),
+    ('{"out": "x", "sampler": "warp", "n": 4}', "unknown sampler"),
+])
+def test_sample_rows_refuses_a_bad_row_before_writing(tmp_path, row, message):
+    result = CliRunner().invoke(main, ["sample-rows", "--oracle", "diamond", "--row", row.replace('"x"', json.dumps(
+        str(tmp_path / "x"))), "--no-progress"])
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert not (tmp_path / "x").exists()

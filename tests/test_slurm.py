@@ -68,6 +68,8 @@ def _mini_study(project: Path, name: str, **changes) -> str:
 
 SAMPLES = "results/mini/samples/diamond_cld/em-uniform-nfe6"
 ORACLE = "results/mini/samples/oracle-diamond-cld/em-uniform-nfe6"
+SAMPLED = "results/mini/samples/diamond_cld/rows.json"  # the sampling job's marker (every set of the source)
+ORACLE_SAMPLED = "results/mini/samples/oracle-diamond-cld/rows.json"
 TRAINED = "results/mini/runs/diamond_cld/done.json"
 
 
@@ -145,7 +147,7 @@ def test_a_cancelled_two_rank_training_resumes_and_three_shard_jobs_equal_one(sl
     project = project_copy(tmp_path / "p")
     study = _mini_study(project, "mini_gpu", models=_model(gpus=2, steps=STEPS), sampling__shard_jobs=3)
     run = project / "results/mini/runs/diamond_cld"
-    proc = subprocess.Popen([str(BIN / "snakemake"), *PROFILE, f"{SAMPLES}/done.json", "--configfile", study],
+    proc = subprocess.Popen([str(BIN / "snakemake"), *PROFILE, SAMPLED, "--configfile", study],
                             cwd=project, env={**WORKFLOW_ENV, "SLURM_CONF": str(cluster.conf)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -171,7 +173,7 @@ def test_a_cancelled_two_rank_training_resumes_and_three_shard_jobs_equal_one(sl
     assert 100 <= kept < STEPS
 
     # the same command again: no data job, training resumes with 2 ranks, then 3 shard jobs and the gathering job
-    done = _slurm_snakemake(cluster, project, f"{SAMPLES}/done.json", "--configfile", study)
+    done = _slurm_snakemake(cluster, project, SAMPLED, "--configfile", study)
     jobs = cluster.jobs()
     assert sorted(jobs[j][1] for j in _submitted(done.stdout + done.stderr)) == [
         "sample", "sample_part", "sample_part", "sample_part", "train"]
@@ -184,8 +186,9 @@ def test_a_cancelled_two_rank_training_resumes_and_three_shard_jobs_equal_one(sl
 
     # the same set made by one job
     shutil.move(project / SAMPLES, tmp_path / "three_jobs")
+    (project / SAMPLED).unlink()
     one = _mini_study(project, "mini_one", models=_model(gpus=2, steps=STEPS))
-    done = _slurm_snakemake(cluster, project, f"{SAMPLES}/done.json", "--configfile", one)
+    done = _slurm_snakemake(cluster, project, SAMPLED, "--configfile", one)
     assert sorted(cluster.jobs()[j][1] for j in _submitted(done.stdout + done.stderr)) == ["sample"]
     assert {p.name: p.read_bytes() for p in (project / SAMPLES).glob("shard_*.npz")} == three
 
@@ -196,7 +199,7 @@ def test_a_gpu_request_without_gpus_fails_at_once_with_the_scheduler_message(slu
     # the exact-score (oracle) rows need no data and no training: their sampling job is the first submission
     study = _mini_study(project, "mini_gpu", sampling__gpus=1, sampling__oracle={"data": ["diamond"], "sdes": ["cld"]})
     started = time.time()
-    done = _slurm_snakemake(cluster, project, f"{ORACLE}/done.json", "--configfile", study, timeout=300, check=False)
+    done = _slurm_snakemake(cluster, project, ORACLE_SAMPLED, "--configfile", study, timeout=300, check=False)
     elapsed = time.time() - started
     output = done.stdout + done.stderr
     assert done.returncode != 0 and elapsed < 60, (elapsed, output[-2000:])
@@ -205,4 +208,4 @@ def test_a_gpu_request_without_gpus_fails_at_once_with_the_scheduler_message(slu
     logs = sorted((project / ".snakemake" / "log").glob("*.snakemake.log"))
     assert "Invalid generic resource (gres) specification" in logs[-1].read_text()
     assert not _submitted(output)  # refused at submission: nothing left pending
-    assert not (project / ORACLE / "done.json").exists()
+    assert not (project / ORACLE / "done.json").exists() and not (project / ORACLE_SAMPLED).exists()

@@ -57,6 +57,23 @@ def test_resume_after_stop_equals_uninterrupted_run(diamond_data, tmp_path):
     assert (tmp_path / "a" / "loss.csv").read_text() == (tmp_path / "b" / "loss.csv").read_text()
 
 
+def test_snapshots_are_the_checkpoints_of_their_steps_and_survive_a_resume(diamond_data, tmp_path):
+    """train.snapshot_every keeps snapshots/step_<k>.pt (the learning curve's checkpoints): the state of step k, also
+    across a stop and resume; a resumed run may change snapshot_every (it changes no maths)."""
+    config = toy_config(diamond_data, train={"snapshot_every": 20})
+    train(config, tmp_path / "a", stop_after=25, progress=False)
+    train(config, tmp_path / "a", progress=False)
+    snapshots = sorted(p.name for p in (tmp_path / "a" / "snapshots").iterdir())
+    assert snapshots == ["step_20.pt", "step_40.pt"]
+    short = train(toy_config(diamond_data, train={"steps": 20}), tmp_path / "b", progress=False)
+    assert short.step == 20
+    a = load_checkpoint(tmp_path / "a" / "snapshots" / "step_20.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert a["step"] == 20 and all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+    with pytest.raises(ConfigError, match="snapshot_every"):
+        toy_config(diamond_data, train={"snapshot_every": -1})
+
+
 def test_non_finite_loss_stops_with_advice_and_keeps_checkpoint(diamond_data, tmp_path):
     # lr 1e30: the first update blows the weights up and the second loss overflows
     config = toy_config(diamond_data, optim={"lr": 1e30}, train={"steps": 20, "checkpoint_every": 1})

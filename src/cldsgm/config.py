@@ -43,6 +43,8 @@ SCHEMA = _obj({
                    "ema_rate": {"type": "number", "minimum": 0, "maximum": 1}, "ema_warmup": _BOOL,
                    "precision": {"enum": list(catalog.PRECISIONS)},
                    "checkpoint_every": {"type": "integer", "minimum": 1},
+                   # keep a copy of the checkpoint every k steps (snapshots/step_<k>.pt) for learning curves; 0: none
+                   "snapshot_every": {"type": "integer", "minimum": 0},
                    "log_every": {"type": "integer", "minimum": 1}, "device": {"enum": list(catalog.DEVICES)},
                    # torch.compile of the network: true (inductor) or a backend name; channels-last memory format
                    "compile": {"type": ["boolean", "string"]}, "channels_last": _BOOL}),
@@ -59,14 +61,16 @@ DEFAULTS = {
     "optim": {"optimizer": "adam", "lr": 2e-4, "weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8,
               "warmup_steps": 0, "grad_clip": 1.0, "fused": False},
     "train": {"steps": 1000, "batch_size": 128, "ema_rate": 0.9999, "ema_warmup": True, "precision": "fp32",
-              "checkpoint_every": 1000, "log_every": 50, "device": "auto", "compile": False, "channels_last": False},
+              "checkpoint_every": 1000, "snapshot_every": 0,
+              "log_every": 50, "device": "auto", "compile": False, "channels_last": False},
     "tracking": {"enabled": True, "experiment": "cldsgm", "run_name": None, "uri": None},
 }
 
 # Keys a resumed run may change freely: how long and how often, where it runs, how it is logged. Any other
 # change alters the maths of the steps still to come, so resuming with it needs --allow-config-change.
 # free to change on resume: how long, how often, where and how fast (not what is computed)
-RESUMABLE_KEYS = ("train.steps", "train.log_every", "train.checkpoint_every", "train.device", "tracking.",
+RESUMABLE_KEYS = ("train.steps", "train.log_every", "train.checkpoint_every", "train.snapshot_every",
+                  "train.device", "tracking.",
                   "train.compile", "train.channels_last", "optim.fused")
 
 

@@ -156,7 +156,7 @@ def read_record(path: str | Path) -> dict:
 # the columns of records_frame, in order
 FRAME_COLUMNS = ["source", "row", "variant", "data", "kind", "model", "train_seed", "metric", "value", "stderr",
                  "ci_low", "ci_high", "replicates", "nfe", "nfe_budget", "sampler", "options", "striding", "sde",
-                 "network", "n", "seed", "wall_s", "samples", "bound", "exact", "variance", "path"]
+                 "network", "n", "seed", "wall_s", "samples", "bound", "exact", "variance", "path", "train_step"]
 
 
 def _described(record: dict) -> dict:
@@ -177,7 +177,8 @@ def _described(record: dict) -> dict:
     return {"source": source, "row": labels.get("row") or default_row, "variant": labels.get("variant") or sampler,
             "data": data, "striding": striding, "kind": labels.get("kind") or ("oracle" if "oracle" in identity
                                                                                   else "model"),
-            "model": labels.get("model") or source, "train_seed": labels.get("seed")}
+            "model": labels.get("model") or source, "train_seed": labels.get("seed"),
+            "train_step": identity.get("step")}  # the checkpoint's training step (None for an oracle)
 
 
 def records_frame(records_dir: str | Path):

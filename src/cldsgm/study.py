@@ -25,7 +25,7 @@ from cldsgm import catalog
 from cldsgm.config import ConfigError, apply_overrides, first_error, resolve_config
 
 __all__ = ["StudyError", "job_table", "load_study", "model_sde", "oracle_source", "sample_rows", "schema",
-           "validate_study"]
+           "snapshot_steps", "train_setting", "validate_study"]
 
 SCHEMA_PATH = Path("workflow") / "schemas" / "study.schema.yaml"
 
@@ -181,6 +181,32 @@ def _check_samplers(study: dict, source: str) -> None:
                 _check_variant_options(entry, variants[entry], source)
 
 
+def _check_curve(study: dict, source: str) -> None:
+    """sampling.curve: a sampler (or variant) every SDE of the curve's models can use, on datasets the study has."""
+    curve = study["sampling"].get("curve")
+    if not curve:
+        return
+    variants = study["sampling"].get("variants", {})
+    if curve["sampler"] not in catalog.SAMPLERS and curve["sampler"] not in variants:
+        raise StudyError(f"{source}: sampling.curve.sampler {curve['sampler']!r} is neither a sampler nor a name in "
+                         "sampling.variants")
+    sampler = variants[curve["sampler"]]["sampler"] if curve["sampler"] in variants else curve["sampler"]
+    for name, model in study["models"].items():
+        if model["data"] not in curve["data"]:
+            continue
+        try:
+            catalog.sampler(sampler, model_sde(model))
+        except ValueError as err:
+            raise StudyError(f"{source}: sampling.curve.sampler {curve['sampler']!r} cannot sample model {name}: "
+                             f"{err}; use one every SDE has (em)") from None
+        if not model.get("checkpoint") and not snapshot_steps(model):
+            raise StudyError(f"{source}: sampling.curve asks for a learning curve of {name}, which keeps no "
+                             f"snapshots: set train.snapshot_every in models.{name}.overrides")
+    unknown = sorted(set(curve["data"]) - set(study["data"]))
+    if unknown:
+        raise StudyError(f"{source}: sampling.curve.data lists {unknown}, which the study does not prepare")
+
+
 def _check_files(study: dict, source: str) -> None:
     for name, spec in study["data"].items():
         if catalog.DATASETS[name].needs_source:
@@ -202,6 +228,8 @@ def _check_files(study: dict, source: str) -> None:
 def _check_semantics(study: dict, source: str, check_files: bool = True) -> None:
     _check_models(study, source, check_files)
     _check_samplers(study, source)
+    if check_files:  # the curve reads the models' training configs
+        _check_curve(study, source)
     for name in study["data"]:
         if catalog.DATASETS[name].kind != "points" and name not in study["sampling"]["num_samples"]:
             raise StudyError(f"{source}: sampling.num_samples has no entry for dataset {name!r}")
@@ -259,6 +287,7 @@ def sample_rows(study: dict) -> list[dict]:
     variants = sampling.get("variants", {})
     rows = []
     for src in _sources(study):
+        rows += _curve_rows(study, src)
         for entry in sampling["samplers"].get(src["sde"], []):
             variant = variants.get(entry, {"sampler": entry})
             if variant.get("data") and src["data"] not in variant["data"]:
@@ -276,6 +305,38 @@ def sample_rows(study: dict) -> list[dict]:
                         rows.append({**common, "striding": striding, "nfe": nfe,
                                      "row": f"{entry}-{striding}-nfe{nfe}"})
     return rows
+
+
+def train_setting(model: dict, key: str):
+    """A value of a study model's resolved training config (its config file, overrides and defaults), e.g.
+    'train.steps'."""
+    config = resolve_config(apply_overrides(yaml.safe_load(Path(model["config"]).read_text()) or {},
+                                            model.get("overrides") or {}), source=model["config"])
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
+def snapshot_steps(model: dict) -> list[int]:
+    """The training steps at which a model keeps a snapshot (train.snapshot_every), the last one included."""
+    every, steps = train_setting(model, "train.snapshot_every"), train_setting(model, "train.steps")
+    return list(range(every, steps + 1, every)) if every else []
+
+
+def _curve_rows(study: dict, src: dict) -> list[dict]:
+    """The learning-curve rows of a trained source (sampling.curve): one per snapshot of its run."""
+    curve = study["sampling"].get("curve")
+    if not curve or src["kind"] != "model" or src["data"] not in curve["data"] or \
+            study["models"][src["model"]].get("checkpoint"):
+        return []
+    variant = study["sampling"].get("variants", {}).get(curve["sampler"], {"sampler": curve["sampler"]})
+    sampler = variant["sampler"]
+    options = {**study["sampling"].get("options", {}).get(sampler, {}), **(variant.get("options") or {})}
+    nfe = None if catalog.SAMPLERS[sampler].adaptive else catalog.largest_budget(sampler, curve["nfe"], options)
+    striding = "adaptive" if nfe is None else curve["striding"]
+    return [{**src, "sampler": sampler, "variant": "curve", "options": options, "striding": striding,
+             "nfe": nfe or 0, "train_step": step, "row": f"curve-{striding}-nfe{nfe or 0}-step{step}"}
+            for step in snapshot_steps(study["models"][src["model"]])]
 
 
 def _evaluation(study: dict, data: str) -> str | None:

@@ -1,6 +1,7 @@
 # The study: read, validated (workflow/schemas/study.schema.yaml) and expanded into its job table by
 # cldsgm.study before any job runs; this file only maps that table to paths and command-line flags. A plain
 # `snakemake` reads params/config.yaml; `--configfile` replaces it (it is not merged into it).
+import json
 import os
 import shlex
 
@@ -39,7 +40,7 @@ wildcard_constraints:
     split=r"train|test",
     model=r"[A-Za-z0-9_-]+",
     source=r"[A-Za-z0-9_-]+",
-    row=r"[a-z][a-z0-9_]*-[a-z]+(-nfe[0-9]+)?",
+    row=r"[a-z][a-z0-9_]*-[a-z]+(-nfe[0-9]+)?(-step[0-9]+)?",
     part=r"[0-9]+",
 
 
@@ -61,10 +62,6 @@ def set_flags(dotted):
 def label_flags(**labels):
     """What a record says about itself (cldsgm.records): the names only the study knows."""
     return " ".join(flag("--label", f"{key}={value}") for key, value in labels.items())
-
-
-def row_of(source, row):
-    return next(r for r in ROWS if r["source"] == source and r["row"] == row)
 
 
 def data_file(data, split, suffix="npz"):
@@ -133,26 +130,33 @@ def import_flags(wildcards):
 # -- used by sample.smk ------------------------------------------------------------------------------------------
 
 
-def sample_args(wildcards):
-    row = row_of(wildcards.source, wildcards.row)
-    if row["kind"] == "model":
-        args = [flag("--run-dir", f"{RESULTS}/runs/{row['source']}")]
+def source_args(wildcards):
+    """The flags `cldsgm sample-rows` shares across the sample sets of one source."""
+    src = SOURCES[wildcards.source]
+    if src["kind"] == "model":
+        args = [flag("--run-dir", f"{RESULTS}/runs/{wildcards.source}"), flag("--net-batch", SAMPLING["net_batch"])]
     else:
-        args = [flag("--oracle", row["oracle"]), flag("--sde", row["sde"])]
-    args += [flag("--sampler", row["sampler"]), flag("--num-samples", row["num_samples"]),
-             flag("--seed", STUDY["seed"]), flag("--t-min", SAMPLING["t_min"]),
-             flag("--batch-size", SAMPLING["batch_size"]), flag("--shard-size", SAMPLING["shard_size"]),
-             flag("--precision", SAMPLING["precision"])]
-    if row["kind"] == "model":
-        args.append(flag("--net-batch", SAMPLING["net_batch"]))
+        args = [flag("--oracle", src["oracle"]), flag("--sde", src["sde"])]
+    return " ".join([*args, flag("--seed", STUDY["seed"]), flag("--t-min", SAMPLING["t_min"]),
+                     flag("--batch-size", SAMPLING["batch_size"]), flag("--shard-size", SAMPLING["shard_size"]),
+                     flag("--precision", SAMPLING["precision"])])
+
+
+def row_spec(row):
+    """One sample set as `sample-rows` reads it (JSON, keys in a stable order: the param string is a rerun trigger)."""
+    spec = {"out": f"{RESULTS}/samples/{row['source']}/{row['row']}", "sampler": row["sampler"],
+            "n": row["num_samples"], "options": dict(sorted(row["options"].items())),
+            "labels": {"source": row["source"], "row": row["row"], "variant": row["variant"], "data": row["data"],
+                       "kind": row["kind"], **replica_labels(row)}}
     if not catalog.SAMPLERS[row["sampler"]].adaptive:
-        args += [flag("--nfe", row["nfe"]), flag("--striding", row["striding"])]
-    spec = catalog.SAMPLERS[row["sampler"]]
-    for key, value in sorted(row["options"].items()):  # a stable order: the param string is a rerun trigger
-        args.append(flag(spec.option(key).cli_flag, value))
-    args.append(label_flags(source=row["source"], row=row["row"], variant=row["variant"], data=row["data"],
-                            kind=row["kind"], **replica_labels(row)))
-    return " ".join(args)
+        spec.update(nfe=row["nfe"], striding=row["striding"])
+    if row.get("train_step"):  # a learning-curve row: a snapshot of the run
+        spec["checkpoint"] = snapshot_file(row["source"], row["train_step"])
+    return json.dumps(spec, sort_keys=True)
+
+
+def row_flags(wildcards):
+    return " ".join(flag("--row", row_spec(r)) for r in source_rows(wildcards.source))
 
 
 def replica_labels(row):
@@ -160,40 +164,36 @@ def replica_labels(row):
     return {"model": row["model"], "seed": row["train_seed"]} if row["kind"] == "model" else {}
 
 
+def snapshot_file(source, step):
+    return f"{RESULTS}/runs/{source}/snapshots/step_{step}.pt"
+
+
 def sample_inputs(wildcards):
-    row = row_of(wildcards.source, wildcards.row)
-    return [train_done(row["source"])] if row["kind"] == "model" else []
-
-
-def part_slice(wildcards):
-    n = row_of(wildcards.source, wildcards.row)["num_samples"]
-    k, parts = int(wildcards.part), SAMPLING["shard_jobs"]
-    size = -(-n // parts)
-    first = min(k * size, n - 1)
-    return f"{flag('--first', first)} {flag('--count', max(1, min(size, n - first)))}"
+    return [train_done(wildcards.source)] if SOURCES[wildcards.source]["kind"] == "model" else []
 
 
 def gathered_parts(wildcards):
     parts = SAMPLING["shard_jobs"]
     if parts == 1:
         return sample_inputs(wildcards)
-    return [f"{RESULTS}/samples/{wildcards.source}/{wildcards.row}/parts/{k}.json" for k in range(parts)]
+    return [f"{RESULTS}/samples/{wildcards.source}/parts/{k}.json" for k in range(parts)]
 
 
-def samples_done(row):
-    return f"{RESULTS}/samples/{row['source']}/{row['row']}/done.json"
-
-
-# -- used by evaluate.smk ----------------------------------------------------------------------------------------
+def samples_done(source):
+    """The marker of a source's sample sets (each set also has its own DIR/done.json)."""
+    return f"{RESULTS}/samples/{source}/rows.json"
 
 
 def source_rows(source):
     return [r for r in ROWS if r["source"] == source]
 
 
+# -- used by evaluate.smk ----------------------------------------------------------------------------------------
+
+
 def source_samples(wildcards):
-    """The done-markers of every sample set of one source (trained model or oracle)."""
-    return [samples_done(r) for r in source_rows(wildcards.source)]
+    """The done-marker of the sample sets of one source (trained model or oracle)."""
+    return [samples_done(wildcards.source)]
 
 
 def eval_pairs(wildcards):

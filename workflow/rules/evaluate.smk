@@ -98,12 +98,12 @@ rule fid_stats:
 
 rule fid:
     input:
-        samples=f"{RESULTS}/samples/{{source}}/{{row}}/done.json",
+        marker=lambda wc: samples_done(wc.source),
         stats=FID.get("stats") or rules.fid_stats.output.stats,
     output:
         record=f"{RESULTS}/records/{{source}}/{{row}}/fid.json",
     params:
-        samples=lambda wc, input: os.path.dirname(input.samples),
+        samples=f"{RESULTS}/samples/{{source}}/{{row}}",
         out=lambda wc, output: os.path.dirname(output.record),
         inception=FID.get("inception"),
         mode=FID.get("mode", "clean"),

@@ -1,47 +1,49 @@
-# Sampling: one sample set per row of the sweep table (source x sampler x striding x NFE), for trained models
-# and for the exact-score oracles. A set is made by `shard_jobs` jobs, each a --first/--count slice (separate
-# SLURM jobs or GPUs), then gathered: the gathering call verifies every shard by sha256 and writes done.json.
+# Sampling: one job per source (trained model or exact-score oracle) makes all its sample sets (sampler x striding
+# x NFE rows, learning-curve rows) in one process: one torch import and one network load for dozens of sets. Each
+# set is still its own directory, the same bytes as a one-set `cldsgm sample`, resumable per set and shard. With
+# sampling.shard_jobs = K, K jobs each make one slice of every set (separate SLURM jobs or GPUs); the gathering call
+# verifies every shard by sha256 and writes the markers.
 
 
 rule sample_part:
     input:
         sample_inputs,
     output:
-        done=f"{RESULTS}/samples/{{source}}/{{row}}/parts/{{part}}.json",
+        done=f"{RESULTS}/samples/{{source}}/parts/{{part}}.json",
     params:
-        args=sample_args,
-        slice=part_slice,
-        out=f"{RESULTS}/samples/{{source}}/{{row}}",
+        args=source_args,
+        rows=row_flags,
+        parts=SAMPLING["shard_jobs"],
     threads: 1
     resources:
         gpu=SAMPLING["gpus"],
     log:
-        f"{LOGS}/sample/{{source}}/{{row}}/part{{part}}.log",
+        f"{LOGS}/sample/{{source}}/part{{part}}.log",
     benchmark:
-        f"{BENCH}/sample/{{source}}/{{row}}/part{{part}}.tsv"
+        f"{BENCH}/sample/{{source}}/part{{part}}.tsv"
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "cldsgm sample {params.args} {params.slice} --out {params.out:q} --done {output.done:q} --no-progress "
-        "> {log:q} 2>&1"
+        "cldsgm sample-rows {params.args} {params.rows} --part {wildcards.part:q} --parts {params.parts:q} "
+        "--done {output.done:q} --no-progress > {log:q} 2>&1"
 
 
 rule sample:
     input:
         gathered_parts,
     output:
-        done=f"{RESULTS}/samples/{{source}}/{{row}}/done.json",
+        done=f"{RESULTS}/samples/{{source}}/rows.json",
     params:
-        args=sample_args,
-        out=f"{RESULTS}/samples/{{source}}/{{row}}",
+        args=source_args,
+        rows=row_flags,
     threads: 1
     resources:
         gpu=SAMPLING["gpus"],
     log:
-        f"{LOGS}/sample/{{source}}/{{row}}/all.log",
+        f"{LOGS}/sample/{{source}}.log",
     benchmark:
-        f"{BENCH}/sample/{{source}}/{{row}}/all.tsv"
+        f"{BENCH}/sample/{{source}}.tsv"
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "cldsgm sample {params.args} --out {params.out:q} --done {output.done:q} --no-progress > {log:q} 2>&1"
+        "cldsgm sample-rows {params.args} {params.rows} --done {output.done:q} --no-progress > {log:q} 2>&1"

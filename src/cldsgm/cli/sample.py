@@ -161,3 +161,105 @@ def sample_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights
         raise click_error(err) from err
     state = "complete" if summary["complete"] else f"{summary['done']} of {summary['n']} done"
     click.echo(f"sampled {len(summary['made'])} shard(s), kept {summary['kept']} -> {out_dir} ({state})")
+
+
+def parse_row(text: str) -> dict:
+    """One --row of `sample-rows`: a JSON object {out, sampler, n, nfe (fixed-step samplers), striding, options (by
+    the catalog's option names), labels, checkpoint (optional: another checkpoint of the source, e.g. a snapshot)}."""
+    import json
+
+    from cldsgm import catalog
+
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise click.BadParameter(f"not JSON ({err}): {text[:80]!r}", param_hint="--row") from None
+    if not isinstance(row, dict):
+        raise click.BadParameter(f"a JSON object is expected, got {text[:80]!r}", param_hint="--row")
+    allowed = {"out", "sampler", "n", "nfe", "striding", "options", "labels", "checkpoint"}
+    missing, extra = {"out", "sampler", "n"} - set(row), set(row) - allowed
+    if missing or extra:
+        raise click.BadParameter(f"{text[:80]!r}: missing {sorted(missing)}, unknown {sorted(extra)} (keys: "
+                                 f"{sorted(allowed)})", param_hint="--row")
+    if row["sampler"] not in catalog.SAMPLERS:
+        raise click.BadParameter(f"unknown sampler {row['sampler']!r}", param_hint="--row")
+    try:
+        catalog.sampler(row["sampler"]).check_options(row.get("options") or {})
+    except ValueError as err:
+        raise click.BadParameter(f"{row['out']}: {err}", param_hint="--row") from None
+    row = {"nfe": None, "striding": "uniform", "options": {}, "labels": {}, "checkpoint": None, **row}
+    return {**row, "labels": {str(k): str(v) for k, v in row["labels"].items()}}  # labels are text, as --label's
+
+
+def part_of(n: int, part: int, parts: int) -> tuple[int, int]:
+    """(first, count) of part k of `parts` equal slices of a set of n (the last ones may be shorter or one sample)."""
+    size = -(-n // parts)
+    first = min(part * size, n - 1)
+    return first, max(1, min(size, n - first))
+
+
+@main.command("sample-rows")
+@source_options
+@click.option("--row", "rows", multiple=True, required=True, metavar="JSON",
+              help="One sample set: {\"out\": DIR, \"sampler\": S, \"n\": N, \"nfe\": K, \"striding\": ..., "
+                   "\"options\": {...}, \"labels\": {...}, \"checkpoint\": FILE}. Repeat per set.")
+@click.option("--t-min", type=float, default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--net-batch", type=int, default=256, show_default=True)
+@click.option("--shard-size", type=int, default=1000, show_default=True)
+@click.option("--precision", type=catalog_choice("precisions"), default="fp32", show_default=True)
+@click.option("--device", type=catalog_choice("devices"), default="auto", show_default=True)
+@click.option("--part", type=int, default=None, help="Make only slice PART of every set (of --parts).")
+@click.option("--parts", type=int, default=1, show_default=True)
+@click.option("--done", "done_path", type=click.Path(dir_okay=False), default=None,
+              help="Write this JSON summary once every set (or slice) is complete.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def sample_rows_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, rows, t_min, seed, batch_size,
+                        net_batch, shard_size, precision, device, part, parts, done_path, progress):
+    """Several sample sets of one source in one process (one network load, one torch import).
+
+    Each set is its own directory with the same bytes as `cldsgm sample` with the same arguments would write, and
+    gets DIR/done.json once complete; a rerun verifies finished shards and makes only what is missing. --part K
+    --parts P makes slice K of every set (separate jobs or GPUs); a later call without --part verifies them all.
+    """
+    from cldsgm.sampling import sample_to_dir
+    from cldsgm.utils.io import atomic_write_json
+
+    source_args = resolve_source_args(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights)
+    specs = [parse_row(text) for text in rows]
+    outs = [spec["out"] for spec in specs]
+    if len(set(outs)) != len(outs):
+        raise click.UsageError("two --row entries write the same directory")
+    if parts < 1 or (part is not None and not 0 <= part < parts):
+        raise click.UsageError(f"--part must be in [0, --parts) and --parts >= 1 (got {part}, {parts})")
+    for out in outs:
+        writable_dir(out, "--row out")
+    summaries = []
+    try:
+        torch_device = device_for(device)
+        loaded = {}
+
+        def source_of(spec):
+            args = {**source_args, "checkpoint": spec["checkpoint"] or source_args["checkpoint"]}
+            key = args["checkpoint"] or args["oracle"]
+            if key not in loaded:
+                loaded[key] = load_source(args, precision=precision, device=torch_device, net_batch=net_batch)
+            return loaded[key]
+
+        for spec in specs:
+            first, count = part_of(spec["n"], part, parts) if part is not None else (0, None)
+            summary = sample_to_dir(source_of(spec), spec["out"], sampler=spec["sampler"], nfe=spec["nfe"],
+                                    n=spec["n"], striding=spec["striding"], t_min=t_min, seed=seed, first=first,
+                                    count=count, batch_size=batch_size, shard_size=shard_size,
+                                    options=spec["options"], device=torch_device, precision=precision,
+                                    net_batch=None if oracle else net_batch, progress=progress,
+                                    labels=spec["labels"])
+            if part is None:
+                finish_ranks_and_mark(f"{spec['out']}/done.json", summary)
+            summaries.append({k: v for k, v in summary.items() if k != "made"})
+            click.echo(f"{spec['out']}: made {len(summary['made'])} shard(s), kept {summary['kept']}")
+    except (ValueError, OSError) as err:
+        raise click_error(err) from err
+    if done_path and all(s["slice_complete"] for s in summaries):
+        atomic_write_json(done_path, {"sets": summaries})

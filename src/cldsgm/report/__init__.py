@@ -15,16 +15,19 @@ from pathlib import Path
 import pandas as pd
 
 from cldsgm.report.analysis import (
+    best_samplers,
     budgets,
     claims,
     cost_summary,
     cost_table,
     grid_paths,
+    headline_metrics,
     loss_histories,
     nll_table,
     published_match,
     published_table,
     quality_tables,
+    sample_metrics,
     sigma_sweep,
     worse_with_nfe,
 )
@@ -52,24 +55,80 @@ def _interval_entry(row) -> dict:
     return {"value": number(row["value"]), "ci_low": number(row["ci_low"]), "ci_high": number(row["ci_high"])}
 
 
-def sections(study: dict, df: pd.DataFrame, results: Path) -> tuple[list[Section], dict]:
-    """The report's sections, in order, and the content of metrics.json (every value with its interval)."""
-    from cldsgm.report.figures import loss_figure, quality_figure
+def _regime(study: dict, results: Path) -> str:
+    """One sentence on what the claims rest on: the data, each model's training budget, the seeds, the intervals."""
     from cldsgm.study import replicas
 
+    runs = replicas(study)
+    found = budgets(results, runs)
+    data = ", ".join(f"{name} ({spec.get('n_train', 'all')} train points)" if "n_train" in spec else name
+                     for name, spec in study["data"].items())
+    trained = sorted({(b["steps"], b["batch_size"]) for b in found.values()})
+    seeds = sorted({len(m.get("seeds") or [study["seed"]]) for m in study["models"].values()})
+    same = "the same budget for every SDE of a dataset" if len(trained) <= len(study["data"]) else "budgets differ"
+    budget = "; ".join(f"{s} steps x batch {b}" for s, b in trained) or "imported"
+    over_seeds = " and over seeds" if max(seeds) > 1 else ""
+    return (f"Regime: data {data}; training {budget} ({same}); {'/'.join(map(str, seeds))} training seed(s) per "
+            f"model; intervals: a basic bootstrap over the generated samples ({study['evaluation']['bootstrap']} "
+            f"resamples){over_seeds}.")
+
+
+def _claims_section(study: dict, df: pd.DataFrame, results: Path) -> tuple[Section, list[dict]]:
+    from cldsgm.study import replicas
+
+    claim_rows = claims(df, budgets(results, replicas(study)))
+    shown = ["claim", "setting", "A", "B", "A - B [95 %]", "seeds (A/B)", "budget (A; B)", "verdict"]
+    return Section("What this study shows: the papers' claims", text=(
+        "Each claim compares A with B (lower is better). The interval of A - B is a basic bootstrap interval over the "
+        "generated samples (paired where the two sets share their seeds) and, for models trained with several seeds, "
+        "over the seeds too: the claim holds where it lies below 0, does not hold where it lies above 0, and is "
+        "inconclusive where it holds 0. " + _regime(study, results)),
+        table=pd.DataFrame(claim_rows, columns=[*shown, "difference", "ci_low", "ci_high"])[shown]), claim_rows
+
+
+def sections(study: dict, df: pd.DataFrame, results: Path) -> tuple[list[Section], dict]:
+    """The report's sections, in order, and the content of metrics.json (every value with its interval). First what
+    the study shows (the claims, the best sampler per budget), then the plots, then the long tables, folded."""
+    from cldsgm.report.figures import learning_curve_figure, loss_figure, quality_figure, sampler_colours
+
     metrics = {"study": study["study"], "quality": {}, "nll": {}}
-    out = [Section("Quality against NFE", text=(
-        f"Each value with its 95 % interval [low, high]: a basic bootstrap over the generated samples "
-        f"({study['evaluation']['bootstrap']} resamples, the reference data fixed); the bars of the plots are the "
-        "same intervals."))]
+    curve = df[df["variant"] == "curve"] if not df.empty else df
+    df = df[df["variant"] != "curve"] if not df.empty else df
+    claims_section, claim_rows = _claims_section(study, df, results)
+    metrics["claims"] = {f"{c['claim']} [{c['setting']}]": {k: c[k] for k in ("verdict", "difference", "ci_low",
+                                                                                 "ci_high")} for c in claim_rows}
+    out = [claims_section, Section("Best sampler per NFE budget", table=best_samplers(df), text=(
+        "Per source and NFE budget, the row with the lowest headline metric and the runner-up, with the paired "
+        "difference (runner-up minus best) and its 95 % interval: 'best' where the interval lies above 0, 'tied' "
+        "where it holds 0 (then either may be used)."))]
+    if not curve.empty:
+        figures = []
+        for (data, metric), sub in curve.groupby(["data", "metric"]):
+            if metric != headline_metrics().get(data):
+                continue
+            figures.append(Figure(figure_name("curve", data, metric), f"{data}: learning curve",
+                                  learning_curve_figure(sub, metric)))
+        out.append(Section("Learning curves", figures=figures, text=(
+            f"The headline metric of each model's training snapshots, sampled with "
+            f"{study['sampling']['curve']['sampler']} at NFE {study['sampling']['curve']['nfe']} (bands: 95 % "
+            "intervals): a model whose curve still falls at its last step is under-trained for the claims above.")))
+    colours = sampler_colours(sample_metrics(df)["sampler"]) if not df.empty else {}
+    plots, tables = [], []
     for data, metric, sub, table in quality_tables(df):
         title = f"{data}: {metric} against NFE"
-        out.append(Section(title, level=3, table=table, figures=[
-            Figure(figure_name("quality", data, metric), title, quality_figure(sub, data, metric))]))
+        if metric == headline_metrics().get(data):
+            plots.append(Figure(figure_name("quality", data, metric), title,
+                                quality_figure(sub, data, metric, colours)))
+        tables.append(Section(title, level=3, table=table, folded=True))
         for _, row in sub.iterrows():
             metrics["quality"][f"{data}/{row['source']}/{row['row']}/{metric}"] = _interval_entry(row)
+    out.append(Section("Quality against NFE", figures=plots, text=(
+        "The headline metric of every sample set: one panel per source (trained models, then the exact-score oracles "
+        "of 2-D data), one colour per sampler throughout. Values with their intervals for every metric are in the "
+        "folded tables below and in quality_<data>_<metric>.csv.")))
+    out += tables
     rises = worse_with_nfe(df)
-    out.append(Section("Rows that get worse with more NFE", level=3, table=rises, text=(
+    out.append(Section("Rows that get worse with more NFE", level=3, table=rises, folded=len(rises) > 5, text=(
         "A sampler row whose metric rises from one NFE budget to the next by more than the paired 95 % interval of "
         "the difference (the sets share their seed, so the comparison is paired), with what the study can say about "
         "why. A one-sided 97.5 % bound flags about 1 in 40 pairs by chance alone; an empty table means that no row "
@@ -82,22 +141,12 @@ def sections(study: dict, df: pd.DataFrame, results: Path) -> tuple[list[Section
     out.append(Section("Negative log-likelihood", table=nll_table(df), text=(
         "CLD and PSLD give an upper bound on the NLL; where the data were drawn from a known law (the diamond), "
         "its exact NLL on the same points stands beside the estimate, with the paired gap.")))
-    claim_rows = claims(df, budgets(results, replicas(study)))
-    metrics["claims"] = {f"{c['claim']} [{c['setting']}]": {k: c[k] for k in ("verdict", "difference", "ci_low",
-                                                                                 "ci_high")} for c in claim_rows}
-    shown = ["claim", "setting", "A", "B", "A - B [95 %]", "seeds (A/B)", "budget (A; B)", "verdict"]
-    out.append(Section("Paper claims", text=(
-        "Each claim compares A with B (lower is better). The interval of A - B is a basic bootstrap interval over the "
-        "generated samples (paired where the two sets share their seeds) and, for models trained with several seeds, "
-        "over the seeds too: the claim holds where it lies below 0, does not hold where it lies above 0, and is "
-        "inconclusive where it holds 0."), table=pd.DataFrame(claim_rows, columns=[*shown, "difference", "ci_low",
-                                                                                    "ci_high"])[shown]))
     sweep = sigma_sweep(df, study["sampling"])
     if not sweep.empty:
         for _, row in sweep[sweep["best"] == "best"].iterrows():
             metrics.setdefault("sscs_sigma_best", {})[f"{row['source']}/{row['metric']}/{row['striding']}-nfe"
                                                       f"{row['NFE']}"] = row["sigma_d"]
-        out.append(Section("SSCS precision_sigma (sigma_d) sweep", table=sweep, text=(
+        out.append(Section("SSCS precision_sigma (sigma_d) sweep", table=sweep, folded=True, text=(
             "The exponential score step with the precision of N(m, sigma_d^2) data; 0 is the point mass (first "
             "order). The best value per source is marked.")))
     if "cifar10" in study["data"]:
@@ -110,9 +159,9 @@ def sections(study: dict, df: pd.DataFrame, results: Path) -> tuple[list[Section
         out.append(Section("Training loss", figures=[Figure("training_loss.png", "training loss", loss_figure(runs))]))
     grids = grid_paths(df)
     if grids:
-        out.append(Section("Samples", gallery=True, figures=[
+        out.append(Section("Samples", gallery=True, folded=True, figures=[
             Figure(figure_name("grid", label), label, path.read_bytes(), caption=label) for label, path in grids]))
-    out.append(Section("Cost (Snakemake benchmark files)", table=cost_summary(cost_table(results))))
+    out.append(Section("Cost (Snakemake benchmark files)", table=cost_summary(cost_table(results)), folded=True))
     metrics["figures"] = sum(len(s.figures) for s in out)
     return out, metrics
 

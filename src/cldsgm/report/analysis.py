@@ -339,3 +339,35 @@ def grid_paths(df: pd.DataFrame) -> list[tuple[str, Path]]:
         if grid.is_file():
             out.append((f"{source} / {best['row']}", grid))
     return out
+
+
+def best_samplers(df: pd.DataFrame) -> pd.DataFrame:
+    """Per source and fixed NFE budget, by the dataset's headline metric: the best row, the runner-up and the paired
+    difference runner-up - best with its interval; 'best' where that interval lies above 0, else 'tied'."""
+    rows = []
+    sub_all = sample_metrics(df)
+    if sub_all.empty:
+        return pd.DataFrame(rows)
+    headline = headline_metrics()
+    for (source, data, budget), group in sub_all[sub_all["nfe_budget"].notna()].groupby(
+            ["source", "data", "nfe_budget"], sort=True):
+        group = group[group["metric"] == headline.get(data)].sort_values("value")
+        if group.empty:
+            continue
+        best = group.iloc[0]
+        row = {"source": source, "NFE": int(budget), "metric": best["metric"],
+               "best": f"{best['sampler']} {best['striding']} "
+                       f"{with_interval(best['value'], best['ci_low'], best['ci_high'])}"}
+        if len(group) > 1:
+            second = group.iloc[1]
+            row["runner-up"] = (f"{second['sampler']} {second['striding']} "
+                                f"{with_interval(second['value'], second['ci_low'], second['ci_high'])}")
+            if isinstance(best["replicates"], list) and isinstance(second["replicates"], list) and \
+                    len(best["replicates"]) == len(second["replicates"]):
+                diff = stats.compare(second["value"], second["replicates"], best["value"], best["replicates"])
+                row["runner-up - best [95 %]"] = with_interval(diff["difference"], diff["ci_low"], diff["ci_high"])
+                row["verdict"] = "best" if diff["ci_low"] > 0 else "tied"
+            else:
+                row["runner-up - best [95 %]"], row["verdict"] = "—", "no interval"
+        rows.append(row)
+    return pd.DataFrame(rows)

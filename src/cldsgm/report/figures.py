@@ -1,4 +1,9 @@
-"""The report's plots (matplotlib, Agg): PNG bytes, drawn from the analysis' frames."""
+"""The report's plots (matplotlib, Agg): PNG bytes, drawn from the analysis' frames.
+
+Quality plots are faceted: one panel per source (a trained model beside its exact-score oracle), one colour per
+sampler throughout the report, the 95 % intervals as bands, at most MAX_LINES lines per panel (a panel with more
+series is split by striding, then into parts), and one legend for the figure.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,17 @@ import pandas as pd
 
 from cldsgm.records import METRICS
 
-__all__ = ["loss_figure", "quality_figure"]
+__all__ = ["MAX_LINES", "learning_curve_figure", "loss_figure", "quality_axes", "quality_figure", "quality_panels",
+           "sampler_colours"]
+
+MAX_LINES = 10  # lines per panel: more cannot be told apart
 
 
 def _png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
 
@@ -29,37 +37,105 @@ def _pyplot():
     return plt
 
 
-def _error_bars(group: pd.DataFrame):
-    """[2, n] distances from each value to the ends of its 95 % interval (0 where a value has none)."""
-    import numpy as np
-
-    value = group["value"].to_numpy(float)
-    low = np.where(group["ci_low"].notna(), group["ci_low"].to_numpy(float), value)
-    high = np.where(group["ci_high"].notna(), group["ci_high"].to_numpy(float), value)
-    return np.stack([np.clip(value - low, 0, None), np.clip(high - value, 0, None)])
-
-
-def quality_figure(df: pd.DataFrame, data: str, metric: str) -> bytes:
-    """One line per (source, sampler, striding) against the NFE spent, each value with its 95 % interval as an
-    error bar; the adaptive ODE as a star; log axes."""
+def sampler_colours(samplers) -> dict[str, tuple]:
+    """One colour per sampler (variant) name, the same in every plot of a report (sorted names, tab10 then tab20)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for (source, sampler, striding), group in df.groupby(["source", "sampler", "striding"], sort=True):
-        group = group.sort_values("nfe")
-        label = f"{source} {sampler} {striding}"
-        style = {"marker": "*", "markersize": 10, "linestyle": "none"} if striding == "adaptive" else {
-            "marker": "o", "markersize": 3, "linestyle": "--" if group["kind"].iloc[0] == "oracle" else "-"}
-        ax.errorbar(group["nfe"], group["value"], yerr=_error_bars(group), capsize=2, elinewidth=0.8, label=label,
-                    **style)
-    ax.set_xscale("log")
-    if (df["value"] > 0).all():
-        ax.set_yscale("log")
-    ax.set_xlabel("NFE (spent)")
+    names = sorted(set(samplers))
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+
+
+def quality_panels(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """[(panel title, its records)]: one panel per source, trained models first then oracles, split by striding
+    and then into parts where a panel would hold more than MAX_LINES series (sampler x striding)."""
+    panels = []
+    order = sorted(df["source"].unique(), key=lambda s: (s.startswith("oracle-"), s))
+    for source in order:
+        sub = df[df["source"] == source]
+        series = sub.groupby(["sampler", "striding"]).ngroups
+        groups = [(source, sub)] if series <= MAX_LINES else [
+            (f"{source}, {striding}", part) for striding, part in sub.groupby("striding")]
+        for title, part in groups:
+            keys = sorted(part.groupby(["sampler", "striding"]).groups)
+            chunks = [keys[i:i + MAX_LINES] for i in range(0, len(keys), MAX_LINES)]
+            for k, chunk in enumerate(chunks):
+                mask = [key in chunk for key in zip(part["sampler"], part["striding"], strict=True)]
+                panels.append((title if len(chunks) == 1 else f"{title} ({k + 1}/{len(chunks)})", part[mask]))
+    return panels
+
+
+def _series(ax, group: pd.DataFrame, colour, label: str) -> None:
+    """One sampler row against NFE with its interval as a band (the adaptive ODE: one star with a bar)."""
+    group = group.sort_values("nfe")
+    low = group["ci_low"].fillna(group["value"])
+    high = group["ci_high"].fillna(group["value"])
+    if group["striding"].iloc[0] == "adaptive":
+        ax.errorbar(group["nfe"], group["value"], yerr=[group["value"] - low, high - group["value"]], color=colour,
+                    marker="*", markersize=9, linestyle="none", label=label)
+        return
+    style = "--" if group["striding"].iloc[0] == "uniform" else "-"
+    ax.plot(group["nfe"], group["value"], style, marker="o", markersize=3, color=colour, label=label)
+    ax.fill_between(group["nfe"], low, high, color=colour, alpha=0.18, linewidth=0)
+
+
+def quality_axes(df: pd.DataFrame, data: str, metric: str, colours: dict | None = None):
+    """The faceted figure (matplotlib Figure) of quality_figure."""
+    plt = _pyplot()
+    colours = colours or sampler_colours(df["sampler"])
+    panels = quality_panels(df)
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows + 0.6), squeeze=False, sharey=True)
+    positive = bool((df["value"] > 0).all())
+    for ax, (title, part) in zip(axes.flat, panels, strict=False):
+        for (sampler, striding), group in part.groupby(["sampler", "striding"], sort=True):
+            _series(ax, group, colours[sampler], sampler if striding != "uniform" else f"{sampler} (uniform)")
+        ax.set_xscale("log")
+        if positive:
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.set_xlabel("NFE (spent)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(metric, fontsize=8)
+    handles = {}
+    for ax in axes.flat[:len(panels)]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(6, len(handles)), fontsize=8,
+               frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle(f"{data}: {METRICS.get(metric, metric)} (bands: 95 % intervals; dashed: uniform striding)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(handles) // 6), 1, 0.97))
+    return fig
+
+
+def quality_figure(df: pd.DataFrame, data: str, metric: str, colours: dict | None = None) -> bytes:
+    """Quality against NFE, one panel per source (see the module docstring); log axes."""
+    return _png(quality_axes(df, data, metric, colours))
+
+
+def learning_curve_axes(df: pd.DataFrame, metric: str):
+    """The metric of each model's snapshots against its training step, intervals as bands (one line per model)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for model, group in sorted(df.groupby("source")):
+        group = group.sort_values("train_step")
+        line, = ax.plot(group["train_step"], group["value"], marker="o", markersize=3, label=model)
+        ax.fill_between(group["train_step"], group["ci_low"].fillna(group["value"]),
+                        group["ci_high"].fillna(group["value"]), color=line.get_color(), alpha=0.18, linewidth=0)
+    ax.set_xlabel("training step")
     ax.set_ylabel(metric)
-    ax.set_title(f"{data}: {METRICS.get(metric, metric)} (bars: 95 % intervals)", fontsize=9)
-    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    ax.grid(alpha=0.3, which="both")
-    return _png(fig)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def learning_curve_figure(df: pd.DataFrame, metric: str) -> bytes:
+    return _png(learning_curve_axes(df, metric))
 
 
 def loss_figure(runs: dict[str, pd.DataFrame]) -> bytes:

@@ -41,6 +41,7 @@ class Section:
     figures: list[Figure] = field(default_factory=list)
     items: list[str] = field(default_factory=list)
     gallery: bool = False  # figures side by side, captioned (sample grids)
+    folded: bool = False  # long content: HTML shows it under a <details> the reader opens
 
 
 def fmt(value) -> str:

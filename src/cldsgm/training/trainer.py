@@ -33,7 +33,7 @@ from cldsgm.training.checkpoint import load_checkpoint, save_checkpoint
 from cldsgm.utils.io import atomic_path, atomic_write_text, remove_stale_temporaries
 from cldsgm.utils.launch import launch, resolve_device
 
-__all__ = ["TrainResult", "build_sde", "train"]
+__all__ = ["TrainResult", "build_sde", "keep_snapshot", "snapshot_path", "train"]
 
 
 def build_sde(config: dict):
@@ -288,6 +288,19 @@ class _Batch:
                 **{k: _to_device(v[shard], device) for k, v in self.extra.items()}}
 
 
+def snapshot_path(run_dir: str | Path, step: int) -> Path:
+    """Where train.snapshot_every keeps the checkpoint of `step`: <run dir>/snapshots/step_<step>.pt."""
+    return Path(run_dir) / "snapshots" / f"step_{int(step)}.pt"
+
+
+def keep_snapshot(checkpoint_path: Path, path: Path) -> None:
+    """A copy of the checkpoint just written (atomic: a kill mid-copy leaves no partial snapshot)."""
+    import shutil
+
+    with atomic_path(path) as tmp:
+        shutil.copyfile(checkpoint_path, tmp)
+
+
 def _learning_rate(ocfg: dict, step: int) -> float:
     """Linear warm-up to optim.lr over optim.warmup_steps, then constant."""
     return ocfg["lr"] * min(step / ocfg["warmup_steps"], 1.0) if ocfg["warmup_steps"] else ocfg["lr"]
@@ -352,10 +365,12 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     tracker = _tracker(config, run_dir, ddp, tracking_parent or {}, manifest, state.model)
 
-    def checkpoint() -> None:
+    def checkpoint(snapshot: bool) -> None:
         if ddp.main:
             state.checkpoint(checkpoint_path, config, network, manifest)
             _write_history(run_dir / "loss.csv", state.history)
+            if snapshot:
+                keep_snapshot(checkpoint_path, snapshot_path(run_dir, state.step))
 
     batches = _Batches(len(data), tcfg["batch_size"], config["seed"])
     shard = slice(ddp.rank * tcfg["batch_size"] // ddp.world, (ddp.rank + 1) * tcfg["batch_size"] // ddp.world)
@@ -387,7 +402,8 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
             pending.append(loss.detach())
             bar.update(1)  # a no-op when disabled
             logging = state.step % tcfg["log_every"] == 0 or state.step == last
-            saving = state.step % tcfg["checkpoint_every"] == 0 or state.step == last
+            snapshot = bool(tcfg["snapshot_every"]) and state.step % tcfg["snapshot_every"] == 0
+            saving = snapshot or state.step % tcfg["checkpoint_every"] == 0 or state.step == last
             if not (logging or saving or len(pending) >= _MAX_PENDING):
                 continue
             # a non-finite loss is caught here, before anything is logged or written: the updates since the last
@@ -409,7 +425,7 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
                 state.history.append({"step": state.step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)})
                 tracker.log_metrics({"loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)}, state.step)
             if saving:
-                checkpoint()
+                checkpoint(snapshot)
             clock = time.perf_counter()  # logging and checkpoint writes are not training time
         status = "FINISHED"
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from a scheduler (the CLI turns it into this)
