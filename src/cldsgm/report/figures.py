@@ -70,7 +70,9 @@ def _series(ax, group: pd.DataFrame, colour, label: str) -> None:
     low = group["ci_low"].fillna(group["value"])
     high = group["ci_high"].fillna(group["value"])
     if group["striding"].iloc[0] == "adaptive":
-        ax.errorbar(group["nfe"], group["value"], yerr=[group["value"] - low, high - group["value"]], color=colour,
+        # a basic bootstrap interval need not contain its estimate (README, "Evidence"): clip the bars at it
+        bars = [(group["value"] - low).clip(lower=0), (high - group["value"]).clip(lower=0)]
+        ax.errorbar(group["nfe"], group["value"], yerr=bars, color=colour,
                     marker="*", markersize=9, linestyle="none", label=label)
         return
     style = "--" if group["striding"].iloc[0] == "uniform" else "-"
