@@ -189,7 +189,9 @@ def test_smoke_values_equal_the_committed_digest(smoke):
     corrector step changed exactly the 14 SSCS/PC shards and their 20 records; the other 22 shards and 31 records
     were byte-identical to the [12/18] digest. Remade at [15/18] on another CPU model (same AVX512 capability),
     where the [14/18] code itself gives other last bits (21 of 36 shards): there the code before and after
-    grouping the sets per source gave the same 36 shards and 51 records, byte for byte."""
+    grouping the sets per source gave the same 36 shards and 51 records, byte for byte. Then CPU training jobs went
+    from 2 threads to 1 (Snakemake sets OMP_NUM_THREADS to a job's threads), which changes the last bits of the
+    digits network: its 32 quantised samples stayed the same bytes, its NLL shard and record changed (remade)."""
     import torch
 
     committed = json.loads((ROOT / "tests" / "data" / "smoke_digest.json").read_text())
@@ -285,15 +287,18 @@ def test_an_nfe_change_reruns_only_what_it_affects_and_a_down_store_is_filled_la
     study["sampling"]["nfe"] = [6, 8]
     (project / "params" / "smoke_nfe.yaml").write_text(yaml.safe_dump(study))
     jobs = _planned(run_snakemake(project, "-n", "--configfile", "params/smoke_nfe.yaml").stdout)
-    # em + sscs, 2 stridings, for digits_cld, diamond_cld and the oracle; em and PC at 7 NFE (its largest budget
-    # <= 8) for diamond_vpsde; nothing else (the ODE rows, training, data and NLL are untouched)
-    assert jobs.get("sample") == 3 * 4 + 2 * 2, jobs
+    # new rows (em + sscs at NFE 8, 2 stridings, for digits_cld, diamond_cld and the oracle; em and PC at 7 NFE, its
+    # largest budget <= 8, for diamond_vpsde) rerun the one sampling job of each of the 4 sources, which keeps the sets
+    # it made; nothing else (training, data and NLL are untouched)
+    assert jobs.get("sample") == 4, jobs
     assert "train" not in jobs and "prepare" not in jobs and "nll" not in jobs, jobs
     # run it with the store down: the study finishes, `track` warns and leaves its note
     down = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
     done = run_snakemake(project, "--cores", "2", "--configfile", "params/smoke_nfe.yaml", env=down, timeout=600)
     tracked = json.loads((project / "results/smoke/tracking/tracked.json").read_text())
     assert tracked["error"] and "failed" in tracked["error"], done.stdout[-2000:]
+    log = (project / "logs/smoke/sample/diamond_cld.log").read_text()
+    assert "em-uniform-nfe6: made 0 shard(s), kept 2" in log and "em-uniform-nfe8: made 2 shard(s), kept 0" in log, log
     # the store is back (a real server): the track rule, forced, logs what is missing
     server = MlflowServer(tmp_path / "server.db", tmp_path / "artifacts").start()
     try:
