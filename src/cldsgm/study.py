@@ -25,7 +25,7 @@ from cldsgm import catalog
 from cldsgm.config import ConfigError, apply_overrides, first_error, resolve_config
 
 __all__ = ["StudyError", "job_table", "load_study", "model_sde", "oracle_source", "sample_rows", "schema",
-           "snapshot_steps", "train_setting", "validate_study"]
+           "snapshot_steps", "training_config", "validate_study"]
 
 SCHEMA_PATH = Path("workflow") / "schemas" / "study.schema.yaml"
 
@@ -122,16 +122,17 @@ def _check_checkpoint(name: str, checkpoint: dict | None, source: str) -> None:
                          "record its SDE (the released CIFAR-10 SOTA file is named for Gamma 0.02, nu 4.02)")
 
 
-def _check_overrides(name: str, model: dict, source: str) -> None:
-    """The model's training config with its overrides must pass the training-config schema, so that a wrong key or
-    type stops the study before any job (and no override is ever anything but data for the `train` verb)."""
+def training_config(name: str, model: dict, source: str) -> dict:
+    """Study model `name`'s training config resolved as `train` will run it (config file, overrides, defaults). It
+    must pass the training-config schema, so that a wrong key or type stops the study before any job (and no
+    override is ever anything but data for the `train` verb); StudyError otherwise."""
     try:
         config = yaml.safe_load(Path(model["config"]).read_text()) or {}
     except yaml.YAMLError as err:
         raise StudyError(f"{source}: models.{name}.config {model['config']} is not valid YAML ({err})") from None
     try:
-        resolve_config(apply_overrides(config, model.get("overrides") or {}),
-                       source=f"{source}: models.{name}.overrides on {model['config']}")
+        return resolve_config(apply_overrides(config, model.get("overrides") or {}),
+                              source=f"{source}: models.{name}.overrides on {model['config']}")
     except ConfigError as err:
         raise StudyError(str(err)) from None
 
@@ -160,7 +161,7 @@ def _check_models(study: dict, source: str, check_files: bool) -> None:
             continue
         if not Path(model["config"]).is_file():
             raise StudyError(f"{source}: models.{name}.config: training config {model['config']} not found")
-        _check_overrides(name, model, source)
+        training_config(name, model, source)
         _check_checkpoint(name, model.get("checkpoint"), source)
 
 
@@ -190,7 +191,7 @@ def _check_curve(study: dict, source: str) -> None:
     if curve["sampler"] not in catalog.SAMPLERS and curve["sampler"] not in variants:
         raise StudyError(f"{source}: sampling.curve.sampler {curve['sampler']!r} is neither a sampler nor a name in "
                          "sampling.variants")
-    sampler = variants[curve["sampler"]]["sampler"] if curve["sampler"] in variants else curve["sampler"]
+    _, sampler, _ = _sampler_of(study["sampling"], curve["sampler"])
     for name, model in study["models"].items():
         if model["data"] not in curve["data"]:
             continue
@@ -199,7 +200,7 @@ def _check_curve(study: dict, source: str) -> None:
         except ValueError as err:
             raise StudyError(f"{source}: sampling.curve.sampler {curve['sampler']!r} cannot sample model {name}: "
                              f"{err}; use one every SDE has (em)") from None
-        if not model.get("checkpoint") and not snapshot_steps(model):
+        if not model.get("checkpoint") and not snapshot_steps(name, model, source):
             raise StudyError(f"{source}: sampling.curve asks for a learning curve of {name}, which keeps no "
                              f"snapshots: set train.snapshot_every in models.{name}.overrides")
     unknown = sorted(set(curve["data"]) - set(study["data"]))
@@ -284,16 +285,13 @@ def sample_rows(study: dict) -> list[dict]:
     'row'}; 'row' names the set's directory, e.g. 'em-uniform-nfe20', 'ode-adaptive' or 'sscsfix-quadratic-nfe20'.
     An NFE budget a sampler cannot spend exactly becomes the largest one it can (PC: 2k + 1)."""
     sampling = study["sampling"]
-    variants = sampling.get("variants", {})
     rows = []
     for src in _sources(study):
         rows += _curve_rows(study, src)
         for entry in sampling["samplers"].get(src["sde"], []):
-            variant = variants.get(entry, {"sampler": entry})
+            variant, sampler, options = _sampler_of(sampling, entry)
             if variant.get("data") and src["data"] not in variant["data"]:
                 continue
-            sampler = variant["sampler"]
-            options = {**sampling.get("options", {}).get(sampler, {}), **(variant.get("options") or {})}
             common = {**src, "sampler": sampler, "variant": entry, "options": options}
             if catalog.SAMPLERS[sampler].adaptive:
                 rows.append({**common, "striding": "adaptive", "nfe": 0, "row": f"{entry}-adaptive"})
@@ -307,20 +305,20 @@ def sample_rows(study: dict) -> list[dict]:
     return rows
 
 
-def train_setting(model: dict, key: str):
-    """A value of a study model's resolved training config (its config file, overrides and defaults), e.g.
-    'train.steps'."""
-    config = resolve_config(apply_overrides(yaml.safe_load(Path(model["config"]).read_text()) or {},
-                                            model.get("overrides") or {}), source=model["config"])
-    for part in key.split("."):
-        config = config[part]
-    return config
+def snapshot_steps(name: str, model: dict, source: str = "study") -> list[int]:
+    """The training steps at which study model `name` keeps a snapshot (train.snapshot_every), the last one
+    included."""
+    train = training_config(name, model, source)["train"]
+    every = train["snapshot_every"]
+    return list(range(every, train["steps"] + 1, every)) if every else []
 
 
-def snapshot_steps(model: dict) -> list[int]:
-    """The training steps at which a model keeps a snapshot (train.snapshot_every), the last one included."""
-    every, steps = train_setting(model, "train.snapshot_every"), train_setting(model, "train.steps")
-    return list(range(every, steps + 1, every)) if every else []
+def _sampler_of(sampling: dict, entry: str) -> tuple[dict, str, dict]:
+    """A sampling.samplers (or curve) entry: (its variant spec, the sampler, the options: the sampler's study-wide
+    options under the variant's own)."""
+    variant = sampling.get("variants", {}).get(entry, {"sampler": entry})
+    sampler = variant["sampler"]
+    return variant, sampler, {**sampling.get("options", {}).get(sampler, {}), **(variant.get("options") or {})}
 
 
 def _curve_rows(study: dict, src: dict) -> list[dict]:
@@ -329,14 +327,12 @@ def _curve_rows(study: dict, src: dict) -> list[dict]:
     if not curve or src["kind"] != "model" or src["data"] not in curve["data"] or \
             study["models"][src["model"]].get("checkpoint"):
         return []
-    variant = study["sampling"].get("variants", {}).get(curve["sampler"], {"sampler": curve["sampler"]})
-    sampler = variant["sampler"]
-    options = {**study["sampling"].get("options", {}).get(sampler, {}), **(variant.get("options") or {})}
+    _, sampler, options = _sampler_of(study["sampling"], curve["sampler"])
     nfe = None if catalog.SAMPLERS[sampler].adaptive else catalog.largest_budget(sampler, curve["nfe"], options)
     striding = "adaptive" if nfe is None else curve["striding"]
     return [{**src, "sampler": sampler, "variant": "curve", "options": options, "striding": striding,
              "nfe": nfe or 0, "train_step": step, "row": f"curve-{striding}-nfe{nfe or 0}-step{step}"}
-            for step in snapshot_steps(study["models"][src["model"]])]
+            for step in snapshot_steps(src["model"], study["models"][src["model"]])]
 
 
 def _evaluation(study: dict, data: str) -> str | None:

@@ -55,12 +55,9 @@ def _interval_entry(row) -> dict:
     return {"value": number(row["value"]), "ci_low": number(row["ci_low"]), "ci_high": number(row["ci_high"])}
 
 
-def _regime(study: dict, results: Path) -> str:
-    """One sentence on what the claims rest on: the data, each model's training budget, the seeds, the intervals."""
-    from cldsgm.study import replicas
-
-    runs = replicas(study)
-    found = budgets(results, runs)
+def _regime(study: dict, found: dict) -> str:
+    """One sentence on what the claims rest on: the data, each model's training budget (`budgets`), the seeds, the
+    intervals."""
     data = ", ".join(f"{name} ({spec.get('n_train', 'all')} train points)" if "n_train" in spec else name
                      for name, spec in study["data"].items())
     trained = sorted({(b["steps"], b["batch_size"]) for b in found.values()})
@@ -76,24 +73,32 @@ def _regime(study: dict, results: Path) -> str:
 def _claims_section(study: dict, df: pd.DataFrame, results: Path) -> tuple[Section, list[dict]]:
     from cldsgm.study import replicas
 
-    claim_rows = claims(df, budgets(results, replicas(study)))
+    found = budgets(results, replicas(study))
+    claim_rows = claims(df, found)
     shown = ["claim", "setting", "A", "B", "A - B [95 %]", "seeds (A/B)", "budget (A; B)", "verdict"]
     return Section("What this study shows: the papers' claims", text=(
         "Each claim compares A with B (lower is better). The interval of A - B is a basic bootstrap interval over the "
         "generated samples (paired where the two sets share their seeds) and, for models trained with several seeds, "
         "over the seeds too: the claim holds where it lies below 0, does not hold where it lies above 0, and is "
-        "inconclusive where it holds 0. " + _regime(study, results)),
+        "inconclusive where it holds 0. " + _regime(study, found)),
         table=pd.DataFrame(claim_rows, columns=[*shown, "difference", "ci_low", "ci_high"])[shown]), claim_rows
 
 
-def sections(study: dict, df: pd.DataFrame, results: Path) -> tuple[list[Section], dict]:
+def split_curve(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the study's rows, its learning-curve rows): snapshots are not the trained models the claims are about."""
+    curve = df["variant"] == "curve"
+    return df[~curve], df[curve]
+
+
+def sections(study: dict, df: pd.DataFrame, results: Path, curve: pd.DataFrame | None = None
+             ) -> tuple[list[Section], dict]:
     """The report's sections, in order, and the content of metrics.json (every value with its interval). First what
-    the study shows (the claims, the best sampler per budget), then the plots, then the long tables, folded."""
+    the study shows (the claims, the best sampler per budget), then the plots, then the long tables, folded.
+    df: the records without the learning-curve rows, which come as `curve` (split_curve)."""
     from cldsgm.report.figures import learning_curve_figure, loss_figure, quality_figure, sampler_colours
 
     metrics = {"study": study["study"], "quality": {}, "nll": {}}
-    curve = df[df["variant"] == "curve"] if not df.empty else df
-    df = df[df["variant"] != "curve"] if not df.empty else df
+    curve = curve if curve is not None else df.iloc[:0]
     claims_section, claim_rows = _claims_section(study, df, results)
     metrics["claims"] = {f"{c['claim']} [{c['setting']}]": {k: c[k] for k in ("verdict", "difference", "ci_low",
                                                                                  "ci_high")} for c in claim_rows}
@@ -177,7 +182,9 @@ def build_report(study_path: str | Path, results: str | Path, out: str | Path) -
     # a row of the report is named by its variant (the sampler's name unless the study gave it another)
     df = records_frame(results / "records")
     df = df.assign(sampler=df["variant"])
-    parts, metrics = sections(study, df, results)
+    every = df
+    df, curve = split_curve(df)  # the tables, CSVs and claims are of the trained models, as the page
+    parts, metrics = sections(study, df, results, curve)
     out.mkdir(parents=True, exist_ok=True)
     for data, metric, sub, _ in quality_tables(df):  # long: one row per value, with its interval
         sub[["source", "sde", "sampler", "striding", "nfe_budget", "nfe", "value", "ci_low", "ci_high", "n"]].to_csv(
@@ -186,8 +193,8 @@ def build_report(study_path: str | Path, results: str | Path, out: str | Path) -
     if not sweep.empty:
         sweep.to_csv(out / "sscs_sigma_sweep.csv", index=False)
     cost_table(results).to_csv(out / "cost.csv", index=False)
-    if not df.empty:  # long format: what `dvc plots` draws (x = nfe, y = value)
-        df.drop(columns=["path", "replicates", "exact", "variance"]).to_csv(out / "records.csv", index=False)
+    if not every.empty:  # long format, every record: what `dvc plots` draws (x = nfe, y = value)
+        every.drop(columns=["path", "replicates", "exact", "variance"]).to_csv(out / "records.csv", index=False)
     from cldsgm.study import replicas
 
     pd.DataFrame(claims(df, budgets(results, replicas(study)))).to_csv(out / "claims.csv", index=False)

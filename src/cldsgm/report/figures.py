@@ -137,6 +137,7 @@ def learning_curve_axes(df: pd.DataFrame, metric: str):
 
 
 def learning_curve_figure(df: pd.DataFrame, metric: str) -> bytes:
+    """PNG of learning_curve_axes: records of the snapshots of one dataset and metric (train_step, value, interval)."""
     return _png(learning_curve_axes(df, metric))
 
 
