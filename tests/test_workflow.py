@@ -4,6 +4,7 @@ change that reruns only what it affects, a store that is down and then filled by
 the report and the MLflow UI in a real headless Chromium)."""
 
 import json
+import re
 import shutil
 import subprocess
 import urllib.request
@@ -39,7 +40,8 @@ def test_lint_is_clean(tmp_path):
     assert "Congratulations" in done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("study", ["config", "smoke", "default_v1", "samplers", "cifar10_cld", "cifar10_psld",
+@pytest.mark.parametrize("study", ["config", "smoke", "default_v1", "samplers", "digits_width", "cifar10_cld",
+                                   "cifar10_psld",
                                    "cifar10_cld_pretrained",
                                    "cifar10_psld_pretrained"])
 def test_dry_run_of_every_study(tmp_path, study):
@@ -179,6 +181,21 @@ def test_smoke_study_finishes_with_report_and_records(smoke):
     html = (project / "reports" / "smoke" / "index.html").read_text()
     assert "SSCS beats Euler-Maruyama" in html and "data:image/png;base64," in html and "seeds (A/B)" in html
     assert (project / "results/smoke/benchmarks/train/digits_cld.tsv").is_file()
+
+
+@pytest.mark.xdist_group("smoke")
+def test_every_long_job_logs_its_progress(smoke):
+    """A job's log is a file, not a terminal: lines of done / total, rate and time left, not a tqdm bar."""
+    logs = smoke["project"] / "logs" / "smoke"
+    expected = {"train": r"^train: (\d+)/\1 it \(100%\), .* it/s, ETA .*, loss ",
+                "sample": r"^(image|points) [\w-]+: (\d+)/\2 img \(100%\), .* img/s, ETA ",
+                "nll": r"^nll [\w-]+: (\d+)/\1 item \(100%\)"}
+    for rule, pattern in expected.items():
+        files = sorted((logs / rule).glob("*.log"))
+        assert files, f"no {rule} logs"
+        for log in files:
+            text = log.read_text()
+            assert re.search(pattern, text, re.M) and "\r" not in text, f"{log}: {text[-1500:]}"
 
 
 @pytest.mark.xdist_group("smoke")

@@ -24,6 +24,7 @@ from filelock import FileLock
 
 from cldsgm import __version__
 from cldsgm.utils.io import atomic_path, atomic_write_json, file_sha256
+from cldsgm.utils.progress import Progress
 
 __all__ = ["MANIFEST", "SampleDirError", "ShardPlan", "batch_edges", "check_slice", "fill_shards", "load_samples",
            "read_manifest", "slice_complete"]
@@ -170,15 +171,15 @@ def fill_shards(out_dir: Path, identity: dict, kind: str, shape, make_shard, pla
                 progress: bool = True, unit: str = "img", labels: dict | None = None) -> dict:
     """Claim the directory for `identity`, then make each missing or corrupted shard of the plan with
     make_shard(a, b, bar) -> (array [b - a, ...], mean NFE), save it atomically and record it. Returns a summary:
-    {made, kept, complete, done, n, slice_complete, first, count, out_dir}."""
-    from tqdm import tqdm
+    {made, kept, complete, done, n, slice_complete, first, count, out_dir}. progress: a bar on a terminal, else
+    a line per shard and at least every $CLDSGM_PROGRESS_EVERY seconds (30; cldsgm.utils.progress)."""
 
     _claim_dir(out_dir, identity, kind, shape, labels or {})
     manifest = read_manifest(out_dir)
     mine = plan.mine()
     todo = [(a, b) for a, b in mine
             if not _shard_ok(out_dir, _shard_name(a, b - 1), manifest["shards"].get(_shard_name(a, b - 1)))]
-    bar = tqdm(total=sum(b - a for a, b in todo), disable=not progress, desc=kind, unit=unit, smoothing=0.1)
+    bar = Progress(f"{kind} {out_dir.name}", sum(b - a for a, b in todo), unit=unit, enabled=progress)
     made = []
     try:
         for a, b in todo:
@@ -190,6 +191,7 @@ def fill_shards(out_dir: Path, identity: dict, kind: str, shape, make_shard, pla
                                           "device": device_name(device), "rank": plan.rank, "world": plan.world,
                                           "cldsgm_version": __version__})
             made.append(name)
+            bar.line()
     finally:
         bar.close()
     done = sum(e["count"] for e in read_manifest(out_dir)["shards"].values())

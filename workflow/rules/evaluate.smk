@@ -147,5 +147,5 @@ rule nll:
         "../envs/cldsgm.yaml"
     shell:
         "cldsgm nll --run-dir {params.run_dir:q} --data {input.test:q} {params.flags} --seed {params.seed:q} "
-        "--out {params.out:q} --record-dir {params.records:q} {params.exact} {params.labels} --no-progress "
+        "--out {params.out:q} --record-dir {params.records:q} {params.exact} {params.labels} "
         "> {log:q} 2>&1"

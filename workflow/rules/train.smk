@@ -19,6 +19,7 @@ rule train:
     # one thread on the CPU: the default study's networks gain nothing from a second one (measured: digits 170 s
     # either way), and two trainings then run side by side on 2 cores instead of one after the other
     threads: lambda wc: 4 if model_of(wc.model)["gpus"] else 1
+    priority: train_priority
     resources:
         gpu=lambda wc: model_of(wc.model)["gpus"],
     log:
@@ -29,7 +30,7 @@ rule train:
         "../envs/cldsgm.yaml"
     shell:
         "{params.launcher} train --config {input.config:q} --run-dir {params.run_dir:q} {params.flags} "
-        "{params.tracking} --no-progress --done {output.done:q} > {log:q} 2>&1"
+        "{params.tracking} --done {output.done:q} > {log:q} 2>&1"
 
 
 # A model of the authors' released weights: imported (`cldsgm import-checkpoint`), not trained.

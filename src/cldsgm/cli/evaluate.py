@@ -301,7 +301,8 @@ def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs, res
               help="The law the data were drawn from (points): its exact NLL on the same items goes beside the "
                    "estimate, with the gap and its standard error.")
 @label_option
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="a bar on a terminal; in a log file a line at least every $CLDSGM_PROGRESS_EVERY seconds (30)")
 def nll_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, data_path, n, first, count, probes,
                 n_probes, rtol, atol, ode_method, t_min, seed, batch_size, net_batch, shard_size, precision, device,
                 out_dir, record_dir, done_path, exact_law, labels, progress):

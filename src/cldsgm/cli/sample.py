@@ -123,7 +123,8 @@ def load_source(args: dict, *, precision: str = "fp32", device="cpu", net_batch:
 @label_option
 @click.option("--done", "done_path", type=click.Path(dir_okay=False), default=None,
               help="Write this JSON summary once this invocation's slice is complete (a workflow's output).")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="a bar on a terminal; in a log file a line at least every $CLDSGM_PROGRESS_EVERY seconds (30)")
 def sample_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, sampler, nfe, striding, t_min, n,
                    first, count, seed, batch_size, net_batch, shard_size, out_dir, precision, device, no_denoise,
                    labels, done_path, progress, **sampler_values):
@@ -214,7 +215,8 @@ def part_of(n: int, part: int, parts: int) -> tuple[int, int]:
 @click.option("--parts", type=int, default=1, show_default=True)
 @click.option("--done", "done_path", type=click.Path(dir_okay=False), default=None,
               help="Write this JSON summary once every set (or slice) is complete.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="a bar on a terminal; in a log file a line at least every $CLDSGM_PROGRESS_EVERY seconds (30)")
 def sample_rows_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, rows, t_min, seed, batch_size,
                         net_batch, shard_size, precision, device, part, parts, done_path, progress):
     """Several sample sets of one source in one process (one network load, one torch import).

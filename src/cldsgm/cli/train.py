@@ -76,7 +76,8 @@ def _check_data_path(config: dict) -> None:
               help="JSON from `cldsgm track --init --parent-out`: log as a child run of the study's parent run.")
 @click.option("--done", "done_path", type=click.Path(dir_okay=False), default=None,
               help="Write this JSON summary once training has reached train.steps (a workflow's output).")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="a bar on a terminal; in a log file a line at least every $CLDSGM_PROGRESS_EVERY seconds (30)")
 def train_command(config_path, run_dir, steps, no_tracking, allow_config_change, settings, parent_run, done_path,
                   progress):
     """Train a score model (resumes from <run-dir>/checkpoint.pt if present). Under torchrun: DDP."""

@@ -95,15 +95,20 @@ def inception_features(images: np.ndarray, model, mode: str, *, batch_size: int 
                        progress: bool = False) -> np.ndarray:
     """Inception pool features [N, 2048] (float64) of uint8 images [N, C, H, W], C in {1, 3}."""
     from cleanfid.fid import get_batch_features
-    from tqdm import tqdm
+
+    from cldsgm.utils.progress import Progress
 
     _check_mode(mode)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"FID takes uint8 images [N, 1 or 3, H, W], got {images.dtype} {images.shape}")
     loader = torch.utils.data.DataLoader(_resize_dataset(images, mode), batch_size=batch_size, shuffle=False,
                                          num_workers=0)
-    feats = [get_batch_features(batch, model, device)
-             for batch in tqdm(loader, disable=not progress, desc="inception", unit="batch")]
+    bar = Progress("inception", len(images), unit="img", enabled=progress)
+    feats = []
+    for batch in loader:
+        feats.append(get_batch_features(batch, model, device))
+        bar.update(len(batch))
+    bar.close()
     return np.concatenate(feats).astype(np.float64)
 
 

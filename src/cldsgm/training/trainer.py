@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from tqdm import tqdm
 
 from cldsgm.config import config_changes, flatten
 from cldsgm.data.prepared import load_prepared, scale_images
@@ -32,6 +31,7 @@ from cldsgm.tracking import TRACKING_FILE, Tracker, git_commit
 from cldsgm.training.checkpoint import load_checkpoint, save_checkpoint
 from cldsgm.utils.io import atomic_path, atomic_write_text, remove_stale_temporaries
 from cldsgm.utils.launch import launch, resolve_device
+from cldsgm.utils.progress import Progress
 
 __all__ = ["TrainResult", "build_sde", "keep_snapshot", "snapshot_path", "train"]
 
@@ -335,7 +335,8 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
     config.RESUMABLE_KEYS, unless allow_config_change (then the earlier config is kept as
     config.until-step-<step>.yaml). A run that already reached train.steps returns at once, opening no
     MLflow run. tracking_parent ({uri, experiment, run_id}): log as a child of a study's parent run.
-    Only rank 0 writes files and talks to MLflow.
+    Only rank 0 writes files and talks to MLflow. progress: a bar on a terminal, else a line (step, loss, it/s,
+    ETA) on standard error at least every $CLDSGM_PROGRESS_EVERY seconds (30; cldsgm.utils.progress).
     """
     run_dir = Path(run_dir)
     tcfg, ocfg, lcfg = config["train"], config["optim"], config["loss"]
@@ -376,7 +377,7 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
     shard = slice(ddp.rank * tcfg["batch_size"] // ddp.world, (ddp.rank + 1) * tcfg["batch_size"] // ddp.world)
     first = state.step
     last = tcfg["steps"] if stop_after is None else min(tcfg["steps"], state.step + stop_after)
-    bar = tqdm(total=last, initial=state.step, disable=not (progress and ddp.main), desc="train", unit="it")
+    bar = Progress("train", last, initial=state.step, unit="it", enabled=progress and ddp.main)
     # fp32: no autocast context and no loss scaler in the step at all (each costs a few microseconds per call)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if tcfg["precision"] == "bf16" else torch.float16)
                 if tcfg["precision"] != "fp32" else contextlib.nullcontext())
@@ -400,7 +401,7 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
             grad_norm = _update(state, loss, clip)
             state.step += 1
             pending.append(loss.detach())
-            bar.update(1)  # a no-op when disabled
+            bar.update(1)  # a no-op when disabled; between loss reads it shows the last loss read
             logging = state.step % tcfg["log_every"] == 0 or state.step == last
             snapshot = bool(tcfg["snapshot_every"]) and state.step % tcfg["snapshot_every"] == 0
             saving = snapshot or state.step % tcfg["checkpoint_every"] == 0 or state.step == last
@@ -419,8 +420,7 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
                 continue
             loss_value = _global_loss(loss, ddp)
             state.seconds += time.perf_counter() - clock  # the steps' time, read once the device has finished them
-            if not bar.disable:
-                bar.set_postfix(loss=f"{loss_value:.4g}")
+            bar.set_values(loss=loss_value)
             if logging:
                 state.history.append({"step": state.step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)})
                 tracker.log_metrics({"loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)}, state.step)
