@@ -29,18 +29,22 @@ def sliced_w2_replicates(x: np.ndarray, y: np.ndarray, counts: np.ndarray, *, n_
     directions = directions / directions.norm(dim=1, keepdim=True)
     px, order = torch.sort(directions @ xt.T, dim=1)  # [P, n], as sliced_wasserstein computes them
     py, _ = torch.sort(directions @ yt.T, dim=1)
-    c = torch.from_numpy(counts)
+    # counts and ranks are at most n: int16 while n fits (a quarter of int64's memory traffic, 30 % faster on the
+    # diamond's 2000 points; the same items picked, so the same values), int64 beyond
+    small = torch.int16 if n <= torch.iinfo(torch.int16).max else torch.int64
+    c = torch.from_numpy(counts).to(small)
+    one = torch.ones(1, 1, 1, dtype=small)
     out = np.empty(len(counts))
     chunk = max(1, (1 << 22) // (n_projections * n))  # resamples at once: about 4M elements per array
     for start in range(0, len(c), chunk):
         block = c[start:start + chunk]  # [b, n]
         sorted_counts = block[:, order]  # [b, P, n]: the counts in each projection's sorted order
-        ends = sorted_counts.cumsum(2)  # item j of the sorted order fills ranks [ends_j - c_j, ends_j)
-        marks = torch.zeros(len(block), n_projections, n + 1, dtype=torch.int64)
-        marks.scatter_add_(2, ends, torch.ones_like(ends))
-        item = marks.cumsum(2)[:, :, :n]  # item index (in sorted order) of rank k
-        values = px.expand(len(block), -1, -1).gather(2, item)
-        out[start:start + len(block)] = ((values - py) ** 2).mean((1, 2)).sqrt().numpy()
+        ends = sorted_counts.cumsum(2, dtype=small)  # item j of the sorted order fills [ends_j - c_j, ends_j)
+        marks = torch.zeros(len(block), n_projections, n + 1, dtype=small)
+        marks.scatter_add_(2, ends.long(), one.expand(ends.shape))
+        item = marks[:, :, :n].cumsum(2, dtype=small)  # item index (in sorted order) of rank k
+        values = px.expand(len(block), -1, -1).gather(2, item.long())
+        out[start:start + len(block)] = values.sub_(py).square_().mean((1, 2)).sqrt().numpy()
     return out
 
 
