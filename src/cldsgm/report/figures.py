@@ -64,11 +64,15 @@ def quality_panels(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return panels
 
 
-def _series(ax, group: pd.DataFrame, colour, label: str) -> None:
-    """One sampler row against NFE with its interval as a band (the adaptive ODE: one star with a bar)."""
+def _series(ax, group: pd.DataFrame, colour, label: str, log_y: bool = False) -> None:
+    """One sampler row against NFE with its interval as a band (the adaptive ODE: one star with a bar). On a log
+    y axis an interval reaching 0 (a distance's lower end stops there) is drawn down to a tenth of its value: a
+    band to 0 would fill the panel to its bottom edge and hide the rows under it."""
     group = group.sort_values("nfe")
     low = group["ci_low"].fillna(group["value"])
     high = group["ci_high"].fillna(group["value"])
+    if log_y:
+        low = low.where(low > 0, group["value"] / 10)
     if group["striding"].iloc[0] == "adaptive":
         # a basic bootstrap interval need not contain its estimate (README, "Evidence"): clip the bars at it
         bars = [(group["value"] - low).clip(lower=0), (high - group["value"]).clip(lower=0)]
@@ -83,6 +87,8 @@ def _series(ax, group: pd.DataFrame, colour, label: str) -> None:
 def quality_axes(df: pd.DataFrame, data: str, metric: str, colours: dict | None = None):
     """The faceted figure (matplotlib Figure) of quality_figure."""
     plt = _pyplot()
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
     colours = colours or sampler_colours(df["sampler"])
     panels = quality_panels(df)
     ncols = min(3, len(panels))
@@ -91,8 +97,14 @@ def quality_axes(df: pd.DataFrame, data: str, metric: str, colours: dict | None 
     positive = bool((df["value"] > 0).all())
     for ax, (title, part) in zip(axes.flat, panels, strict=False):
         for (sampler, striding), group in part.groupby(["sampler", "striding"], sort=True):
-            _series(ax, group, colours[sampler], sampler if striding != "uniform" else f"{sampler} (uniform)")
+            _series(ax, group, colours[sampler], sampler if striding != "uniform" else f"{sampler} (uniform)",
+                    log_y=positive)
         ax.set_xscale("log")
+        # ticks at 10, 20, 50, 100 ... written as numbers (matplotlib's default labels minor ticks 2x10^1, 3x10^1
+        # ... on short ranges, which overlap)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         if positive:
             ax.set_yscale("log")
         ax.set_title(title, fontsize=9)
@@ -109,8 +121,9 @@ def quality_axes(df: pd.DataFrame, data: str, metric: str, colours: dict | None 
             handles.setdefault(label, handle)
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(6, len(handles)), fontsize=8,
                frameon=False, bbox_to_anchor=(0.5, 0.0))
-    fig.suptitle(f"{data}: {METRICS.get(metric, metric)} (bands: 95 % intervals; dashed: uniform striding)",
-                 fontsize=10)
+    reach_zero = " (a band down to a tenth of its value reaches 0)" if positive else ""
+    fig.suptitle(f"{data}: {METRICS.get(metric, metric)} (bands: 95 % intervals{reach_zero}; dashed: uniform "
+                 "striding)", fontsize=10)
     fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(handles) // 6), 1, 0.97))
     return fig
 
