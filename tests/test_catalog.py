@@ -108,7 +108,7 @@ def test_every_catalog_name_resolves():
 
 
 def test_the_learning_curve_rows_follow_the_snapshots_and_a_bad_curve_is_refused():
-    """sampling.curve: one row per snapshot of each model of its datasets (the default study: 4 per digits model);
+    """sampling.curve: one row per snapshot of each model of its datasets (the default study: 3 per digits model);
     a curve sampler one of the models' SDEs cannot use, or models that keep no snapshots, stop the study."""
     import copy
 
@@ -119,7 +119,7 @@ def test_the_learning_curve_rows_follow_the_snapshots_and_a_bad_curve_is_refused
     default = yaml.safe_load(open("params/config.yaml"))
     rows = [r for r in job_table(load_study(default, "config.yaml"))["rows"] if r["variant"] == "curve"]
     assert sorted({r["source"] for r in rows}) == ["digits_cld", "digits_psld", "digits_vpsde"]
-    assert sorted({r["train_step"] for r in rows}) == [500, 1000, 1500, 2000]
+    assert sorted({r["train_step"] for r in rows}) == [1000, 2000, 3000]
     assert {r["row"] for r in rows if r["source"] == "digits_cld"} >= {"curve-quadratic-nfe50-step500"}
     bad = copy.deepcopy(default)
     bad["sampling"]["curve"]["sampler"] = "sscs"  # no SSCS for the VPSDE model

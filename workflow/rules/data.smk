@@ -9,6 +9,7 @@ rule prepare:
         flags=prepare_flags,
         out=lambda wc, output: os.path.dirname(output.npz),
         seed=STUDY["seed"],
+    priority: 3  # seconds of work that gates every training
     log:
         f"{LOGS}/prepare/{{data}}_{{split}}.log",
     benchmark:
