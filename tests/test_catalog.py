@@ -120,7 +120,7 @@ def test_the_learning_curve_rows_follow_the_snapshots_and_a_bad_curve_is_refused
     rows = [r for r in job_table(load_study(default, "config.yaml"))["rows"] if r["variant"] == "curve"]
     assert sorted({r["source"] for r in rows}) == ["digits_cld", "digits_psld", "digits_vpsde"]
     assert sorted({r["train_step"] for r in rows}) == [1000, 2000, 3000]
-    assert {r["row"] for r in rows if r["source"] == "digits_cld"} >= {"curve-quadratic-nfe50-step500"}
+    assert {r["row"] for r in rows if r["source"] == "digits_cld"} >= {"curve-quadratic-nfe50-step1000"}
     bad = copy.deepcopy(default)
     bad["sampling"]["curve"]["sampler"] = "sscs"  # no SSCS for the VPSDE model
     with pytest.raises(StudyError, match="curve.sampler 'sscs' cannot sample model digits_vpsde"):
