@@ -4,7 +4,6 @@ change that reruns only what it affects, a store that is down and then filled by
 the report and the MLflow UI in a real headless Chromium)."""
 
 import json
-import re
 import shutil
 import subprocess
 import urllib.request
