@@ -60,6 +60,7 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.done = self.initial = initial
         self.values: dict[str, str] = {}
+        self.said = (initial, {})  # what the last line showed: the close repeats nothing
         self.bar = None
         self.lines = False
         if enabled:
@@ -97,12 +98,12 @@ class Progress:
         values = "".join(f", {k} {v}" for k, v in self.values.items())
         print(f"{self.desc}: {self.done}/{self.total} {self.unit} ({percent:.0f}%), {rate:.3g} {self.unit}/s, "
               f"{left}, elapsed {format_seconds(elapsed)}{values}", file=self.stream, flush=True)
-        self.last_line = now
+        self.last_line, self.said = now, (self.done, dict(self.values))
 
     def close(self) -> None:
-        """The last line (in line mode, if any work was counted) or the bar closed."""
+        """The last line (in line mode, if the count or the values changed since the last line) or the bar closed."""
         if self.bar is not None:
             self.bar.close()
-        elif self.lines and self.done > self.initial:
+        elif self.lines and self.said != (self.done, self.values):
             self.line()
         self.lines = False
