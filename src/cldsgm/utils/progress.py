@@ -53,7 +53,8 @@ class Progress:
 
     def __init__(self, desc: str, total: int, *, initial: int = 0, unit: str = "it", enabled: bool = True,
                  every: float | None = None, stream=None):
-        every = line_interval() if every is None else every
+        if every is None:  # $CLDSGM_PROGRESS_EVERY is read (and checked) only by a Progress that shows something
+            every = line_interval() if enabled else DEFAULT_EVERY_S
         if not every > 0:
             raise ValueError(f"the progress interval must be positive seconds, got {every}")
         self.desc, self.total, self.unit, self.every = desc, total, unit, every
