@@ -232,3 +232,21 @@ def test_two_concurrent_first_runs_on_a_fresh_store_both_succeed(diamond_data, t
     assert all(r.info.status == "FINISHED" for r in runs)
     for i in range(2):
         assert (tmp_path / f"run{i}" / TRACKING_FILE).is_file()
+
+
+def test_track_refuses_a_study_file_that_is_not_a_study_and_logs_nothing(tmp_path):
+    """`cldsgm track --parent-run P --study F` with F not a valid study: one line naming the file, the parent run
+    left as it was (RUNNING), nothing logged to it."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    init = run_cli("track", "--init", "--experiment", "bad", "--parent-out", str(tmp_path / "parent.json"),
+                   "--uri", uri)
+    assert init.returncode == 0, init.stdout + init.stderr
+    (tmp_path / "study.yaml").write_text("study: bad\nmodels: 3\n")
+    done = run_cli("track", "--parent-run", str(tmp_path / "parent.json"), "--study", str(tmp_path / "study.yaml"),
+                   "--uri", uri)
+    assert done.returncode != 0 and "--study " in done.stderr and "study.yaml" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    client = MlflowClient(uri)
+    (parent,) = client.search_runs([client.get_experiment_by_name("bad").experiment_id])
+    assert parent.info.status == "RUNNING" and not parent.data.params
+    assert client.get_experiment_by_name("bad").tags["mlflow.experimentKind"] == "custom_model_development"

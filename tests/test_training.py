@@ -160,7 +160,7 @@ def test_metrics_land_in_a_sqlite_mlflow_store(diamond_data, tmp_path, monkeypat
     run = runs[0]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [5, 10, 15, 20]
     assert run.data.params["optim.lr"] == "0.001" and run.data.params["model.name"] == "toy_mlp"
-    assert len(run.data.tags["dataset_sha256"]) == 64 and "git_commit" in run.data.tags
+    assert len(run.data.tags["dataset_sha256"]) == 64 and "mlflow.source.git.commit" in run.data.tags
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["loss.csv"]
 
 

@@ -45,6 +45,20 @@ def read_parent(path) -> dict:
                                    f"({err})") from err
 
 
+def _resolved_study(study_file) -> dict | None:
+    """The study of `study_file` as the workflow resolved it (defaults filled in), or None without a file."""
+    if study_file is None:
+        return None
+    import yaml
+
+    from cldsgm.study import StudyError, load_study
+
+    try:
+        return load_study(yaml.safe_load(open(study_file).read()), str(study_file), check_files=False)
+    except (StudyError, yaml.YAMLError) as err:
+        raise click.ClickException(f"--study {study_file}: {err}") from None
+
+
 def _check_data_path(config: dict) -> None:
     """The prepared dataset a config names exists and its manifest reads (no torch needed)."""
     from pathlib import Path
@@ -142,13 +156,16 @@ def train_command(config_path, run_dir, steps, no_tracking, allow_config_change,
               help="With --parent-run: log every evaluation record under this folder (metrics at step = NFE).")
 @click.option("--artifacts", "artifacts_dir", type=click.Path(file_okay=False), default=None,
               help="With --parent-run: log this folder (the report) as artifacts of the parent run.")
+@click.option("--study", "study_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="With --parent-run: the study file, logged with the resolved study as the parent run's "
+                   "artifacts (study/) and params.")
 @click.option("--uri", default=None, help="The store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @click.option("--soft", is_flag=True,
               help="A store that fails is a warning, not an error: exit 0 with the files written (for workflows).")
 @click.option("--summary", "summary_path", type=click.Path(dir_okay=False), default=None,
               help="Write what was logged (or the error) to this JSON file.")
-def track_command(init, run_dirs, experiment, parent_out, parent_run, records_dir, artifacts_dir, uri, soft,
-                  summary_path):
+def track_command(init, run_dirs, experiment, parent_out, parent_run, records_dir, artifacts_dir, study_file, uri,
+                  soft, summary_path):
     """Set up the MLflow store once before parallel jobs, or (re)log on-disk records into it."""
     from cldsgm.tracking import (
         TrackingError,
@@ -167,6 +184,7 @@ def track_command(init, run_dirs, experiment, parent_out, parent_run, records_di
         raise click.UsageError("--parent-out needs --init and --experiment")
     summary = {"store": tracking_uri(uri), "runs": {}, "error": None}
     parent = read_parent(parent_run) if parent_run else None
+    study = _resolved_study(study_file)  # a bad study file is refused before anything is logged
     try:
         if init:
             store, exp_id = init_store(uri, experiment)
@@ -187,7 +205,7 @@ def track_command(init, run_dirs, experiment, parent_out, parent_run, records_di
             summary["records"] = log_records(records_dir, parent)
             click.echo(f"records: {summary['records']['logged']} metrics logged in {summary['records']['runs']} runs")
         if parent_run:
-            finish_parent(parent, artifacts_dir)
+            finish_parent(parent, artifacts_dir, study, study_file)
     except (TrackingError, FileNotFoundError) as err:
         if not soft:
             raise click.ClickException(str(err)) from err

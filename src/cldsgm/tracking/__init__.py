@@ -4,6 +4,7 @@ what is on disk later: training runs and evaluation records)."""
 
 from cldsgm.tracking.relog import log_records, relog_run_dir
 from cldsgm.tracking.store import (
+    COMMIT_TAG,
     TrackingError,
     finish_parent,
     git_commit,
@@ -14,5 +15,5 @@ from cldsgm.tracking.store import (
 )
 from cldsgm.tracking.tracker import TRACKING_FILE, Tracker
 
-__all__ = ["TRACKING_FILE", "Tracker", "TrackingError", "finish_parent", "git_commit", "init_store", "log_records",
-           "open_parent_run", "relog_run_dir", "sqlite_path", "tracking_uri"]
+__all__ = ["COMMIT_TAG", "TRACKING_FILE", "Tracker", "TrackingError", "finish_parent", "git_commit", "init_store",
+           "log_records", "open_parent_run", "relog_run_dir", "sqlite_path", "tracking_uri"]

@@ -8,8 +8,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from cldsgm.tracking.store import TrackingError, git_commit, tracking_uri
-from cldsgm.tracking.tracker import Tracker
+from cldsgm.tracking.store import COMMIT_TAG, TrackingError, git_commit, tracking_uri
+from cldsgm.tracking.tracker import TRACKING_FILE, Tracker
 
 __all__ = ["log_records", "relog_run_dir"]
 
@@ -55,7 +55,10 @@ def relog_run_dir(run_dir: str | Path, uri: str | None = None, *, parent_run_id:
 
 
 def _step(row) -> int:
-    """A record's step: its NFE budget, else the NFE it spent (the adaptive ODE), else 0 (NLL, accuracy)."""
+    """A record's step: a learning curve's training step; else its NFE budget, else the NFE it spent (the adaptive
+    ODE), else 0 (NLL, accuracy)."""
+    if row.variant == "curve" and row.train_step == row.train_step and row.train_step is not None:
+        return int(row.train_step)
     for value in (row.nfe_budget, row.nfe):
         if value == value and value:  # NaN (missing in the frame) != NaN
             return int(round(value))
@@ -74,14 +77,58 @@ def _group(row) -> tuple[str, dict]:
         "variant": str(row.variant), "striding": str(row.striding), "network": str(row.network), "kind": row.kind}
 
 
+def _present(value) -> bool:
+    return value is not None and value == value  # NaN (missing in the frame) != NaN
+
+
+def _run_params(rows: list) -> tuple[dict, dict]:
+    """(params, tags) of a child run from its records: what is the same across its rows (sampler, options,
+    striding, n, seed, t_min, precision, shard plan, checkpoint sha256 and step, dataset sha256 ...), the NFE budgets
+    it spans (its steps), and the MLflow run of the training that made the checkpoint (cldsgm.training_run_id)."""
+    import json
+
+    from cldsgm.records import read_record
+
+    first = read_record(rows[0].path)
+    source, dataset = first.get("source") or {}, first.get("dataset") or {}
+    params = {"metric_source": first.get("metric"), "sde": first.get("sde"), "network": first.get("network"),
+              "sampler": first.get("sampler"), "options": json.dumps(first.get("options") or {}, sort_keys=True),
+              "striding": first.get("striding"), "n": first.get("n"), "seed": first.get("seed"),
+              "t_min": first.get("t_min"), "dataset": dataset.get("name"), "dataset_split": dataset.get("split"),
+              "dataset_sha256": dataset.get("sha256"), "checkpoint_sha256": source.get("sha256"),
+              "checkpoint_step": source.get("step"), "weights": source.get("weights"), "oracle": source.get("oracle")}
+    budgets = sorted({int(r.nfe_budget) for r in rows if _present(r.nfe_budget)})
+    if budgets:
+        params["nfe_budgets"] = " ".join(map(str, budgets))
+    samples = first.get("samples")
+    manifest = Path(samples) / "manifest.json" if samples else None
+    if manifest is not None and manifest.is_file():  # what the sample set's identity adds: precision, shard plan
+        identity = json.loads(manifest.read_text())["identity"]
+        params.update({k: identity.get(k) for k in ("precision", "shard_size", "net_batch", "denoise")})
+    params = {k: v for k, v in params.items() if v is not None}
+    tags = {}
+    checkpoint = source.get("checkpoint")
+    tracking = Path(checkpoint).parent / TRACKING_FILE if checkpoint else None
+    if tracking is not None and tracking.is_file():  # the training run's own MLflow run (not for imported weights)
+        try:
+            run_id = json.loads(tracking.read_text()).get("run_id")
+        except (OSError, ValueError):
+            run_id = None
+        if run_id:
+            tags["cldsgm.training_run_id"] = run_id
+            params["training_run_id"] = run_id
+    return params, tags
+
+
 def log_records(records_dir: str | Path, parent: dict) -> dict:
     """Log every record under records_dir (cldsgm.records.records_frame) into child runs of the study's parent
     run; only what is missing.
 
-    Quality metrics go in with step = NFE budget (the adaptive ODE: its mean NFE), with their 95 % interval as
-    <metric>_ci_low / <metric>_ci_high at the same step; NLL and accuracy at step 0; each sample set's grid.png
-    becomes an artifact of its run. Returns {'runs', 'logged'}; TrackingError
-    names the store when it fails.
+    Quality metrics go in with step = NFE budget (the adaptive ODE: its mean NFE; a learning curve: the training
+    step), with their 95 % interval as <metric>_ci_low / <metric>_ci_high at the same step; NLL and accuracy at
+    step 0; each sample set's grid.png becomes an artifact of its run. Each run's params say what made its
+    records (`_run_params`), and its tag cldsgm.training_run_id names the training run of the checkpoint.
+    Returns {'runs', 'logged'}; TrackingError names the store when it fails.
     """
     from cldsgm.records import records_frame
 
@@ -94,8 +141,11 @@ def log_records(records_dir: str | Path, parent: dict) -> dict:
         tags_of[name] = tags
     uri, logged, commit = tracking_uri(parent["uri"]), 0, git_commit()
     for name, rows in groups.items():
+        params, link = _run_params(rows)
         tracker = Tracker(enabled=True, experiment=parent["experiment"], run_name=name, uri=uri, group=name,
-                          parent_run_id=parent.get("run_id"), tags={**tags_of[name], "git_commit": commit})
+                          parent_run_id=parent.get("run_id"), tags={**tags_of[name], **link, COMMIT_TAG: commit})
+        tracker.log_params(params)
+        tracker.set_tags(link)  # also on a run reopened by a later study run
         by_step: dict[int, dict] = {}
         for r in rows:
             if r.value == r.value:  # NaN: a record without a value

@@ -20,8 +20,9 @@ from pathlib import Path
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
-__all__ = ["TrackingError", "client", "experiment_id", "finish_parent", "first_line", "git_commit", "init_store",
-           "open_parent_run", "sqlite_path", "store_errors", "store_lock", "tracking_uri"]
+__all__ = ["COMMIT_TAG", "EXPERIMENT_KIND", "TrackingError", "client", "experiment_id", "finish_parent", "first_line",
+           "git_commit", "init_store", "metric_key", "open_parent_run", "sqlite_path", "store_errors", "store_lock",
+           "tracking_uri"]
 
 # MLflow's defaults retry for minutes (7 retries, backoff factor 2, 120 s timeout); a job waits seconds.
 _HTTP_BUDGET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -29,6 +30,10 @@ _HTTP_BUDGET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BAC
 _QUIET = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # "View run" lines pollute captured stdout
           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 _LOCK_WAIT_S = 120.0
+COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own tag: the UI's "Source" / version column shows it
+# MLflow 3's UI opens an experiment by its kind: without this tag it infers a GenAI experiment and opens on an empty
+# "Traces" overview; a model-training experiment opens on its runs
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 class TrackingError(RuntimeError):
@@ -105,15 +110,24 @@ def client(uri: str):
 
 
 def experiment_id(mlflow_client, uri: str, name: str) -> str:
-    """The id of experiment `name`, created if absent (for SQLite with artifacts in mlruns/ beside the db)."""
+    """The id of experiment `name`, a model-training experiment (EXPERIMENT_KIND), created if absent (for SQLite
+    with artifacts in mlruns/ beside the db); an experiment of an older store gets the kind tag."""
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
+        if not experiment.tags.get("mlflow.experimentKind"):
+            for key, value in EXPERIMENT_KIND.items():
+                mlflow_client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     db = sqlite_path(uri)
     location = None
     if db is not None:
         location = (db.parent / "mlruns" / re.sub(r"[^A-Za-z0-9_.-]", "_", name)).as_uri()
-    return mlflow_client.create_experiment(name, artifact_location=location)
+    return mlflow_client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+
+
+def metric_key(name: str) -> str:
+    """`name` with what MLflow refuses in a metric or param key (it takes letters, digits, _ - . space / :) made _."""
+    return re.sub(r"[^A-Za-z0-9_\-. /:]", "_", name).strip()[:250]
 
 
 def init_store(uri: str | None = None, experiment: str | None = None) -> tuple[str, str | None]:
@@ -152,19 +166,84 @@ def open_parent_run(uri: str, experiment: str, path: str | Path | None) -> dict:
         if run_id is None:
             found = mlflow_client.search_runs([exp_id], filter_string="tags.`cldsgm.role` = 'study'", max_results=1)
             run_id = found[0].info.run_id if found else mlflow_client.create_run(exp_id, run_name=experiment, tags={
-                "cldsgm.role": "study", "git_commit": git_commit()}).info.run_id
+                "cldsgm.role": "study", COMMIT_TAG: git_commit()}).info.run_id
     parent = {"uri": uri, "experiment": experiment, "experiment_id": exp_id, "run_id": run_id}
     if path is not None:
         atomic_write_json(path, parent)
     return parent
 
 
-def finish_parent(parent: dict, artifacts: str | Path | None = None) -> None:
-    """Log the report folder as artifacts of the study's parent run and mark it FINISHED."""
+def _study_params(study: dict) -> dict:
+    """The resolved study flattened to MLflow params (dotted keys, values as text of at most 500 characters)."""
+    from cldsgm.config import flatten
+
+    return {metric_key(k): str(v)[:500] for k, v in flatten(study).items()}
+
+
+def headline_metrics(summary: dict) -> dict:
+    """Metrics of a study's parent run from the report's summary.json: each tested claim's difference and interval
+    (claim/<key>, _ci_low, _ci_high; the claim's short key, e.g. 'sscs-em diamond_cld quadratic'), each model's
+    NLL, and per source and metric the best row's value (best/<data>/<source>/<metric>; every sample metric is
+    lower-is-better)."""
+    out = {}
+    for name, claim in (summary.get("claims") or {}).items():
+        if claim.get("difference") is not None:
+            key = metric_key(f"claim/{claim.get('key') or name}")[:230]
+            out[key] = claim["difference"]
+            for end in ("ci_low", "ci_high"):
+                if claim.get(end) is not None:
+                    out[f"{key}_{end}"] = claim[end]
+    for name, nll in (summary.get("nll") or {}).items():
+        if nll.get("value") is not None:
+            out[metric_key(f"nll/{name}")] = nll["value"]
+    for name, row in (summary.get("quality") or {}).items():
+        data, source, _, metric = (name.split("/") + [None] * 4)[:4]
+        value = row.get("value") if isinstance(row, dict) else None
+        if metric is None or value is None or value != value:  # NaN: a row without a value
+            continue
+        key = metric_key(f"best/{data}/{source}/{metric}")
+        out[key] = min(out.get(key, value), value)
+    return out
+
+
+def finish_parent(parent: dict, artifacts: str | Path | None = None, study: dict | None = None,
+                  study_file: str | Path | None = None) -> None:
+    """Close the study's parent run (FINISHED) after logging what describes the whole study: the report folder as
+    artifacts; `study_file` and the resolved `study` (as cldsgm.study.load_study returns it) as artifacts under
+    study/, and the resolved study as params (only those the run lacks: params cannot change); the report's
+    summary.json as headline metrics (`headline_metrics`)."""
     if not parent.get("run_id"):
         return
+    import tempfile
+    import time
+
+    import yaml
+
     with store_errors(parent["uri"], "failed while closing the study run"):
         mlflow_client = client(parent["uri"])
+        run_id = parent["run_id"]
+        if study_file is not None:
+            mlflow_client.log_artifact(run_id, str(study_file), "study")
+        if study is not None:
+            from mlflow.entities import Param
+
+            with tempfile.TemporaryDirectory() as tmp:
+                resolved = Path(tmp) / "resolved_study.yaml"
+                resolved.write_text(yaml.safe_dump(study, sort_keys=False))
+                mlflow_client.log_artifact(run_id, str(resolved), "study")
+            have = mlflow_client.get_run(run_id).data.params
+            params = [Param(k, v) for k, v in _study_params(study).items() if k not in have]
+            for start in range(0, len(params), 100):  # log_batch takes at most 100 params per call
+                mlflow_client.log_batch(run_id, params=params[start:start + 100])
+        summary_path = Path(artifacts) / "summary.json" if artifacts is not None else None
+        if summary_path is not None and summary_path.is_file():
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            metrics = [Metric(k, float(v), now, 0) for k, v in headline_metrics(json.loads(
+                summary_path.read_text())).items()]
+            for start in range(0, len(metrics), 900):  # log_batch takes at most 1000 metrics per call
+                mlflow_client.log_batch(run_id, metrics=metrics[start:start + 900])
         if artifacts is not None and Path(artifacts).is_dir():
-            mlflow_client.log_artifacts(parent["run_id"], str(artifacts), "report")
-        mlflow_client.set_terminated(parent["run_id"], "FINISHED")
+            mlflow_client.log_artifacts(run_id, str(artifacts), "report")
+        mlflow_client.set_terminated(run_id, "FINISHED")

@@ -41,6 +41,7 @@ class Tracker:
         self._logged_params: dict = {}
         self._logged_steps: dict[str, set] = {}  # metric -> the steps a reopened run already holds
         self.uri = tracking_uri(uri) if enabled else None
+        self._monitor = None  # MLflow's system-metrics thread (training runs)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.group = group
         if not enabled:
@@ -168,8 +169,25 @@ class Tracker:
         if Path(path).exists():
             self._call(lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
 
+    def start_system_metrics(self, interval_s: float = 10.0) -> None:
+        """Log MLflow's system metrics (system/cpu_utilization_percentage, memory, disk, network, GPU) every
+        `interval_s` seconds from a thread until `end`. The thread only warns if the store fails (MLflow's own)."""
+        def start():
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, resume_logging=self.resumed,
+                                           tracking_uri=self.uri)
+            monitor.start()
+            self._monitor = monitor
+
+        if self.run_id is not None:
+            self._call(start)
+
     def end(self, status: str = "FINISHED") -> None:
-        """Close the run with FINISHED, FAILED or KILLED."""
+        """Close the run with FINISHED, FAILED or KILLED (after the system-metrics thread's last batch)."""
+        if self._monitor is not None:
+            monitor, self._monitor = self._monitor, None
+            self._call(monitor.finish)
         if self.run_id is not None:
             self._call(lambda: self._client.set_terminated(self.run_id, status))
         self.enabled = False

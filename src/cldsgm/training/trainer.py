@@ -27,7 +27,7 @@ from cldsgm.losses import sample_time, score_matching_loss
 from cldsgm.models.registry import build_network, count_parameters
 from cldsgm.sde import PhaseSpaceSDE
 from cldsgm.sde import build_sde as _build_sde
-from cldsgm.tracking import TRACKING_FILE, Tracker, git_commit
+from cldsgm.tracking import COMMIT_TAG, TRACKING_FILE, Tracker, git_commit
 from cldsgm.training.checkpoint import load_checkpoint, save_checkpoint
 from cldsgm.utils.io import atomic_path, atomic_write_text, remove_stale_temporaries
 from cldsgm.utils.launch import launch, resolve_device
@@ -259,9 +259,10 @@ def _tracker(config: dict, run_dir: Path, ddp: _Distributed, parent: dict, manif
                       tags={"cldsgm.role": "train", "sde": config["sde"]["name"], "network": config["model"]["name"]})
     if ddp.main:
         tracker.log_params(flatten(config))
-        tracker.set_tags({"git_commit": git_commit(), "dataset_sha256": manifest["sha256"],
+        tracker.set_tags({COMMIT_TAG: git_commit(), "dataset_sha256": manifest["sha256"],
                           "n_parameters": str(count_parameters(model)), "world_size": str(ddp.world),
                           "run_dir": str(run_dir.absolute())})
+        tracker.start_system_metrics()  # every 10 s ($MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL)
     return tracker
 
 
