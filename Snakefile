@@ -11,6 +11,19 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# seconds of work each: on a cluster they run where Snakemake runs instead of waiting in the queue (so does the
+# gathering `sample` step of sharded sampling, sample.smk)
+localrules:
+    all,
+    mlflow_init,
+    report,
+    track,
+
+
+onstart:
+    check_store_for_executor()
+
+
 rule all:
     default_target: True
     input:

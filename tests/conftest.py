@@ -159,7 +159,9 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent
 WORKFLOW_ENV = {**SUBPROCESS_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t",
+                "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "DVC_NO_ANALYTICS": "1",
+                # system metrics every second (MLflow's default 10 s is longer than the smoke study's trainings)
+                "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1", "GIT_AUTHOR_NAME": "t",
                 "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"}
 WORKFLOW_ENV.pop("MLFLOW_TRACKING_URI", None)
 
@@ -240,10 +242,14 @@ def smoke_runs(request, tmp_path_factory):
         if cluster.gpus:
             cluster.restart(0)
         remote = project_copy(tmp_path_factory.mktemp("slurm_smoke") / "project")
+        # the store of a cluster run: an MLflow server (the slurm profile refuses a SQLite file, common.smk)
+        server = MlflowServer(remote.parent / "server.db", remote.parent / "artifacts").start()
+        request.addfinalizer(server.stop)
         started = time.time()
         proc = subprocess.Popen([str(BIN / "snakemake"), *SLURM_PROFILE, *SLURM_FAST_POLL, "--configfile",
                                  "params/smoke.yaml"], cwd=remote, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env={**WORKFLOW_ENV, "SLURM_CONF": str(cluster.conf)}, text=True)
+                                env={**WORKFLOW_ENV, "SLURM_CONF": str(cluster.conf),
+                                     "MLFLOW_TRACKING_URI": server.uri}, text=True)
     try:
         local = _local_smoke(project_copy(tmp_path_factory.mktemp("smoke") / "project"))
     except BaseException:
@@ -254,7 +260,8 @@ def smoke_runs(request, tmp_path_factory):
     if slurm_run is None:
         output, _ = proc.communicate(timeout=900)
         assert proc.returncode == 0, output[-4000:]
-        slurm_run = {"project": remote, "log": output, "wall_s": time.time() - started, "jobs": cluster.jobs()}
+        slurm_run = {"project": remote, "log": output, "wall_s": time.time() - started, "jobs": cluster.jobs(),
+                     "store": server.uri}
     return {"local": local, "slurm": slurm_run}
 
 

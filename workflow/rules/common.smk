@@ -10,6 +10,7 @@ import yaml
 from cldsgm import catalog
 from cldsgm.config import override_argument
 from cldsgm.study import StudyError, job_table, load_study
+from cldsgm.tracking.store import sqlite_path, tracking_uri
 
 DEFAULT_STUDY = "params/config.yaml"
 STUDY_FILE = workflow.configfiles[-1] if workflow.configfiles else DEFAULT_STUDY
@@ -120,6 +121,21 @@ def train_priority(wildcards):
     models; every evaluation job waits at priority 0 (README, "Cost of the default study": 14:20 without, at 4000
     steps; 10:43 with, at 3000)."""
     return 2 if catalog.DATASETS[model_of(wildcards.model)["data"]].kind == "image" else 1
+
+
+def check_store_for_executor():
+    """Before any job is submitted (onstart): jobs on other machines (SLURM) must not write a SQLite store, whose
+    locking over a cluster's network file system is the textbook way to corrupt it. One line says what to do."""
+    plugin = workflow.executor_plugin
+    if plugin is None or plugin.common_settings.local_exec or not TRACKING:
+        return
+    uri = tracking_uri(STUDY["tracking"]["uri"])  # $MLFLOW_TRACKING_URI first, as every job reads it
+    if sqlite_path(uri) is not None:
+        raise WorkflowError(
+            f"the MLflow store {uri} is a SQLite file, which jobs on other nodes would corrupt; start a server on "
+            "this node (`mlflow server --backend-store-uri sqlite:///$PWD/mlflow.db --host 0.0.0.0 --port 5000`, "
+            "README 'Running on SLURM') and `export MLFLOW_TRACKING_URI=http://$(hostname):5000`, or set "
+            "tracking.enabled: false in the study")
 
 
 def one_of(names):

@@ -53,6 +53,7 @@ rule track:
         runs=" ".join(flag("--run-dir", f"{RESULTS}/runs/{model}") for model in TRAINED),  # imported: no log
         records=lambda wc, input: f"{os.path.dirname(os.path.dirname(input.parent))}/records",
         report=lambda wc, input: os.path.dirname(input.report),
+        study=STUDY_FILE,
     log:
         f"{LOGS}/track.log",
     benchmark:
@@ -61,4 +62,4 @@ rule track:
         "../envs/cldsgm.yaml"
     shell:
         "cldsgm track --parent-run {input.parent:q} {params.runs} --records {params.records:q} "
-        "--artifacts {params.report:q} --soft --summary {output.tracked:q} > {log:q} 2>&1"
+        "--artifacts {params.report:q} --study {params.study:q} --soft --summary {output.tracked:q} > {log:q} 2>&1"

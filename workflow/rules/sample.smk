@@ -25,7 +25,7 @@ rule sample_part:
         "../envs/cldsgm.yaml"
     shell:
         "cldsgm sample-rows {params.args} {params.rows} --part {wildcards.part:q} --parts {params.parts:q} "
-        "--done {output.done:q} --no-progress > {log:q} 2>&1"
+        "--done {output.done:q} > {log:q} 2>&1"
 
 
 rule sample:
@@ -36,9 +36,11 @@ rule sample:
     params:
         args=source_args,
         rows=row_flags,
+    # with shard jobs this only checks their shards' sha256 and writes the markers: no GPU, no queue
+    localrule: SAMPLING["shard_jobs"] > 1
     threads: 1
     resources:
-        gpu=SAMPLING["gpus"],
+        gpu=0 if SAMPLING["shard_jobs"] > 1 else SAMPLING["gpus"],
     log:
         f"{LOGS}/sample/{{source}}.log",
     benchmark:
@@ -46,4 +48,4 @@ rule sample:
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "cldsgm sample-rows {params.args} {params.rows} --done {output.done:q} --no-progress > {log:q} 2>&1"
+        "cldsgm sample-rows {params.args} {params.rows} --done {output.done:q} > {log:q} 2>&1"
