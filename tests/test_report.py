@@ -4,6 +4,7 @@ and every figure the Markdown names exists. Records are found by what they say a
 from __future__ import annotations
 
 import html
+import json
 import re
 from pathlib import Path
 
@@ -185,3 +186,24 @@ def test_rows_that_get_worse_with_nfe_are_listed_with_a_reason():
     rises = worse_with_nfe(pd.DataFrame(model + oracle)).set_index("source")
     assert rises.loc["diamond_cld", "why"] == "the sampler: it rises on the exact score too"
     assert rises.loc["oracle-diamond-cld", "why"].startswith("on the exact score")
+
+
+def test_metrics_json_is_the_headline_and_plots_are_one_per_dataset_and_metric(tmp_path):
+    """[16/18]: metrics.json (what `dvc metrics show` prints as one line) holds each tested claim's difference under
+    a short key and the verdict counts; summary.json every value; plots/ one long table per dataset x metric for
+    the trained sources and one for the oracles, a series per source / sampler / striding."""
+    results, out = _results(tmp_path), tmp_path / "report"
+    summary = build_report(_study(tmp_path), results, out)
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    headline = json.loads((out / "metrics.json").read_text())
+    tested = [c for c in summary["claims"].values() if c["difference"] is not None]
+    assert {k for k in headline if k not in ("holds", "does not hold", "inconclusive")} == {c["key"] for c in tested}
+    assert headline["sscs-em diamond_cld quadratic"] == pytest.approx(
+        summary["claims"]["SSCS beats Euler-Maruyama at low NFE (CLD paper) [diamond_cld, quadratic, NFE 6, "
+                          "sliced_w2]"]["difference"], abs=1e-6)
+    assert sum(headline[v] for v in ("holds", "does not hold", "inconclusive")) == len(tested)
+    assert len(json.dumps(headline)) < 400  # the nested sentences made a 3,825-character line
+    table = pd.read_csv(out / "plots" / "diamond_sliced_w2.csv")
+    assert list(table.columns) == ["nfe", "value", "ci_low", "ci_high", "series"]
+    assert "diamond_cld sscs quadratic" in set(table["series"]) and table["nfe"].notna().all()
+    assert not table["series"].str.startswith("oracle-").any()

@@ -1,4 +1,5 @@
-"""The study report, reports/<study>/: index.html (self-contained), report.md, metrics.json, CSVs and figures.
+"""The study report, reports/<study>/: index.html (self-contained), report.md, summary.json (every value with its
+interval), metrics.json (the headline: `dvc metrics`), plots/ (`dvc plots`), CSVs and figures.
 
 It reads only what the jobs left on disk: the JSON records (cldsgm.records.records_frame), the training runs'
 loss.csv and the Snakemake benchmark files; it imports no torch. `analysis` turns records into tables and verdicts,
@@ -10,6 +11,7 @@ sample grids, and cost.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -100,8 +102,9 @@ def sections(study: dict, df: pd.DataFrame, results: Path, curve: pd.DataFrame |
     metrics = {"study": study["study"], "quality": {}, "nll": {}}
     curve = curve if curve is not None else df.iloc[:0]
     claims_section, claim_rows = _claims_section(study, df, results)
-    metrics["claims"] = {f"{c['claim']} [{c['setting']}]": {k: c[k] for k in ("verdict", "difference", "ci_low",
-                                                                                 "ci_high")} for c in claim_rows}
+    metrics["claims"] = {f"{c['claim']} [{c['setting']}]": {k: c[k] for k in ("key", "verdict", "difference",
+                                                                                 "ci_low", "ci_high")}
+                         for c in claim_rows}
     out = [claims_section, Section("Best sampler per NFE budget", table=best_samplers(df), text=(
         "Per source and NFE budget, the row with the lowest headline metric and the runner-up, with the paired "
         "difference (runner-up minus best) and its 95 % interval: 'best' where the interval lies above 0, 'tied' "
@@ -171,8 +174,39 @@ def sections(study: dict, df: pd.DataFrame, results: Path, curve: pd.DataFrame |
     return out, metrics
 
 
+def headline(summary: dict) -> dict:
+    """metrics.json: the few figures `dvc metrics show` / `diff` should put side by side (summary.json and the CSVs
+    hold the rest): per tested claim its difference A - B (negative: A better), keyed short ('sscs-em diamond_cld
+    quadratic', 'cld-vpsde digits'), and how many claims hold, do not hold, are inconclusive."""
+    tested = [c for c in summary["claims"].values() if c.get("key") and c["difference"] is not None]
+    out = {c["key"]: round(float(c["difference"]), 6) for c in tested}
+    for verdict in ("holds", "does not hold", "inconclusive"):
+        out[verdict] = sum(c["verdict"] == verdict for c in tested)
+    return out
+
+
+def plot_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The tables `dvc plots show` draws (dvc.yaml, template .dvc/plots/series.json): one per dataset x metric for
+    the trained models ('<data>_<metric>') and one for the exact-score oracles ('<data>_<metric>_oracle'), so that
+    a plot holds about 10 lines; long, one line per series (source, sampler, striding) over the NFE budget, with its
+    interval. Rows without a budget (the adaptive ODE) are not drawn."""
+    tables = {}
+    for data, metric, sub, _ in quality_tables(df):
+        sub = sub.dropna(subset=["nfe_budget"])
+        oracle = sub["source"].astype(str).str.startswith("oracle-")
+        for suffix, part in (("", sub[~oracle]), ("_oracle", sub[oracle])):
+            if part.empty:
+                continue
+            series = part["source"].astype(str) + " " + part["sampler"].astype(str) + " " + part["striding"].astype(str)
+            tables[f"{data}_{metric}{suffix}"] = pd.DataFrame({
+                "nfe": part["nfe_budget"].astype(int), "value": part["value"], "ci_low": part["ci_low"],
+                "ci_high": part["ci_high"], "series": series}).sort_values(["series", "nfe"])
+    return tables
+
+
 def build_report(study_path: str | Path, results: str | Path, out: str | Path) -> dict:
-    """Write reports/<study>/ from the study's records; return the metrics.json content."""
+    """Write reports/<study>/ from the study's records; return the summary.json content (every value with its
+    interval; metrics.json is its `headline`)."""
     from cldsgm.records import records_frame
 
     study = read_study(study_path)
@@ -193,8 +227,14 @@ def build_report(study_path: str | Path, results: str | Path, out: str | Path) -
     if not sweep.empty:
         sweep.to_csv(out / "sscs_sigma_sweep.csv", index=False)
     cost_table(results).to_csv(out / "cost.csv", index=False)
-    if not every.empty:  # long format, every record: what `dvc plots` draws (x = nfe, y = value)
+    if not every.empty:  # long format, every record
         every.drop(columns=["path", "replicates", "exact", "variance"]).to_csv(out / "records.csv", index=False)
+    plots = out / "plots"
+    if plots.is_dir():  # only this run's tables: a dataset or metric dropped from the study goes
+        shutil.rmtree(plots)
+    plots.mkdir()
+    for name, table in plot_tables(df).items():
+        table.to_csv(plots / f"{name}.csv", index=False)
     from cldsgm.study import replicas
 
     pd.DataFrame(claims(df, budgets(results, replicas(study)))).to_csv(out / "claims.csv", index=False)
@@ -204,7 +244,8 @@ def build_report(study_path: str | Path, results: str | Path, out: str | Path) -
     title = f"cldsgm study report: {study['study']}"
     write_figures(parts, out / "figures")
     atomic_write_text(out / "report.md", render_markdown(title, study.get("description", ""), parts))
-    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_json(out / "summary.json", metrics)
+    atomic_write_json(out / "metrics.json", headline(metrics))
     with atomic_path(out / "index.html") as tmp:  # last: the workflow's marker that the report is whole
         tmp.write_text(render_html(title, study.get("description", ""), parts))
     return metrics

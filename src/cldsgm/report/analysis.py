@@ -109,11 +109,13 @@ def _budget(budgets: dict, model: str) -> str:
     return f"{b['steps']} steps x batch {b['batch_size']}, {params}, {seconds}"
 
 
-def _claim(claim: str, setting: str, a_name: str, a_rows, b_name: str, b_rows, rng, budgets: dict) -> dict:
+def _claim(claim: str, setting: str, a_name: str, a_rows, b_name: str, b_rows, rng, budgets: dict,
+           key: str) -> dict:
     """A claim 'A beats B' (lower is better) from the two sides' replicates: both figures with their intervals, the
-    difference A - B with its interval, the replicas on each side, and the verdict (none without intervals)."""
+    difference A - B with its interval, the replicas on each side, and the verdict (none without intervals).
+    key: a short name of the claim and its setting (metrics.json's key, e.g. 'sscs-em diamond_cld quadratic')."""
     a, b = _side(a_rows, rng), _side(b_rows, rng)
-    row = {"claim": claim, "setting": setting,
+    row = {"claim": claim, "setting": setting, "key": key,
            "A": f"{a_name} {with_interval(a_rows['value'].mean(), *_ci(a))}",
            "B": f"{b_name} {with_interval(b_rows['value'].mean(), *_ci(b))}",
            "seeds (A/B)": f"{len(a_rows)}/{len(b_rows)}",
@@ -153,7 +155,7 @@ def claims(df: pd.DataFrame, budgets: dict | None = None) -> list[dict]:
             if len(em) and len(sscs):
                 out.append(_claim("SSCS beats Euler-Maruyama at low NFE (CLD paper)",
                                   f"{model}, {striding}, NFE {int(low)}, {metric}", "SSCS", sscs, "EM", em, rng,
-                                  budgets))
+                                  budgets, f"sscs-em {model} {striding}"))
         trained = sub[sub["kind"] == "model"]
         best = {}
         for sde, rows in trained.groupby("sde"):  # the best row (mean over replicas) of each SDE
@@ -166,9 +168,11 @@ def claims(df: pd.DataFrame, budgets: dict | None = None) -> list[dict]:
                 a, b = best[first], best[second]
                 setting = (f"{data}, each side's best {metric} over samplers and NFE: {a['model'].iloc[0]} "
                            f"{a['sampler'].iloc[0]} vs {b['model'].iloc[0]} {b['sampler'].iloc[0]}")
-                out.append(_claim(claim, setting, first.upper(), a, second.upper(), b, rng, budgets))
+                out.append(_claim(claim, setting, first.upper(), a, second.upper(), b, rng, budgets,
+                                  f"{first}-{second} {data}"))
     for claim in ("HSM has lower loss variance than DSM (CLD paper)", "The mixed score helps (CLD paper)"):
-        out.append({"claim": claim, "setting": "needs models that differ only in that choice", "A": "—", "B": "—",
+        out.append({"claim": claim, "setting": "needs models that differ only in that choice", "key": None,
+                    "A": "—", "B": "—",
                     "seeds (A/B)": "—", "budget (A; B)": "—", "A - B [95 %]": "—", "verdict": "not tested",
                     "difference": None, "ci_low": None, "ci_high": None})
     return out
