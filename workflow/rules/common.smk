@@ -30,6 +30,7 @@ ROWS = TABLE["rows"]
 SOURCES = TABLE["sources"]
 TRAINED, IMPORTED = TABLE["trained"], TABLE["imported"]
 SAMPLING = STUDY["sampling"]
+SHARDED = SAMPLING["shard_jobs"] > 1  # a sampling job per slice, then a gathering step (sample.smk)
 EVALUATION = STUDY["evaluation"]
 TRACKING = STUDY["tracking"]["enabled"]
 FID = EVALUATION.get("fid") or {}
@@ -196,10 +197,9 @@ def sample_inputs(wildcards):
 
 
 def gathered_parts(wildcards):
-    parts = SAMPLING["shard_jobs"]
-    if parts == 1:
+    if not SHARDED:
         return sample_inputs(wildcards)
-    return [f"{RESULTS}/samples/{wildcards.source}/parts/{k}.json" for k in range(parts)]
+    return [f"{RESULTS}/samples/{wildcards.source}/parts/{k}.json" for k in range(SAMPLING["shard_jobs"])]
 
 
 def samples_done(source):

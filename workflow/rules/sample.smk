@@ -37,10 +37,10 @@ rule sample:
         args=source_args,
         rows=row_flags,
     # with shard jobs this only checks their shards' sha256 and writes the markers: no GPU, no queue
-    localrule: SAMPLING["shard_jobs"] > 1
+    localrule: SHARDED
     threads: 1
     resources:
-        gpu=0 if SAMPLING["shard_jobs"] > 1 else SAMPLING["gpus"],
+        gpu=0 if SHARDED else SAMPLING["gpus"],
     log:
         f"{LOGS}/sample/{{source}}.log",
     benchmark:

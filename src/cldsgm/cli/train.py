@@ -51,10 +51,11 @@ def _resolved_study(study_file) -> dict | None:
         return None
     import yaml
 
-    from cldsgm.study import StudyError, load_study
+    from cldsgm.report import read_study
+    from cldsgm.study import StudyError
 
     try:
-        return load_study(yaml.safe_load(open(study_file).read()), str(study_file), check_files=False)
+        return read_study(study_file)
     except (StudyError, yaml.YAMLError) as err:
         raise click.ClickException(f"--study {study_file}: {err}") from None
 
