@@ -3,6 +3,7 @@ job, and the smoke study end to end (killed during training and rerun, a second 
 change that reruns only what it affects, a store that is down and then filled by `track`, the DVC round trip,
 the report and the MLflow UI in a real headless Chromium)."""
 
+import hashlib
 import json
 import re
 import shutil
@@ -342,6 +343,27 @@ def test_dvc_round_trip(smoke, tmp_path):
     run_snakemake(project, "--cores", "1", "--configfile", "params/smoke.yaml", "--touch")
     done = run_snakemake(project, "-n", "--configfile", "params/smoke.yaml")
     assert "Nothing to be done" in done.stdout + done.stderr
+
+    # one trained model, not the whole study (README "One trained model"): its run and its data, then another NFE
+    trained = (project / "results/smoke/runs/diamond_cld/checkpoint.pt").read_bytes()
+    for path in ("results/smoke", "reports/smoke"):
+        shutil.rmtree(project / path)
+    _dvc(project, "pull", "results/smoke/runs/diamond_cld", "results/smoke/data")
+    assert not (project / "results/smoke/runs/digits_cld").exists()  # only what was named came
+    # targets before --configfile, which takes every word after it as a config file
+    run_snakemake(project, "--touch", "--cores", "1", "results/smoke/runs/diamond_cld/done.json",
+                  "--configfile", "params/smoke.yaml")
+    study = yaml.safe_load((project / "params/smoke.yaml").read_text())
+    study["sampling"]["nfe"] = [8]
+    (project / "params/smoke_nfe8.yaml").write_text(yaml.safe_dump(study))
+    done = run_snakemake(project, "--cores", "1", "results/smoke/samples/diamond_cld/rows.json",
+                         "--configfile", "params/smoke_nfe8.yaml")
+    ran = set(re.findall(r"^(?:local)?rule (\w+):", done.stdout + done.stderr, re.M))
+    assert ran == {"sample"}, ran  # no data preparation, no training (sampling logs nothing to MLflow)
+    assert (project / "results/smoke/runs/diamond_cld/checkpoint.pt").read_bytes() == trained
+    new_set = project / "results/smoke/samples/diamond_cld/sscs-quadratic-nfe8"
+    identity = json.loads((new_set / "manifest.json").read_text())["identity"]
+    assert identity["nfe_budget"] == 8 and identity["source"]["sha256"] == hashlib.sha256(trained).hexdigest()
 
 
 def test_user_inputs_travel_with_dvc_and_a_clone_without_them_is_told_what_is_missing(tmp_path):
