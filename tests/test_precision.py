@@ -32,6 +32,52 @@ def test_diamond_gives_the_component_std_near_the_data(sde_name):
     assert rows[2]["sigma_d"] > 0.3, rows
 
 
+@pytest.mark.parametrize("sde_name", ["cld", "psld"])
+def test_the_softest_direction_names_the_largest_std(sde_name):
+    """Data with several scales, N(0, diag(0.02^2, 0.05^2, 0.3^2, 1.5^2)) in random order: the softest direction is
+    the largest std at every t, exactly (the score is affine and 4 Lanczos steps span the space);
+    the mean stiffness names a scale in between, set by the stiff directions (the estimator that failed on digits)."""
+    stds = torch.tensor([[0.3, 0.02, 1.5, 0.05]], dtype=torch.float64)
+    law = GaussianMixture(torch.ones(1, dtype=torch.float64), torch.zeros(1, 4, dtype=torch.float64), stds)
+    sde = build_sde(sde_name)
+    x0 = law.sample(64, generator=torch.Generator().manual_seed(0))
+    times = (1e-2, 2e-2, 5e-2)
+    for row in effective_sigma(sde, law.score_fn(sde), x0, times, reading="softest"):
+        assert row["sigma_d"] == pytest.approx(1.5, rel=1e-3), row
+    for row in effective_sigma(sde, law.score_fn(sde), x0, times, reading="mean", probes=2):
+        assert 0.02 < row["sigma_d"] < 0.3, row
+
+
+def test_overlapping_modes_are_capped_at_the_datas_own_spread():
+    """The diamond with component std 0.2: its modes overlap, the log-density is not concave between them and the
+    softest direction is flatter than any Gaussian (inf at every t <= 0.02); the estimate stops at the data's largest
+    principal std (about 0.46), where the flip experiment's sweep has its optimum (README, "The SSCS flip")."""
+    from cldsgm.samplers.precision import data_sigma_max, model_sigma_d
+
+    sde, law = build_sde("cld"), diamond(0.2)
+    x0 = law.sample(256, generator=torch.Generator().manual_seed(1))
+    estimate = model_sigma_d(sde, law.score_fn(sde), x0, 1e-3)
+    assert all(math.isinf(r["sigma_d"]) for r in estimate["per_time"][:2]), estimate["per_time"]
+    assert estimate["sigma_d"] == pytest.approx(data_sigma_max(x0), rel=1e-2)
+    assert 0.35 < estimate["sigma_d"] < 0.6
+    narrow = model_sigma_d(sde, diamond().score_fn(sde), diamond().sample(256), 1e-3)
+    assert narrow["sigma_d"] == pytest.approx(0.04, rel=1e-2) and narrow["data_sigma_max"] > 0.3  # not capped
+
+
+def test_the_datas_largest_principal_std():
+    from cldsgm.samplers.precision import data_sigma_max
+
+    x = torch.randn(20_000, 1, 2, 2, generator=torch.Generator().manual_seed(0)) * torch.tensor([0.3, 0.02, 1.5, 0.05]
+                                                                                               ).view(1, 1, 2, 2)
+    assert data_sigma_max(x + 5.0) == pytest.approx(1.5, rel=0.02)  # centred: the mean does not count
+
+
+def test_a_reading_that_does_not_exist_is_refused():
+    sde, law = build_sde("cld"), GaussianMixture.gaussian(2, 0.07)
+    with pytest.raises(ValueError, match="reading must be"):
+        effective_sigma(sde, law.score_fn(sde), law.sample(8), (1e-2,), reading="median")
+
+
 @pytest.mark.parametrize("sigma", [0.0, 0.01, 0.04, 0.3, 2.0])
 def test_the_inverse_round_trips(sigma):
     sde = build_sde("cld")
@@ -61,7 +107,7 @@ def test_sample_takes_sigma_d_from_the_oracle_score(tmp_path):
     assert run_cli(*common, "--out", str(tmp_path / "auto")).returncode == 0
     ident = _manifest(tmp_path / "auto")
     assert ident["options"] == {"precision_sigma": 0.04}
-    assert ident["precision_sigma_from"]["method"] == "hutchinson-jacobian"
+    assert ident["precision_sigma_from"]["method"] == "softest-direction-capped"
     assert run_cli(*common, "--precision-sigma", "0", "--out", str(tmp_path / "zero")).returncode == 0
     ident = _manifest(tmp_path / "zero")
     assert ident["options"] == {"precision_sigma": 0.0} and "precision_sigma_from" not in ident
@@ -79,7 +125,7 @@ def test_a_checkpoint_estimate_is_made_once_and_kept_beside_it(toy_run, tmp_path
     stored = toy_run / "precision_sigma.json"
     entries = json.loads(stored.read_text())
     (key, estimate), = entries.items()
-    assert key.endswith(":ema:0.001") and len(estimate["per_time"]) == 4
+    assert key.endswith(":ema:0.001:softest-direction-capped") and len(estimate["per_time"]) == 3
     assert _manifest(tmp_path / "a")["options"]["precision_sigma"] == estimate["sigma_d"] > 0
     before = stored.stat().st_mtime_ns
     assert run_cli(*common, "--seed", "1", "--out", str(tmp_path / "b")).returncode == 0

@@ -41,7 +41,7 @@ def check_nfe(sampler: str, nfe: int | None, options: dict | None = None, *, den
     catalog.steps_for(sampler, nfe, options, denoise=denoise, exact=True)
 
 
-PILOT_N = 256  # data points in the pilot batch of the sigma_d estimate (2 probes each)
+PILOT_N = 256  # data points in the pilot batch of the sigma_d estimate
 
 
 def resolve_precision_sigma(source: ScoreSource, sampler: str, options: dict, t_min: float) -> tuple[dict, dict | None]:
@@ -60,7 +60,7 @@ def resolve_precision_sigma(source: ScoreSource, sampler: str, options: dict, t_
                       f"--precision-sigma (a study: sampling.options.sscs.precision_sigma) to choose it.", stacklevel=2)
         return {**options, "precision_sigma": 0.0}, {"sigma_d": 0.0, "method": f"none: {err}"}
     return {**options, "precision_sigma": estimate["sigma_d"]}, {
-        key: estimate[key] for key in ("sigma_d", "method", "n", "probes", "seed", "t_min")}
+        key: estimate[key] for key in ("sigma_d", "method", "n", "iterations", "seed", "t_min")}
 
 
 def _cached_estimate(source: ScoreSource, t_min: float) -> dict:
@@ -68,7 +68,7 @@ def _cached_estimate(source: ScoreSource, t_min: float) -> dict:
 
     from filelock import FileLock
 
-    from cldsgm.samplers.precision import model_sigma_d
+    from cldsgm.samplers.precision import METHOD, model_sigma_d
 
     def compute() -> dict:
         x0 = source.pilot_data(PILOT_N)
@@ -80,7 +80,8 @@ def _cached_estimate(source: ScoreSource, t_min: float) -> dict:
     path = Path(checkpoint).with_name("precision_sigma.json")
     if not os.access(path.parent, os.W_OK):  # a read-only run directory (a shared or pulled copy): not cached
         return compute()
-    key = f"{source.identity['sha256']}:{source.identity.get('weights', 'ema')}:{t_min!r}"
+    # the method is part of the key: an estimate made by an earlier estimator is not reused
+    key = f"{source.identity['sha256']}:{source.identity.get('weights', 'ema')}:{t_min!r}:{METHOD}"
     with FileLock(str(path) + ".lock"):  # parallel sampling jobs of one model estimate it once
         stored = json.loads(path.read_text()) if path.is_file() else {}
         if key not in stored:

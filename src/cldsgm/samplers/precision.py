@@ -12,12 +12,14 @@ measured stiffness into the sigma_d that SSCS's `precision_sigma` expects:
 
     sigma^2 = (P_0 - P) / (a^2 - (P_0 - P) q).
 
-The same holds for the x block with the xx entries (PSLD noises x too). The stiffness of the block that tells widths
-apart (`informative_block`: v for CLD, x for PSLD near the data) is measured by Hutchinson's estimator,
--E[z^T (d s_b / d b) z] / d with Rademacher z on that block, at states u_t ~ p_t made by perturbing data with the
-forward kernel: one forward and one backward pass per probe.
+The same holds for the x block with the xx entries (PSLD noises x too). The block measured is the one that tells
+widths apart (`informative_block`: v for CLD, x for PSLD near the data), at states u_t ~ p_t made by perturbing data
+with the forward kernel. Data with several scales (an image's pixels: digits' principal stds run from 1.7 down to
+nearly 0) have a stiffness per direction, and one scalar P must serve them all: SSCS needs the softest one
+(`softest_stiffness`, Lanczos on K; 30 forward and backward passes), not the mean over directions
+(`score_stiffness`, Hutchinson's trace estimate), which the many stiff directions dominate (README, "The SSCS flip").
 A network trained to a finite loss is smoother near the data than the exact score, so its sigma_d is larger than
-the data's own; using the data's value then makes the step too stiff (README, "The SSCS flip").
+the data's own; using the data's value then makes the step too stiff.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["BLOCKS", "SIGMA_MAX", "effective_sigma", "informative_block", "model_sigma_d", "score_stiffness",
-           "sigma_from_stiffness", "stiffness_of_sigma"]
+__all__ = ["BLOCKS", "ESTIMATE_TIMES", "METHOD", "SIGMA_MAX", "data_sigma_max", "effective_sigma", "informative_block",
+           "model_sigma_d", "score_stiffness", "sigma_from_stiffness", "softest_stiffness", "stiffness_of_sigma"]
 
 
 BLOCKS = ("x", "v")
@@ -101,6 +103,60 @@ def score_stiffness(sde, score_fn, x0: Tensor, t: float, *, block: str = "v", pr
     return float(values.mean()), float(values.std() / math.sqrt(len(values)))
 
 
+def softest_stiffness(sde, score_fn, x0: Tensor, t: float, *, block: str = "v", iterations: int = 20,
+                      generator: torch.Generator | None = None) -> tuple[float, float]:
+    """The smallest eigenvalue of block b's stiffness K = -d s_b / d b at u_t ~ p_t, per sample: Lanczos (with full
+    reorthogonalisation) on K, min(iterations, d) products z^T J by autograd; the smallest Ritz value of the Krylov
+    space, which converges to K's softest direction -- the one that carries the data's largest spread -- far faster
+    than power iteration when the soft eigenvalues crowd (wide laws all have stiffness near P_0 - a^2 / q).
+
+    x0: [B, C, ...] data; returns (median, standard error) over the B per-sample values, per coordinate (the median:
+    a few samples between modes must not move it; se from the mean's spread, for a range).
+    """
+    i = BLOCKS.index(block)
+    u = _perturb(sde, x0, t, generator)
+    tt = torch.tensor(float(t), dtype=torch.float64)
+
+    def stiffness_times(z: Tensor) -> Tensor:  # K z per sample, [B, d]; z^T J is J z for a conservative score
+        with torch.enable_grad():
+            u_in = u.clone().requires_grad_(True)
+            s_b = sde.split(score_fn(u_in, tt))[i]
+            (grad,) = torch.autograd.grad((s_b * z.view_as(s_b)).sum(), u_in)
+        return -sde.split(grad)[i].detach().flatten(1).to(torch.float64)
+
+    def unit(w: Tensor) -> Tensor:
+        return w / w.norm(dim=1, keepdim=True)
+
+    def fresh(basis: list[Tensor]) -> Tensor:  # a random direction orthogonal to the Krylov space so far
+        w = torch.randn(basis[0].shape, generator=generator, dtype=torch.float64)
+        for q_k in basis:
+            w = w - (w * q_k).sum(1, keepdim=True) * q_k
+        return unit(w)
+
+    dim = sde.split(u)[i][0].numel()
+    basis = [unit(torch.randn(len(u), dim, generator=generator, dtype=torch.float64))]
+    alphas, betas = [], []
+    for j in range(min(iterations, dim)):
+        w = stiffness_times(basis[-1].to(u.dtype))
+        alphas.append((w * basis[-1]).sum(1))
+        for _ in range(2):  # full reorthogonalisation, twice (Gram-Schmidt's loss of orthogonality would let
+            for q_k in basis:  # converged directions back in and put Ritz values outside K's spectrum)
+                w = w - (w * q_k).sum(1, keepdim=True) * q_k
+        if j + 1 == min(iterations, dim):
+            break
+        beta = w.norm(dim=1)
+        # guard: an exhausted Krylov space (an eigenvector hit) continues in a fresh direction, coupling 0
+        exhausted = beta <= 1e-10 * alphas[0].abs().clamp_min(1.0)
+        betas.append(torch.where(exhausted, torch.zeros_like(beta), beta))
+        basis.append(torch.where(exhausted[:, None], fresh(basis), w / beta.clamp_min(1e-300)[:, None]))
+    tridiagonal = torch.diag_embed(torch.stack(alphas, 1))
+    if betas:
+        off = torch.diag_embed(torch.stack(betas, 1), offset=1)
+        tridiagonal = tridiagonal + off + off.transpose(1, 2)
+    values = torch.linalg.eigvalsh(tridiagonal)[:, 0]
+    return float(values.median()), float(values.std() / math.sqrt(len(values)))
+
+
 def _perturb(sde, x0: Tensor, t: float, generator) -> Tensor:
     """u_t ~ N(mean_t(x0, v0 = 0), Sigma_t(0, gamma M)): the forward process from data (v0 marginalised)."""
     tt = torch.tensor(float(t), dtype=torch.float64)
@@ -114,14 +170,25 @@ def _perturb(sde, x0: Tensor, t: float, generator) -> Tensor:
     return sde.join(phi_xx * x0 + l_xx * e_x, phi_vx * x0 + l_vx * e_x + l_vv * e_v)
 
 
-def effective_sigma(sde, score_fn, x0: Tensor, times, *, probes: int = 2, seed: int = 0) -> list[dict]:
+def effective_sigma(sde, score_fn, x0: Tensor, times, *, reading: str = "softest", probes: int = 2,
+                    iterations: int = 20, seed: int = 0) -> list[dict]:
     """Per time t: the block measured (informative_block), its stiffness (mean, se), the point mass's, and the sigma_d
-    they imply (with the sigma_d of stiffness +- 2 se as a range)."""
+    they imply (with the sigma_d of stiffness +- 2 se as a range).
+
+    reading: "softest" (the smallest eigenvalue, softest_stiffness: what SSCS's step needs) or "mean" (Hutchinson's
+    trace estimate, score_stiffness: dominated by the stiff directions; the estimator before [14/18]'s digits fix).
+    """
+    if reading not in ("softest", "mean"):
+        raise ValueError(f"reading must be 'softest' or 'mean', got {reading!r}")
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for t in times:
         block = informative_block(sde, t)
-        mean, se = score_stiffness(sde, score_fn, x0, t, block=block, probes=probes, generator=generator)
+        if reading == "softest":
+            mean, se = softest_stiffness(sde, score_fn, x0, t, block=block, iterations=iterations,
+                                         generator=generator)
+        else:
+            mean, se = score_stiffness(sde, score_fn, x0, t, block=block, probes=probes, generator=generator)
         rows.append({"t": float(t), "block": block, "stiffness": mean, "stiffness_se": se,
                      "point_mass": stiffness_of_sigma(sde, t, 0.0, block),
                      "sigma_d": sigma_from_stiffness(sde, t, mean, block),
@@ -136,13 +203,37 @@ def effective_sigma(sde, score_fn, x0: Tensor, times, *, probes: int = 2, seed: 
 SIGMA_MAX = 10.0
 
 
-def model_sigma_d(sde, score_fn, x0: Tensor, t_min: float, *, probes: int = 2, seed: int = 0) -> dict:
-    """The sigma_d for SSCS's exponential step from this score: the median over t = t_min x {1, 2, 5, 10} (the last
-    steps, where the step's stiffness matters; mode mixing raises the value at larger t), rounded to 3 significant
-    digits so that a value recomputed on another machine names the same run. Returns {sigma_d, per_time, ...}."""
-    times = [t_min * k for k in (1, 2, 5, 10)]
-    rows = effective_sigma(sde, score_fn, x0, times, probes=probes, seed=seed)
+# the times of the estimate, in units of t_min: the last steps of a quadratic grid at NFE 10-50 (t 0.011 and 0.041 at
+# NFE 10), where the step's precision decides how far v moves; at t ~ t_min a trained network is stiff in every
+# direction (digits_cld: sigma 0.008 at 1e-3, flatter than any Gaussian from 5e-3 on) and says little about the steps
+ESTIMATE_TIMES = (10, 20, 50)
+METHOD = "softest-direction-capped"  # model_sigma_d's name in the manifest and the cache key
+
+
+def data_sigma_max(x0: Tensor) -> float:
+    """The data's largest principal std: the top singular value of the centred batch x0 [B, ...] over sqrt(B - 1)."""
+    flat = x0.flatten(1).to(torch.float64)
+    return float(torch.linalg.svdvals(flat - flat.mean(0))[0]) / math.sqrt(max(len(flat) - 1, 1))
+
+
+def model_sigma_d(sde, score_fn, x0: Tensor, t_min: float, *, iterations: int = 30, seed: int = 0) -> dict:
+    """The sigma_d for SSCS's exponential step from this score: the softest direction's stiffness (softest_stiffness)
+    turned into a sigma_d, the median over t = t_min x ESTIMATE_TIMES, capped at the data's largest principal std
+    (data_sigma_max), rounded to 3 significant digits so that a value recomputed on another machine names the same
+    run. Returns {sigma_d, per_time, data_sigma_max, ...}.
+
+    Why the softest direction: a scalar precision P stiffer than the score along a direction makes the step move v
+    only a fraction of the way there (sluggish, samples over-dispersed along the data's largest spread), while P
+    softer than the score along a stiff direction leaves the rest to the Euler part of the step, as the reference
+    SSCS does everywhere. The mean stiffness (the estimator before) sits at the many stiff directions of image data.
+    Why the cap: where modes overlap, the log-density is not concave between them and its softest direction is
+    flatter than any Gaussian; the Gaussian with the data's own second moments is the softest law the step should
+    assume (the diamond with component std 0.2: uncapped 1.1, SW2 0.085 at NFE 10, worse than the reference SSCS).
+    """
+    times = [t_min * k for k in ESTIMATE_TIMES]
+    rows = effective_sigma(sde, score_fn, x0, times, reading="softest", iterations=iterations, seed=seed)
     values = sorted(min(r["sigma_d"], SIGMA_MAX) for r in rows)
-    sigma_d = float(f"{(values[1] + values[2]) / 2:.3g}")
-    return {"sigma_d": sigma_d, "method": "hutchinson-jacobian", "n": int(x0.shape[0]), "probes": probes,
-            "seed": seed, "t_min": t_min, "per_time": rows}
+    cap = data_sigma_max(x0)
+    sigma_d = float(f"{min(values[len(values) // 2], cap):.3g}")
+    return {"sigma_d": sigma_d, "method": METHOD, "n": int(x0.shape[0]), "iterations": iterations, "seed": seed,
+            "t_min": t_min, "data_sigma_max": cap, "per_time": rows}
