@@ -58,6 +58,18 @@ class GaussianMixture:
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         return self.means[component] + self.stds[component] * z
 
+    def component(self, k: int) -> GaussianMixture:
+        """Component k alone, as a law of its own (a class of a class-conditional oracle)."""
+        if not 0 <= k < len(self.weights):
+            raise ValueError(f"component {k!r} is out of range: this law has components 0 ... {len(self.weights) - 1}")
+        return GaussianMixture(torch.ones(1, dtype=torch.float64), self.means[k: k + 1], self.stds[k: k + 1])
+
+    def classify(self, x: Tensor) -> Tensor:
+        """The most probable component of each data point x [n, d] (the class oracle of conditional samples): [n]."""
+        z = (x.to(torch.float64)[:, None, :] - self.means) / self.stds
+        log_comp = -0.5 * (z**2).sum(-1) - torch.log(self.stds).sum(-1)
+        return (torch.log(self.weights) + log_comp).argmax(dim=1)
+
     def log_prob(self, x: Tensor) -> Tensor:
         """log p(x) of the data, [n]."""
         z = (x.to(torch.float64)[:, None, :] - self.means) / self.stds

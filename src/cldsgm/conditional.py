@@ -1,0 +1,174 @@
+"""Conditional generation with a phase-space process: classifier guidance and inpainting ([17/18]).
+
+What the PSLD reference code does (mandt-lab/PSLD: main/losses.py `tce_loss`, main/samplers/sde.py `cc_em_sde` and
+`ip_em_sde`, main/datasets/inpaint.py), and what cldsgm does the same way:
+
+- The noise-conditioned classifier sees the **whole state** u_t = (x_t, v_t) (its NCSN++ encoder takes 2C channels,
+  `in_ch=6` for CIFAR-10) and the time t; it is trained by cross-entropy on u_t drawn from the forward kernel
+  (HSM: v_0 marginalised, t uniform on [train_eps, T]).
+- Guidance adds g g^T * W * grad_u log p(y | u_t) to the reverse drift (W the `clf_temp`): since the drift holds
+  g g^T * s, this is the score s + W grad_u log p(y | u_t), the gradient taken for **both blocks**. For CLD g is zero
+  on x, so only the v-block of the gradient acts; for PSLD both do. `guided_score` builds that score, and any sampler
+  (EM, SSCS, the integrators, the ODE) can use it; the reference has it for EM only.
+- Inpainting replaces, after every step, the **data and the momentum** of the known pixels by a joint draw of the
+  forward kernel from the known image at the step's new time (HSM kernel: v_0 = 0 with its variance gamma M folded
+  in), and does the same to the prior draw at t = 1; its masks are MNIST digits. `inpaint` does this for EM and
+  SSCS with center, half and random masks (or a mask given), and puts the known pixels back exactly at the end.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from cldsgm import catalog
+from cldsgm.samplers import SampleResult, denoise_step
+from cldsgm.samplers.grids import check_t_min, time_grid
+from cldsgm.samplers.noise import CountingScore, PerSampleNoise, sample_seeds
+from cldsgm.sde.phase_space import PhaseSpaceSDE
+
+__all__ = ["INPAINT_SAMPLERS", "MASK_KINDS", "ClassifierGradient", "check_label", "check_mask", "guided_score",
+           "inpaint", "make_mask", "mixture_class_gradient"]
+
+INPAINT_SAMPLERS = ("em", "sscs")
+MASK_KINDS = ("center", "half", "random")
+# the replacement draws come from their own per-sample streams: the sampler's noise stays what it is unconditioned
+_REPLACEMENT_SALT = 0x5EED_1A7E
+
+
+def check_label(label: int, num_classes: int) -> int:
+    """The class index as an int; ValueError when it is not one of 0 ... num_classes - 1."""
+    if isinstance(label, bool) or int(label) != label or not 0 <= int(label) < num_classes:
+        raise ValueError(f"class {label!r} is out of range: this classifier knows classes 0 ... {num_classes - 1}")
+    return int(label)
+
+
+def guided_score(score_fn, class_gradient, scale: float):
+    """(u, t) -> s(u, t) + scale * grad_u log p(y | u_t): the score of p_t(u | y) for scale 1, sharper above.
+
+    class_gradient: (u, t) -> grad_u log p(y | u_t), [B, state channels, ...] like u (ClassifierGradient, or
+    mixture_class_gradient for an exact-score oracle). scale 0 is the unconditioned score (no classifier call).
+    """
+    if not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"the guidance scale must be a finite number >= 0, got {scale!r}")
+    if scale == 0:
+        return score_fn
+
+    def score(u: Tensor, t: Tensor) -> Tensor:
+        return score_fn(u, t) + scale * class_gradient(u, t).to(u.dtype)
+    return score
+
+
+class ClassifierGradient:
+    """grad_u log softmax(classifier(u_t, t))[y] for a noise-conditioned classifier of the whole state, by autograd
+    (inside inference mode too); counts its evaluations in `nfe`.
+
+    classifier: (u [B, 2C, ...] float32, t float [B]) -> logits [B, K]; label: the class y asked for.
+    """
+
+    def __init__(self, classifier, label: int, num_classes: int):
+        self.classifier, self.label, self.nfe = classifier, check_label(label, num_classes), 0
+
+    def __call__(self, u: Tensor, t: Tensor) -> Tensor:
+        self.nfe += 1
+        t = torch.as_tensor(t, dtype=torch.float32, device=u.device).expand(u.shape[0])
+        with torch.inference_mode(False), torch.enable_grad():
+            u_in = u.detach().clone().to(torch.float32).requires_grad_(True)
+            log_probs = torch.log_softmax(self.classifier(u_in, t.clone()), dim=-1)
+            (grad,) = torch.autograd.grad(log_probs[:, self.label].sum(), u_in)
+        return grad.to(u.dtype)
+
+
+def mixture_class_gradient(law, sde, label: int):
+    """The exact grad_u log p(y = label | u_t) of a GaussianMixture whose component is the class: the score of the
+    component's own perturbed law minus the mixture's (Bayes: p(y | u) = w_y p_y(u) / p(u))."""
+    label = check_label(label, len(law.weights))
+    component = law.component(label).score_fn(sde)
+    mixture = law.score_fn(sde)
+    return lambda u, t: component(u, t) - mixture(u, t)
+
+
+# -- inpainting -------------------------------------------------------------------------------------------------
+def make_mask(kind: str, data_shape, *, seed: int = 0) -> Tensor:
+    """A mask of one data sample's shape, 1 where the pixel is known, 0 where it is to be filled in.
+
+    center: the central square of half the side missing (images [C, H, W]); half: the right half of the columns
+    missing (images) or the second half of the coordinates (vectors [d]); random: each pixel (all its channels) known
+    with probability 1/2, from `seed`.
+    """
+    shape = tuple(data_shape)
+    mask = torch.ones(shape)
+    if kind == "center":
+        if len(shape) != 3:
+            raise ValueError(f"the center mask needs images [C, H, W], not data of shape {shape}")
+        _, h, w = shape
+        mask[:, h // 4: h // 4 + h // 2, w // 4: w // 4 + w // 2] = 0
+    elif kind == "half":
+        if len(shape) == 3:
+            mask[..., shape[-1] // 2:] = 0
+        else:
+            mask.view(-1)[mask.numel() // 2:] = 0
+    elif kind == "random":
+        generator = torch.Generator().manual_seed(seed)
+        pixels = (torch.rand(shape[1:] if len(shape) == 3 else shape, generator=generator) < 0.5).float()
+        mask = pixels.expand(shape).clone()
+    else:
+        raise ValueError(f"mask kind must be one of {MASK_KINDS}, got {kind!r}")
+    return mask
+
+
+def check_mask(mask: Tensor, x_known: Tensor) -> Tensor:
+    """The mask as float [B or 1, C, ...] of zeros and ones; ValueError for a wrong shape or other values."""
+    mask = torch.as_tensor(mask)
+    if tuple(mask.shape) == tuple(x_known.shape[1:]):
+        mask = mask[None]
+    if mask.shape[1:] != x_known.shape[1:] or mask.shape[0] not in (1, x_known.shape[0]):
+        raise ValueError(f"the mask has shape {tuple(mask.shape)}; the images have {tuple(x_known.shape)}: give one "
+                         f"mask of shape {tuple(x_known.shape[1:])} or one per image")
+    if not ((mask == 0) | (mask == 1)).all():
+        raise ValueError("the mask must hold only 0 (missing) and 1 (known)")
+    return mask.to(x_known.dtype)
+
+
+def inpaint(sde, score_fn, x_known: Tensor, mask: Tensor, *, sampler: str = "em", nfe: int, t_min: float = 1e-3,
+            striding: str = "uniform", seed: int = 0, first_index: int = 0, denoise: bool = True,
+            dtype=torch.float32, **options) -> SampleResult:
+    """Fill in the missing pixels of x_known [B, C, ...] (mask 1 = known) with the reverse process, the reference's
+    replacement method: after the prior draw and after every step, the known pixels' x and v are replaced by a joint
+    draw of the forward kernel from x_known at the new time. The result has the known pixels exactly.
+
+    sampler: em or sscs (options: SSCS's own); nfe counts the score's evaluations as `generate` does.
+    """
+    if not isinstance(sde, PhaseSpaceSDE):
+        raise ValueError(f"inpainting needs a phase-space SDE (CLD or PSLD), not {type(sde).__name__}")
+    if sampler not in INPAINT_SAMPLERS:
+        raise ValueError(f"inpainting runs the samplers {INPAINT_SAMPLERS}, not {sampler!r}")
+    spec = catalog.sampler(sampler, catalog.sde_name(sde))
+    check_t_min(t_min)
+    x_known = x_known.to(dtype)
+    mask = check_mask(mask, x_known)
+    n = x_known.shape[0]
+    n_steps = catalog.steps_for(sampler, nfe, options, denoise=denoise, exact=False)
+    ts = time_grid(n_steps + int(denoise), t_min, striding, denoise=denoise)
+    noise = PerSampleNoise(sample_seeds(seed, first_index, n, device=x_known.device))
+    replacement = PerSampleNoise(sample_seeds(seed ^ _REPLACEMENT_SALT, first_index, n, device=x_known.device))
+    state_shape = (sde.state_channels(x_known.shape[1]), *x_known.shape[2:])
+
+    def impose(u: Tensor, t: Tensor) -> Tensor:
+        known = sde.perturb(x_known, t.expand(n), "hsm", eps=replacement.normal(state_shape, dtype=dtype,
+                                                                                  device=u.device)).u
+        (x, v), (x_k, v_k) = sde.split(u), sde.split(known.to(u.dtype))
+        return sde.join(x * (1 - mask) + x_k * mask, v * (1 - mask) + v_k * mask)
+
+    counting = CountingScore(score_fn)
+    step = spec.load()
+    u = impose(sde.prior_from_normal(noise.normal(state_shape, dtype=dtype, device=x_known.device)), ts[0])
+    for k in range(len(ts) - 1):
+        u = impose(step(sde, counting, u, ts[k: k + 2], noise=noise, denoise=False, **options), ts[k + 1])
+    if denoise:
+        u = denoise_step(sde, counting, u, ts[-1])
+    x, v = sde.split(u)
+    u = sde.join(x * (1 - mask) + x_known * mask, v)  # the known pixels exactly, as the data they are
+    return SampleResult(sde.split(u)[0], u, counting.nfe)
