@@ -114,7 +114,7 @@ def toy_config(path, **sections):
                         "device": "cpu"},
               "tracking": {"enabled": False}}
     for key, value in sections.items():
-        config[key] = {**config.get(key, {}), **value}
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
     return resolve_config(config)
 
 

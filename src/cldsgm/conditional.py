@@ -19,6 +19,8 @@ What the PSLD reference code does (mandt-lab/PSLD: main/losses.py `tce_loss`, ma
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -29,8 +31,8 @@ from cldsgm.samplers.grids import check_t_min, time_grid
 from cldsgm.samplers.noise import CountingScore, PerSampleNoise, sample_seeds
 from cldsgm.sde.phase_space import PhaseSpaceSDE
 
-__all__ = ["INPAINT_SAMPLERS", "MASK_KINDS", "ClassifierGradient", "check_label", "check_mask", "guided_score",
-           "inpaint", "make_mask", "mixture_class_gradient"]
+__all__ = ["INPAINT_SAMPLERS", "MASK_KINDS", "ClassifierGradient", "TrainedClassifier", "check_label", "check_mask",
+           "guided_score", "inpaint", "load_classifier", "make_mask", "mixture_class_gradient"]
 
 INPAINT_SAMPLERS = ("em", "sscs")
 MASK_KINDS = ("center", "half", "random")
@@ -79,6 +81,57 @@ class ClassifierGradient:
             log_probs = torch.log_softmax(self.classifier(u_in, t.clone()), dim=-1)
             (grad,) = torch.autograd.grad(log_probs[:, self.label].sum(), u_in)
         return grad.to(u.dtype)
+
+
+@dataclass
+class TrainedClassifier:
+    """A noise-conditioned classifier of a training run (`cldsgm train-classifier`), its EMA weights in eval mode."""
+
+    net: torch.nn.Module
+    sde_name: str
+    sde_params: dict
+    data_shape: tuple
+    num_classes: int
+    identity: dict = field(default_factory=dict)  # checkpoint path, sha256, step: what a manifest records
+
+    def check_fits(self, sde_name: str, sde_params: dict, data_shape) -> None:
+        """ValueError (one line) unless this classifier was trained on the states of this SDE for data of this
+        shape: its gradient means nothing for another process's states."""
+        if (self.sde_name, dict(self.sde_params)) != (sde_name, dict(sde_params)):
+            raise ValueError(f"the classifier {self.identity.get('checkpoint')} was trained for {self.sde_name} "
+                             f"{self.sde_params}, the score model is {sde_name} {dict(sde_params)}: train the "
+                             "classifier on the score model's SDE")
+        if tuple(self.data_shape) != tuple(data_shape):
+            raise ValueError(f"the classifier {self.identity.get('checkpoint')} was trained on data of shape "
+                             f"{list(self.data_shape)}, the score model on {list(data_shape)}")
+
+    def gradient(self, label: int) -> ClassifierGradient:
+        return ClassifierGradient(self.net, label, self.num_classes)
+
+
+def load_classifier(path: str | Path, *, device="cpu") -> TrainedClassifier:
+    """The classifier of a `cldsgm train-classifier` run directory (or its checkpoint.pt). Raises FileNotFoundError,
+    or ValueError for a checkpoint that is not a classifier's (a score model's, say)."""
+    from cldsgm.models.registry import CLASSIFIERS, build_network
+    from cldsgm.training.checkpoint import load_checkpoint
+    from cldsgm.utils.io import file_sha256
+
+    path = Path(path)
+    path = path / "checkpoint.pt" if path.is_dir() else path
+    state = load_checkpoint(path)
+    network = state["network"]
+    if state["config"].get("task") != "classifier" or network["name"] not in CLASSIFIERS:
+        raise ValueError(f"{path} is not a classifier's checkpoint (network {network['name']!r}): give the run "
+                         "directory of `cldsgm train-classifier`")
+    net = build_network(network["name"], **network["options"])
+    net.load_state_dict(state["ema"])
+    net = net.to(device).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    sde = state["config"]["sde"]
+    identity = {"checkpoint": str(path.absolute()), "sha256": file_sha256(path), "step": int(state["step"])}
+    return TrainedClassifier(net, sde["name"], dict(sde["params"]), tuple(state["data"]["shape"]),
+                             int(network["options"]["num_classes"]), identity)
 
 
 def mixture_class_gradient(law, sde, label: int):

@@ -26,6 +26,8 @@ _NUM, _INT, _BOOL, _STR = {"type": "number"}, {"type": "integer"}, {"type": "boo
 
 SCHEMA = _obj({
     "seed": _INT,
+    # score: a score model (cldsgm train); classifier: a noise-conditioned classifier of u_t (cldsgm train-classifier)
+    "task": {"enum": ["score", "classifier"]},
     "data": _obj({"path": _STR, "hflip": _BOOL}, required=["path"]),
     "sde": _obj({"name": {"enum": list(catalog.SDES)}, "params": {"type": "object"}}, required=["name"]),
     "loss": _obj({"objective": {"enum": ["hsm", "dsm"]},
@@ -52,7 +54,7 @@ SCHEMA = _obj({
                       "uri": {"type": ["string", "null"]}}),
 }, required=["data", "sde", "model"])
 
-DEFAULTS = {
+DEFAULTS = {  # no "task": absent means score (so a score run's config stays as it was before classifiers)
     "seed": 0,
     "data": {"hflip": False},
     "sde": {"params": {}},

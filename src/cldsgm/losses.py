@@ -20,7 +20,7 @@ from cldsgm.models.score import ScoreParameterisation
 from cldsgm.sde import LinearSDE
 from cldsgm.sde._broadcast import per_sample
 
-__all__ = ["WEIGHTINGS", "REDUCTIONS", "sample_time", "score_matching_loss"]
+__all__ = ["WEIGHTINGS", "REDUCTIONS", "classifier_loss", "sample_time", "score_matching_loss"]
 
 WEIGHTINGS = ("reweightedv2", "reweightedv1", "likelihood")
 REDUCTIONS = ("sum", "mean")
@@ -87,3 +87,12 @@ def score_matching_loss(
         squared = _per_block(sde, sde.half_g2(t), squared)
     squared = squared.flatten(1)
     return squared.sum(1) if reduction == "sum" else squared.mean(1)
+
+
+def classifier_loss(sde: LinearSDE, net, x0: Tensor, y: Tensor, *, objective: str = "hsm", t: Tensor,
+                    eps: Tensor, v0: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy of a noise-conditioned classifier: net(u_t, t) -> logits [B, K] for u_t ~ p(u_t | x0)
+    (the whole state, as the PSLD reference's `tce_loss`), labels y [B] int64. t [B] float64, eps state-shaped."""
+    extra = {"v0": v0} if v0 is not None else {}
+    perturbed = sde.perturb(x0, t, objective, eps=eps, **extra)
+    return torch.nn.functional.cross_entropy(net(perturbed.u, t.to(perturbed.u.dtype)), y)

@@ -91,6 +91,33 @@ def _cached_estimate(source: ScoreSource, t_min: float) -> dict:
     return stored[key]
 
 
+def guide_source(source: ScoreSource, guidance: dict, *, device="cpu") -> tuple[ScoreSource, dict]:
+    """The source with its score guided towards a class, s + W grad_u log p(y | u_t) (cldsgm.conditional), and
+    the manifest's record of it. ValueError (nothing written yet) for a classifier of another SDE or data shape, a
+    class out of range, a negative scale, or "oracle" without an oracle source."""
+    import dataclasses
+
+    from cldsgm.conditional import guided_score, load_classifier, mixture_class_gradient
+
+    label, scale = guidance["class"], float(guidance["scale"])
+    if guidance["classifier"] == "oracle":
+        if source.mixture is None:
+            raise ValueError("--classifier oracle is the exact class posterior of an --oracle law; a checkpoint "
+                             "needs a classifier run directory (`cldsgm train-classifier`)")
+        gradient = mixture_class_gradient(source.mixture, source.sde, label)
+        classifier = {"oracle": source.identity.get("oracle")}
+    else:
+        trained = load_classifier(guidance["classifier"], device=device)
+        trained.check_fits(source.sde_name, source.sde_params, source.data_shape)
+        gradient = trained.gradient(label)
+        classifier = trained.identity
+    record = {"classifier": classifier, "class": int(label), "scale": scale,
+              # honest NFE: every score evaluation also evaluates the classifier's gradient (a forward and a
+              # backward pass); the records' nfe counts score evaluations, so classifier_nfe = nfe (0 at scale 0)
+              "classifier_nfe_per_score_nfe": 1 if scale > 0 else 0}
+    return dataclasses.replace(source, score_fn=guided_score(source.score_fn, gradient, scale)), record
+
+
 def quantize_images(x: Tensor) -> np.ndarray:
     """[-1, 1] float -> uint8 as the references do: ((x + 1) / 2 * 255).clip(0, 255), truncated."""
     y = ((x.detach().to(torch.float32).cpu() + 1.0) / 2.0 * 255.0).clamp(0, 255)
@@ -101,13 +128,16 @@ def sample_to_dir(source: ScoreSource, out_dir: str | Path, *, sampler: str, nfe
                   striding: str = "uniform", t_min: float = 1e-3, seed: int = 0, first: int = 0,
                   count: int | None = None, batch_size: int = 256, shard_size: int = 1000, options: dict | None = None,
                   denoise: bool = True, rank: int = 0, world: int = 1, device="cpu", precision: str = "fp32",
-                  net_batch: int | None = None, progress: bool = True, labels: dict | None = None) -> dict:
+                  net_batch: int | None = None, progress: bool = True, labels: dict | None = None,
+                  guidance: dict | None = None) -> dict:
     """Sample images [first, first + count) of a set of n into out_dir; resume what is there. Returns a summary.
 
     options: the sampler's own keyword arguments (SSCS variant, PC snr / n_corrector, ODE rtol / atol / method).
     rank, world: this process's share (torchrun): shards j with j mod world == rank.
     labels: what a study calls this set (source, row, variant, data, kind): kept in the manifest, copied into the
     records of its evaluations; not part of the run's identity.
+    guidance: class-conditional sampling, {"classifier": a `train-classifier` run directory or "oracle" (the
+    mixture's exact class posterior of an oracle source), "class": K, "scale": W} (see guide_source).
     Raises ValueError (bad arguments, NFE the sampler cannot honour) or SampleDirError.
     """
     options = dict(options or {})
@@ -126,6 +156,8 @@ def sample_to_dir(source: ScoreSource, out_dir: str | Path, *, sampler: str, nfe
                 "ode_batch": batch_size if adaptive else None}
     if precision_estimate is not None:
         identity["precision_sigma_from"] = precision_estimate
+    if guidance is not None:  # sigma_d above is the unguided model's: the classifier does not change the step
+        source, identity["guidance"] = guide_source(source, guidance, device=device)
 
     def make_shard(a: int, b: int, bar):
         parts, nfe_total = [], 0

@@ -13,6 +13,7 @@ from cldsgm.cli._common import (
     key_values,
     label_option,
     parse_labels,
+    remove_if_empty,
     writable_dir,
 )
 from cldsgm.utils.launch import launch
@@ -121,13 +122,19 @@ def load_source(args: dict, *, precision: str = "fp32", device="cpu", net_batch:
 @click.option("--no-denoise", is_flag=True, help="Skip the final noise-free denoising step.")
 @sampler_flags
 @label_option
+@click.option("--classifier", default=None, metavar="RUN|oracle",
+              help="Class-conditional sampling: a `cldsgm train-classifier` run directory, or 'oracle' (the exact "
+                   "class posterior of an --oracle mixture: its components are the classes).")
+@click.option("--class", "class_label", type=int, default=None, help="With --classifier: the class to sample.")
+@click.option("--guidance-scale", type=float, default=1.0, show_default=True,
+              help="With --classifier: W in s + W grad log p(y | u_t) (1: the conditional law; 0: unguided).")
 @click.option("--done", "done_path", type=click.Path(dir_okay=False), default=None,
               help="Write this JSON summary once this invocation's slice is complete (a workflow's output).")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="a bar on a terminal; in a log file a line at least every $CLDSGM_PROGRESS_EVERY seconds (30)")
 def sample_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, sampler, nfe, striding, t_min, n,
                    first, count, seed, batch_size, net_batch, shard_size, out_dir, precision, device, no_denoise,
-                   labels, done_path, progress, **sampler_values):
+                   labels, classifier, class_label, guidance_scale, done_path, progress, **sampler_values):
     """Sample a set of n into DIR/shard_<first>-<last>.npz + manifest.json + grid.png; resumes; torchrun-aware.
 
     Image i of a run (seed) is the same bytes whatever --batch-size and however the set is split (--first/--count
@@ -144,7 +151,11 @@ def sample_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights
         raise click.UsageError(f"the {sampler} sampler is adaptive: give tolerances (--rtol/--atol), not --nfe")
     if not adaptive and nfe is None:
         raise click.UsageError(f"sampler {sampler!r} needs --nfe")
-    writable_dir(out_dir, "--out")
+    if (classifier is None) != (class_label is None):
+        raise click.UsageError("--classifier and --class go together (class-conditional sampling)")
+    guidance = None if classifier is None else {"classifier": classifier, "class": class_label,
+                                                "scale": guidance_scale}
+    created = writable_dir(out_dir, "--out")
     here = launch()
 
     from cldsgm.sampling import sample_to_dir
@@ -156,9 +167,11 @@ def sample_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights
                                 seed=seed, first=first, count=count, batch_size=batch_size, shard_size=shard_size,
                                 options=options, denoise=not no_denoise, rank=here.rank, world=here.world,
                                 device=torch_device, precision=precision, net_batch=None if oracle else net_batch,
-                                progress=progress and here.main, labels=labels)
+                                progress=progress and here.main, labels=labels, guidance=guidance)
         finish_ranks_and_mark(done_path, summary)
     except (ValueError, OSError) as err:
+        if created:  # a bad classifier, class or scale: refused before any shard, and no empty --out is left
+            remove_if_empty(out_dir)
         raise click_error(err) from err
     state = "complete" if summary["complete"] else f"{summary['done']} of {summary['n']} done"
     click.echo(f"sampled {len(summary['made'])} shard(s), kept {summary['kept']} -> {out_dir} ({state})")

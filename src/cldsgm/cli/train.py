@@ -77,22 +77,34 @@ def _check_data_path(config: dict) -> None:
         raise click.ClickException(str(err)) from err
 
 
+def _training_options(command):
+    """The options of `train` and `train-classifier` (one trainer: the same checkpoints, resume and tracking)."""
+    for option in reversed(_TRAINING_OPTIONS):
+        command = option(command)
+    return command
+
+
+_TRAINING_OPTIONS = [
+    click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True, help="Training YAML."),
+    click.option("--run-dir", type=click.Path(file_okay=False), required=True, help="Checkpoints, loss.csv, config."),
+    click.option("--steps", type=int, default=None, help="Override train.steps."),
+    click.option("--no-tracking", is_flag=True, help="Do not log to MLflow."),
+    click.option("--allow-config-change", is_flag=True,
+        help="Resume even though the config changed more than steps / logging / device; the earlier config "
+            "is kept as config.until-step-<N>.yaml."),
+    click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+        help="Override a config value by its dotted key (the value is read as YAML), e.g. train.steps=500."),
+    click.option("--parent-run", type=click.Path(dir_okay=False), default=None,
+        help="JSON from `cldsgm track --init --parent-out`: log as a child run of the study's parent run."),
+    click.option("--done", "done_path", type=click.Path(dir_okay=False), default=None,
+        help="Write this JSON summary once training has reached train.steps (a workflow's output)."),
+    click.option("--progress/--no-progress", default=True, show_default=True,
+        help="a bar on a terminal; in a log file a line at least every $CLDSGM_PROGRESS_EVERY seconds (30)")
+]
+
+
 @main.command("train")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True, help="Training YAML.")
-@click.option("--run-dir", type=click.Path(file_okay=False), required=True, help="Checkpoints, loss.csv, config.")
-@click.option("--steps", type=int, default=None, help="Override train.steps.")
-@click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
-@click.option("--allow-config-change", is_flag=True,
-              help="Resume even though the config changed more than steps / logging / device; the earlier config "
-                   "is kept as config.until-step-<N>.yaml.")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Override a config value by its dotted key (the value is read as YAML), e.g. train.steps=500.")
-@click.option("--parent-run", type=click.Path(dir_okay=False), default=None,
-              help="JSON from `cldsgm track --init --parent-out`: log as a child run of the study's parent run.")
-@click.option("--done", "done_path", type=click.Path(dir_okay=False), default=None,
-              help="Write this JSON summary once training has reached train.steps (a workflow's output).")
-@click.option("--progress/--no-progress", default=True, show_default=True,
-              help="a bar on a terminal; in a log file a line at least every $CLDSGM_PROGRESS_EVERY seconds (30)")
+@_training_options
 def train_command(config_path, run_dir, steps, no_tracking, allow_config_change, settings, parent_run, done_path,
                   progress):
     """Train a score model (resumes from <run-dir>/checkpoint.pt if present). Under torchrun: DDP."""
@@ -141,6 +153,16 @@ def train_command(config_path, run_dir, steps, no_tracking, allow_config_change,
                    f"{result.final_loss:.4g}")
     else:
         click.echo(f"trained {result.step} steps, final loss {result.final_loss:.4g}, run dir {run_dir}")
+
+
+@main.command("train-classifier")
+@_training_options
+def train_classifier_command(**options):
+    """Train a noise-conditioned classifier of the whole state u_t (x and v) for guided sampling: the config's
+    task is set to classifier, its model one of the classifier networks (toy_classifier, ncsnpp_digits_classifier),
+    its data labelled. Resumes, checkpoints and logs as `cldsgm train` does."""
+    options["settings"] = (*options["settings"], "task=classifier")
+    train_command.callback(**options)
 
 
 

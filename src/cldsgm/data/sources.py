@@ -160,8 +160,8 @@ def diamond_points(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def toy(name: str, split: str, *, n: int, seed: int = 0):
-    """n 2-D points of a toy law (a catalog dataset with a generator) as float32 [n, 2]; train and test use
-    different streams of the same seed."""
+    """n 2-D points of a toy law (a catalog dataset with a generator) as float32 [n, 2], with labels [n] (the
+    component) where the law is a known mixture, else None; train and test use different streams of the same seed."""
     from cldsgm import catalog
 
     spec = catalog.dataset(name)
@@ -173,4 +173,10 @@ def toy(name: str, split: str, *, n: int, seed: int = 0):
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
-    return catalog.load(spec.generator)(n, rng).astype(np.float32), None, {"n": n, "seed": seed}
+    points = catalog.load(spec.generator)(n, rng).astype(np.float32)
+    labels = None
+    if spec.exact_law:  # a mixture law: each point's most probable component is its class ([17/18] classifiers)
+        from cldsgm.oracles import oracle_law
+
+        labels = oracle_law(spec.oracle).classify(torch.from_numpy(points)).numpy()
+    return points, labels, {"n": n, "seed": seed}

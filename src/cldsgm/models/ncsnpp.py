@@ -25,7 +25,7 @@ from cldsgm.models.layers import (
     positional_embedding,
 )
 
-__all__ = ["NCSNpp"]
+__all__ = ["NCSNpp", "NCSNppClassifier"]
 
 
 class NCSNpp(nn.Module):
@@ -119,6 +119,20 @@ class NCSNpp(nn.Module):
     def forward(self, u: Tensor, t: Tensor) -> Tensor:
         """u: [B, in_channels, H, W]; t: [B] forward times in (0, 1]. Returns [B, out_channels, H, W]."""
         temb = self._time_embedding(t)
+        h, hs = self._encode(u, temb)
+        for stage in self.up:
+            for layer in stage:
+                if isinstance(layer, AttnBlock):
+                    h = layer(h)
+                elif layer.up:
+                    h = layer(h, temb)
+                else:
+                    h = layer(torch.cat([h, hs.pop()], dim=1), temb)
+        assert not hs
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+    def _encode(self, u: Tensor, temb: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The down path and the middle: (h at the lowest resolution, the skips for the up path)."""
         pyramid = u
         hs = [self.conv_in(u)]
         for level, stage in enumerate(self.down):
@@ -136,13 +150,22 @@ class NCSNpp(nn.Module):
                     pyramid = h
                     hs[-1] = h
         h = self.mid[2](self.mid[1](self.mid[0](hs[-1], temb)), temb)
-        for stage in self.up:
-            for layer in stage:
-                if isinstance(layer, AttnBlock):
-                    h = layer(h)
-                elif layer.up:
-                    h = layer(h, temb)
-                else:
-                    h = layer(torch.cat([h, hs.pop()], dim=1), temb)
-        assert not hs
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return h, hs
+
+
+class NCSNppClassifier(NCSNpp):
+    """The encoder half of NCSN++ (down path and middle, as the PSLD reference's `ncsnpp_clf`) with a head:
+    GroupNorm, SiLU, the mean over pixels and a linear map to class logits. Takes the whole state (x and v: 2C
+    channels) and t; returns [B, num_classes]. Options as NCSNpp's, less out_channels."""
+
+    def __init__(self, *, num_classes: int, **options):
+        super().__init__(out_channels=1, **options)
+        del self.up, self.norm_out, self.conv_out  # the decoder half is not part of a classifier
+        width = self.mid[0].Conv_1.out_channels
+        self.norm_head = group_norm(width)
+        self.head = linear(width, num_classes)
+
+    def forward(self, u: Tensor, t: Tensor) -> Tensor:
+        """u: [B, in_channels, H, W]; t: [B]. Returns logits [B, num_classes]."""
+        h, _ = self._encode(u, self._time_embedding(t))
+        return self.head(F.silu(self.norm_head(h)).mean(dim=(2, 3)))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from cldsgm.models.ncsnpp import NCSNpp
-from cldsgm.models.toy import ToyMLP, ToyResNet
+from cldsgm.models.ncsnpp import NCSNpp, NCSNppClassifier
+from cldsgm.models.toy import ToyClassifier, ToyMLP, ToyResNet
 
-__all__ = ["PRESETS", "build_network", "count_parameters"]
+__all__ = ["CLASSIFIERS", "PRESETS", "build_network", "count_parameters"]
 
 _CIFAR = {"image_size": 32, "nf": 128, "ch_mult": (1, 2, 2, 2), "num_res_blocks": 8, "attn_resolutions": (16,),
           "dropout": 0.1, "fir": True, "progressive_input": "residual", "embedding": "fourier"}
@@ -28,8 +28,17 @@ PRESETS = {
                                "progressive_input": "residual", "embedding": "fourier", "in_channels": 2,
                                "out_channels": 1}),
     "toy_mlp": (ToyMLP, {"in_channels": 4, "out_channels": 2}),
+    # noise-conditioned classifiers of the whole state ([17/18]); num_classes comes from the data's labels
+    "toy_classifier": (ToyClassifier, {"in_channels": 4}),
+    "ncsnpp_digits_classifier": (NCSNppClassifier, {"image_size": 8, "nf": 32, "ch_mult": (1, 2), "num_res_blocks": 1,
+                                                    "attn_resolutions": (4,), "dropout": 0.0, "fir": True,
+                                                    "progressive_input": "residual", "embedding": "fourier",
+                                                    "in_channels": 2}),
     "toy_resnet": (ToyResNet, {"in_channels": 4, "out_channels": 2}),
 }
+
+
+CLASSIFIERS = ("toy_classifier", "ncsnpp_digits_classifier")  # the presets that output class logits
 
 
 def build_network(name: str, **overrides) -> nn.Module:
@@ -39,7 +48,13 @@ def build_network(name: str, **overrides) -> nn.Module:
     cls, options = PRESETS[name]
     import inspect
 
-    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    def named(klass) -> set:  # explicit keyword parameters, through **options to the parent class
+        params = inspect.signature(klass.__init__).parameters
+        keywords = {k for k, v in params.items() if v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)} - {"self"}
+        passes_on = any(v.kind == v.VAR_KEYWORD for v in params.values())
+        return keywords | (named(klass.__mro__[1]) - {"out_channels"} if passes_on else set())
+
+    allowed = named(cls)
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for network {name!r}; allowed: {sorted(allowed)}")

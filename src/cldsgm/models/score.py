@@ -21,7 +21,7 @@ from torch import Tensor
 from cldsgm.sde import VPSDE, LinearSDE
 from cldsgm.sde._broadcast import per_sample
 
-__all__ = ["ScoreParameterisation", "check_network_fits", "reference_score"]
+__all__ = ["ScoreParameterisation", "check_classifier_fits", "check_network_fits", "reference_score"]
 
 
 def reference_score(sde: LinearSDE, u: Tensor, t: Tensor) -> Tensor:
@@ -102,3 +102,24 @@ def check_network_fits(net: torch.nn.Module, sde: LinearSDE, data_shape, *, devi
     if tuple(out.shape) != expected:
         raise ValueError(f"{what} does not fit data of shape {list(data_shape)}: a {type(sde).__name__} state "
                          f"{list(state.shape)} gives output {list(out.shape)}, expected {list(expected)}")
+
+
+def check_classifier_fits(net: torch.nn.Module, sde: LinearSDE, data_shape, *, device=None,
+                          what: str = "classifier") -> None:
+    """Run a classifier once on a zero state of one sample; raise ValueError unless it maps [1, state_channels,
+    *spatial] to logits [1, K] (the classifier-network counterpart of check_network_fits)."""
+    channels, *spatial = [int(d) for d in data_shape]
+    state = torch.zeros(1, sde.state_channels(channels), *spatial, device=device)
+    was_training = net.training
+    try:
+        with torch.no_grad():
+            out = net.eval()(state, torch.full((1,), 0.5, device=device))
+    except (RuntimeError, ValueError, IndexError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{what} does not fit data of shape {list(data_shape)}: it cannot take a "
+                         f"{type(sde).__name__} state of shape {list(state.shape)} ({first[:200]})") from None
+    finally:
+        net.train(was_training)
+    if out.ndim != 2 or out.shape[0] != 1:
+        raise ValueError(f"{what} does not fit data of shape {list(data_shape)}: a {type(sde).__name__} state "
+                         f"{list(state.shape)} gives output {list(out.shape)}, expected logits [1, K]")

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-__all__ = ["ToyMLP", "ToyResNet"]
+__all__ = ["ToyClassifier", "ToyMLP", "ToyResNet"]
 
 
 class ToyMLP(nn.Module):
@@ -44,3 +44,11 @@ class ToyResNet(nn.Module):
         for layer in self.blocks:
             h = F.silu(h + layer(torch.cat([h, log_t], dim=1)))
         return self.out(torch.cat([h, log_t], dim=1))
+
+
+class ToyClassifier(ToyMLP):
+    """A noise-conditioned classifier of 2-D data: cat(u, t) -> 128 x 4 -> num_classes logits, SiLU (ToyMLP's
+    body); u is the whole state (x and v for CLD and PSLD)."""
+
+    def __init__(self, *, in_channels: int, num_classes: int, width: int = 128, depth: int = 4):
+        super().__init__(in_channels=in_channels, out_channels=num_classes, width=width, depth=depth)

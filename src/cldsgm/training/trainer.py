@@ -1,5 +1,8 @@
 """The training loop: score matching with Adam/AdamW, warm-up, clipping, EMA, AMP, checkpoints and DDP.
 
+With `task: classifier` the same loop trains a noise-conditioned classifier of the forward process's states
+(cross-entropy of the labels given u_t ~ p(u_t | x0) and t; [17/18]), with the same checkpoints, resume and tracking.
+
 Every random draw of step s comes from a generator seeded by (seed, s): the data order (per-epoch seeded
 permutations), t, eps and v0 (drawn for the *global* batch, then sliced per rank) and the dropout masks. A
 run resumed from a checkpoint therefore follows the uninterrupted run exactly, and DDP on W processes sees the
@@ -23,8 +26,8 @@ import yaml
 
 from cldsgm.config import config_changes, flatten
 from cldsgm.data.prepared import load_prepared, scale_images
-from cldsgm.losses import sample_time, score_matching_loss
-from cldsgm.models.registry import build_network, count_parameters
+from cldsgm.losses import classifier_loss, sample_time, score_matching_loss
+from cldsgm.models.registry import CLASSIFIERS, build_network, count_parameters
 from cldsgm.sde import PhaseSpaceSDE
 from cldsgm.sde import build_sde as _build_sde
 from cldsgm.tracking import COMMIT_TAG, TRACKING_FILE, Tracker, git_commit
@@ -33,7 +36,7 @@ from cldsgm.utils.io import atomic_path, atomic_write_text, remove_stale_tempora
 from cldsgm.utils.launch import launch, resolve_device
 from cldsgm.utils.progress import Progress
 
-__all__ = ["TrainResult", "build_sde", "keep_snapshot", "snapshot_path", "train"]
+__all__ = ["TrainResult", "build_sde", "keep_snapshot", "network_of", "snapshot_path", "train"]
 
 
 def build_sde(config: dict):
@@ -163,10 +166,33 @@ def _write_history(path: Path, history: list) -> None:
 
 def _check_fits(model: torch.nn.Module, sde, manifest: dict, config: dict, device: torch.device) -> None:
     """One forward pass on a single zero state, so a network that does not fit the data fails before any write."""
-    from cldsgm.models.score import check_network_fits
+    from cldsgm.models.score import check_classifier_fits, check_network_fits
 
-    check_network_fits(model, sde, manifest["shape"], device=device,
-                       what=f"network {config['model']['name']!r} for {config['data']['path']}")
+    what = f"network {config['model']['name']!r} for {config['data']['path']}"
+    if config.get("task", "score") == "classifier":
+        check_classifier_fits(model, sde, manifest["shape"], device=device, what=what)
+    else:
+        check_network_fits(model, sde, manifest["shape"], device=device, what=what)
+
+
+def network_of(config: dict, labels: np.ndarray | None) -> dict:
+    """{name, options} of the network a config trains; a classifier's num_classes comes from the labels (one
+    more than the largest). Raises ValueError for a task and network that do not go together, or missing labels."""
+    name, options = config["model"]["name"], dict(config["model"]["options"])
+    if config.get("task", "score") != "classifier":
+        if name in CLASSIFIERS:
+            raise ValueError(f"{name!r} is a classifier network: train it with `cldsgm train-classifier` "
+                             "(task: classifier), not as a score model")
+        return {"name": name, "options": options}
+    if name not in CLASSIFIERS:
+        raise ValueError(f"a classifier needs a classifier network ({', '.join(CLASSIFIERS)}), not {name!r}")
+    if labels is None:
+        raise ValueError(f"{config['data']['path']} has no labels: a classifier needs a labelled dataset (the "
+                         "digits' classes, a toy mixture's components; `cldsgm prepare` again if it predates them)")
+    needed = int(labels.max()) + 1
+    if options.setdefault("num_classes", needed) < needed:
+        raise ValueError(f"model.options.num_classes {options['num_classes']} is less than the labels need ({needed})")
+    return {"name": name, "options": options}
 
 
 def _resume_config(config: dict, state: dict, run_dir: Path, allow_change: bool, write: bool) -> None:
@@ -204,11 +230,11 @@ class _State:
             "dataset_sha256": manifest["sha256"], "data": {"kind": manifest["kind"], "shape": list(manifest["shape"])}})
 
 
-def _build(config: dict, sde, manifest: dict, device: torch.device) -> _State:
+def _build(config: dict, network: dict, sde, manifest: dict, device: torch.device) -> _State:
     """The network (seeded: identical on every rank and rerun), its EMA, the optimiser and the loss scaler."""
     tcfg, ocfg = config["train"], config["optim"]
     torch.manual_seed(config["seed"])
-    model = build_network(config["model"]["name"], **config["model"]["options"]).to(device)
+    model = build_network(network["name"], **network["options"]).to(device)
     if tcfg["channels_last"]:  # NHWC convolutions (tensor cores); a no-op for the 2-D MLPs
         model = model.to(memory_format=torch.channels_last)
     _check_fits(model, sde, manifest, config, device)
@@ -253,10 +279,11 @@ def _compiled(model: torch.nn.Module, ddp: _Distributed, compile_option) -> torc
 def _tracker(config: dict, run_dir: Path, ddp: _Distributed, parent: dict, manifest: dict, model) -> Tracker:
     """The run's MLflow run (rank 0 only; a disabled tracker elsewhere), with its params and provenance tags."""
     tracking = config["tracking"]
+    role = "train-classifier" if config.get("task", "score") == "classifier" else "train"
     tracker = Tracker(enabled=ddp.main and tracking["enabled"], experiment=parent.get("experiment") or
                       tracking["experiment"], run_name=tracking["run_name"] or run_dir.name,
                       uri=parent.get("uri") or tracking["uri"], run_dir=run_dir, parent_run_id=parent.get("run_id"),
-                      tags={"cldsgm.role": "train", "sde": config["sde"]["name"], "network": config["model"]["name"]})
+                      tags={"cldsgm.role": role, "sde": config["sde"]["name"], "network": config["model"]["name"]})
     if ddp.main:
         tracker.log_params(flatten(config))
         tracker.set_tags({COMMIT_TAG: git_commit(), "dataset_sha256": manifest["sha256"],
@@ -270,15 +297,16 @@ class _Batch:
     """One step's draws, a pure function of (seed, step): the data indices, hflips, t, eps (and v0 for DSM on
     phase space), made on the CPU from one seeded generator, so every rank and every rerun sees the same batch."""
 
-    def __init__(self, config: dict, sde, data, manifest: dict, batches: _Batches, step: int):
+    def __init__(self, config: dict, sde, data, manifest: dict, batches: _Batches, step: int, labels=None):
         lcfg = config["loss"]
         gen = _step_generator(config["seed"], step)
         self.dropout_seed = int(torch.randint(2**62, (), generator=gen))
-        self.x0 = _to_batch(data, manifest["kind"], batches.indices(step), config["data"]["hflip"], gen)
+        indices = batches.indices(step)
+        self.x0 = _to_batch(data, manifest["kind"], indices, config["data"]["hflip"], gen)
         state_shape = (len(self.x0), sde.state_channels(manifest["shape"][0]), *self.x0.shape[2:])
         self.t = sample_time(len(self.x0), lcfg["t_min"], generator=gen)
         self.eps = torch.randn(state_shape, generator=gen)
-        self.extra = {}
+        self.extra = {} if labels is None else {"y": torch.from_numpy(labels[indices])}
         if isinstance(sde, PhaseSpaceSDE) and lcfg["objective"] == "dsm":
             self.extra["v0"] = math.sqrt(sde.init_v_var) * torch.randn(self.x0.shape, generator=gen)
 
@@ -349,9 +377,10 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
     if tcfg["batch_size"] % ddp.world:
         raise ValueError(f"train.batch_size {tcfg['batch_size']} is not divisible by the world size {ddp.world}")
     sde = build_sde(config)
-    data, _, manifest = load_prepared(config["data"]["path"])
-    network = {"name": config["model"]["name"], "options": config["model"]["options"]}
-    state = _build(config, sde, manifest, device)
+    data, labels, manifest = load_prepared(config["data"]["path"])
+    network = network_of(config, labels)
+    classifier = config.get("task", "score") == "classifier"
+    state = _build(config, network, sde, manifest, device)
     checkpoint_path = run_dir / "checkpoint.pt"
     if ddp.main:  # temporaries of a writer killed mid-write (a CIFAR-10 checkpoint with Adam is over 1 GB)
         remove_stale_temporaries(run_dir, ["checkpoint.pt", "loss.csv", "config.yaml", TRACKING_FILE])
@@ -388,7 +417,7 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
     clock = time.perf_counter()
     try:
         while state.step < last:
-            batch = _Batch(config, sde, data, manifest, batches, state.step)
+            batch = _Batch(config, sde, data, manifest, batches, state.step, labels if classifier else None)
             _seed_dropout(batch.dropout_seed, device)
             lr = _learning_rate(ocfg, state.step)
             if lr != lr_now:  # only during warm-up
@@ -396,9 +425,12 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
                     group["lr"] = lr
                 lr_now = lr
             with autocast:
-                loss = score_matching_loss(sde, loss_of, **batch.on(device, shard), objective=lcfg["objective"],
-                                           weighting=lcfg["weighting"], mixed_score=lcfg["mixed_score"],
-                                           reduction=lcfg["reduction"]).mean()
+                if classifier:
+                    loss = classifier_loss(sde, loss_of, **batch.on(device, shard), objective=lcfg["objective"])
+                else:
+                    loss = score_matching_loss(sde, loss_of, **batch.on(device, shard), objective=lcfg["objective"],
+                                               weighting=lcfg["weighting"], mixed_score=lcfg["mixed_score"],
+                                               reduction=lcfg["reduction"]).mean()
             grad_norm = _update(state, loss, clip)
             state.step += 1
             pending.append(loss.detach())
