@@ -214,3 +214,36 @@ def test_sample_with_a_trained_classifier_and_its_bad_inputs(classifier_run, toy
         assert done.returncode == 1 and messages[name] in done.stderr, (name, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert not out.exists()
+
+
+def test_cldsgm_inpaint_writes_a_resumable_directory_and_refuses_bad_masks(diamond_data, digits_data, tmp_path):
+    """The oracle's PSLD score inpaints held-out diamond points (x1 known): the shard keeps x1 byte for byte, a rerun
+    keeps the shard; a mask of the wrong shape, a center mask on 2-D points, images of another shape: one line,
+    exit 1, no --out."""
+    import numpy as np
+
+    from cldsgm.data.prepared import load_prepared
+
+    from conftest import run_cli
+
+    common = ("inpaint", "--oracle", "diamond", "--sde", "psld", "--nfe", "20", "--num-samples", "200")
+    out = tmp_path / "half"
+    done = run_cli(*common, "--images", str(diamond_data), "--mask-kind", "half", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    shard = next(out.glob("shard_*.npz"))
+    completed = np.load(shard)["samples"]
+    assert np.array_equal(completed[:, 0], load_prepared(diamond_data)[0][:200, 0])
+    assert _identity(out)["inpaint"]["mask"] == {"kind": "half", "seed": 0}
+    before = shard.stat().st_mtime_ns
+    again = run_cli(*common, "--images", str(diamond_data), "--mask-kind", "half", "--out", str(out))
+    assert again.returncode == 0 and "kept 1" in again.stdout and shard.stat().st_mtime_ns == before
+    wrong = tmp_path / "wrong_mask.npy"
+    np.save(wrong, np.ones(3, dtype=np.float32))
+    cases = {"mask shape": (("--images", str(diamond_data), "--mask", str(wrong)), "give one mask of shape (2,)"),
+             "center": (("--images", str(diamond_data), "--mask-kind", "center"), "center mask needs images"),
+             "images": (("--images", str(digits_data[1]), "--mask-kind", "half"), "holds data of shape [1, 8, 8]")}
+    for name, (args, message) in cases.items():
+        target = tmp_path / name.replace(" ", "_")
+        done = run_cli(*common, *args, "--out", str(target))
+        assert done.returncode == 1 and message in done.stderr, (name, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1 and not target.exists(), (name, done.stderr)

@@ -27,7 +27,7 @@ from cldsgm.shards import ShardPlan, batch_edges, check_slice, covering, fill_sh
 from cldsgm.sources import ScoreSource
 from cldsgm.utils.io import atomic_path
 
-__all__ = ["check_nfe", "quantize_images", "sample_to_dir"]
+__all__ = ["check_nfe", "guide_source", "inpaint_to_dir", "quantize_images", "sample_to_dir"]
 
 
 def check_nfe(sampler: str, nfe: int | None, options: dict | None = None, *, denoise: bool = True) -> None:
@@ -176,6 +176,85 @@ def sample_to_dir(source: ScoreSource, out_dir: str | Path, *, sampler: str, nfe
 
     out_dir = Path(out_dir)
     plan = ShardPlan(n, first, count, shard_size, rank, world)
+    summary = fill_shards(out_dir, identity, source.kind, source.data_shape, make_shard, plan, device=device,
+                          progress=progress, labels=labels)
+    write_grid(out_dir)
+    return summary
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A mask file as float32: a .npy array, or the 'mask' array of a .npz (data only: no pickles)."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                if "mask" not in loaded.files:
+                    raise ValueError(f"the mask file {path} has no array 'mask' (it has {loaded.files})")
+                loaded = loaded["mask"]
+        return np.asarray(loaded, dtype=np.float32)
+    except (OSError, EOFError, TypeError) as err:  # not an array file, or one of objects
+        raise ValueError(f"the mask file {path} is not a .npy or .npz array ({err})") from None
+
+
+def inpaint_to_dir(source: ScoreSource, out_dir: str | Path, *, images: str | Path, mask: str | Path | None = None,
+                   mask_kind: str | None = None, sampler: str = "em", nfe: int, n: int | None = None,
+                   striding: str = "uniform", t_min: float = 1e-3, seed: int = 0, batch_size: int = 256,
+                   shard_size: int = 1000, options: dict | None = None, denoise: bool = True, device="cpu",
+                   progress: bool = True, labels: dict | None = None) -> dict:
+    """Inpaint the first n images of a prepared dataset file (`cldsgm prepare`'s .npz) into a sharded, resumable
+    sample directory: the known pixels (mask 1) kept, the others drawn by the reverse process with replacement
+    (cldsgm.conditional.inpaint). mask: a .npy / .npz ('mask') file of one image's shape or one per image, or
+    mask_kind (center, half, random: made from `seed`). Bad input (shapes, kinds, a sampler inpainting does not run)
+    raises ValueError before anything is written."""
+    from cldsgm.conditional import INPAINT_SAMPLERS, check_mask, inpaint, make_mask
+    from cldsgm.data.prepared import load_prepared, scale_images
+    from cldsgm.utils.io import file_sha256
+
+    if sampler not in INPAINT_SAMPLERS:
+        raise ValueError(f"inpainting runs the samplers {INPAINT_SAMPLERS}, not {sampler!r}")
+    options = dict(options or {})
+    check_t_min(t_min)
+    check_nfe(sampler, nfe, options, denoise=denoise)
+    data, _, manifest = load_prepared(images)
+    if tuple(manifest["shape"]) != tuple(source.data_shape):
+        raise ValueError(f"{images} holds data of shape {list(manifest['shape'])}; the score model's is "
+                         f"{list(source.data_shape)}")
+    n = len(data) if n is None else n
+    if not 0 < n <= len(data):
+        raise ValueError(f"--num-samples {n}: {images} has {len(data)} images")
+    known = torch.from_numpy(data[:n])
+    known = scale_images(known) if source.kind == "image" else known.float()
+    if (mask is None) == (mask_kind is None):
+        raise ValueError("give a mask file or a mask kind (one of them)")
+    if mask is not None:
+        mask_tensor = torch.from_numpy(read_mask(mask))
+        mask_id = {"file": str(mask), "sha256": file_sha256(mask)}
+    else:
+        mask_tensor, mask_id = make_mask(mask_kind, source.data_shape, seed=seed), {"kind": mask_kind, "seed": seed}
+    mask_tensor = check_mask(mask_tensor, known)
+    identity = {"source": source.identity, "sde": source.sde_name, "sde_params": source.sde_params,
+                "network": source.network, "sampler": sampler, "options": options, "nfe_budget": nfe,
+                "striding": striding, "t_min": t_min, "seed": seed, "n": n, "shard_size": shard_size,
+                "denoise": denoise, "inpaint": {"images": str(images), "images_sha256": manifest["sha256"],
+                                                "mask": mask_id}}
+
+    def make_shard(a: int, b: int, bar):
+        parts, nfe_total = [], 0
+        edges = batch_edges(a, b, batch_size, aligned=False)
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            rows = mask_tensor if len(mask_tensor) == 1 else mask_tensor[lo:hi]
+            with torch.inference_mode():
+                result = inpaint(source.sde, source.score_fn, known[lo:hi].to(device), rows.to(device),
+                                 sampler=sampler, nfe=nfe, t_min=t_min, striding=striding, seed=seed, first_index=lo,
+                                 denoise=denoise, **options)
+            parts.append(quantize_images(result.x) if source.kind == "image"
+                         else result.x.detach().to(torch.float32).cpu().numpy())
+            nfe_total += result.nfe * (hi - lo)
+            bar.update(hi - lo)
+        return np.concatenate(parts), nfe_total / (b - a)
+
+    out_dir = Path(out_dir)
+    plan = ShardPlan(n, 0, n, shard_size, 0, 1)
     summary = fill_shards(out_dir, identity, source.kind, source.data_shape, make_shard, plan, device=device,
                           progress=progress, labels=labels)
     write_grid(out_dir)

@@ -177,6 +177,56 @@ def sample_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights
     click.echo(f"sampled {len(summary['made'])} shard(s), kept {summary['kept']} -> {out_dir} ({state})")
 
 
+@main.command("inpaint")
+@source_options
+@click.option("--images", type=click.Path(dir_okay=False, exists=True), required=True,
+              help="A prepared dataset file (`cldsgm prepare`'s .npz): the images whose known pixels are kept.")
+@click.option("--mask", "mask_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="A .npy (or .npz with 'mask') of 0 (missing) and 1 (known): one image's shape or one per image.")
+@click.option("--mask-kind", type=click.Choice(["center", "half", "random"]), default=None,
+              help="Instead of --mask: the central square, the right half, or random pixels (from --seed) missing.")
+@click.option("--sampler", type=click.Choice(["em", "sscs"]), default="em", show_default=True)
+@click.option("--nfe", type=int, required=True, help="The NFE budget, denoising included.")
+@click.option("--striding", type=catalog_choice("stridings"), default="uniform", show_default=True)
+@click.option("--t-min", type=float, default=1e-3, show_default=True)
+@click.option("--num-samples", "--n", "n", type=int, default=None, help="The first n images (default: all).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--shard-size", type=int, default=1000, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--device", type=catalog_choice("devices"), default="auto", show_default=True)
+@click.option("--no-denoise", is_flag=True, help="Skip the final noise-free denoising step.")
+@sampler_flags
+@label_option
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def inpaint_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, images, mask_file, mask_kind,
+                    sampler, nfe, striding, t_min, n, seed, batch_size, shard_size, out_dir, device, no_denoise,
+                    labels, progress, **sampler_values):
+    """Fill in the missing pixels of images with a CLD or PSLD model: after every step the known pixels' data and
+    momentum are replaced by a forward-process draw from the image (the PSLD reference's method); the result keeps
+    them exactly. Writes the same sharded, resumable directory as `cldsgm sample`."""
+    source_args = resolve_source_args(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights)
+    options = sampler_options(sampler, sampler_values)
+    if (mask_file is None) == (mask_kind is None):
+        raise click.UsageError("give --mask FILE or --mask-kind KIND (one of them)")
+    created = writable_dir(out_dir, "--out")
+
+    from cldsgm.sampling import inpaint_to_dir
+
+    try:
+        torch_device = device_for(device)
+        source = load_source(source_args, device=torch_device)
+        summary = inpaint_to_dir(source, out_dir, images=images, mask=mask_file, mask_kind=mask_kind, sampler=sampler,
+                                 nfe=nfe, n=n, striding=striding, t_min=t_min, seed=seed, batch_size=batch_size,
+                                 shard_size=shard_size, options=options, denoise=not no_denoise, device=torch_device,
+                                 progress=progress, labels=parse_labels(labels))
+    except (ValueError, OSError) as err:
+        if created:  # refused before any shard: no empty --out is left
+            remove_if_empty(out_dir)
+        raise click_error(err) from err
+    click.echo(f"inpainted {len(summary['made'])} shard(s), kept {summary['kept']} -> {out_dir}")
+
+
 def parse_row(text: str) -> dict:
     """One --row of `sample-rows`: a JSON object {out, sampler, n, nfe (fixed-step samplers), striding, options (by
     the catalog's option names), labels, checkpoint (optional: another checkpoint of the source, e.g. a snapshot)}."""
