@@ -247,3 +247,54 @@ def test_cldsgm_inpaint_writes_a_resumable_directory_and_refuses_bad_masks(diamo
         done = run_cli(*common, *args, "--out", str(target))
         assert done.returncode == 1 and message in done.stderr, (name, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1 and not target.exists(), (name, done.stderr)
+
+
+def test_class_accuracy_records_for_guided_inpainted_and_unconditional_sets(diamond_data, tmp_path):
+    """The oracle-guided set scores 1 with an interval; the inpainted one gets a known-pixel error of exactly 0 and
+    the exact conditional's component agreement (about 5/9); an unconditional set asks for no class: refused."""
+    import json
+
+    from conftest import run_cli
+
+    sets = {"guided": ("sample", "--sampler", "em", "--nfe", "50", "--striding", "quadratic", "--classifier",
+                       "oracle", "--class", "7"),
+            "inpainted": ("inpaint", "--images", str(diamond_data), "--mask-kind", "half", "--nfe", "50",
+                          "--striding", "quadratic"),
+            "plain": ("sample", "--sampler", "em", "--nfe", "20")}
+    for name, args in sets.items():
+        done = run_cli(*args, "--oracle", "diamond", "--sde", "psld", "--num-samples", "400",
+                       "--out", str(tmp_path / name))
+        assert done.returncode == 0, done.stderr
+    for name in ("guided", "inpainted"):
+        done = run_cli("class-accuracy", "--samples", str(tmp_path / name), "--classifier", "oracle:diamond",
+                       "--out", str(tmp_path / f"rec_{name}"), "--bootstrap", "100")
+        assert done.returncode == 0, done.stderr
+    guided = json.loads((tmp_path / "rec_guided" / "class_accuracy.json").read_text())
+    assert guided["value"] >= 0.99 and guided["ci_high"] >= guided["value"] >= guided["ci_low"] > 0.95
+    inpainted = tmp_path / "rec_inpainted"
+    assert json.loads((inpainted / "known_pixel_error.json").read_text())["value"] == 0.0
+    assert 0.45 < json.loads((inpainted / "class_accuracy.json").read_text())["value"] < 0.68
+    plain = run_cli("class-accuracy", "--samples", str(tmp_path / "plain"), "--classifier", "oracle:diamond",
+                    "--out", str(tmp_path / "rec_plain"))
+    assert plain.returncode == 1 and "asks for no class" in plain.stderr
+
+
+def test_inpainted_digits_keep_their_known_pixels_byte_for_byte(digits_run, digits_data, tmp_path):
+    """Images go to [-1, 1] and back through uint8: the known pixels are written as the file has them."""
+    import numpy as np
+
+    from cldsgm.conditional import make_mask
+    from cldsgm.data.prepared import load_prepared
+
+    from conftest import run_cli
+
+    out = tmp_path / "center"
+    done = run_cli("inpaint", "--run-dir", str(digits_run), "--images", str(digits_data[1]), "--mask-kind", "center",
+                   "--sampler", "sscs", "--nfe", "6", "--precision-sigma", "1", "--num-samples", "16",
+                   "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    completed = np.load(next(out.glob("shard_*.npz")))["samples"]
+    known = make_mask("center", (1, 8, 8)).numpy() > 0.5
+    originals = load_prepared(digits_data[1])[0][:16]
+    assert np.array_equal(completed[:, known], originals[:, known])
+    assert not np.array_equal(completed[:, ~known], originals[:, ~known])

@@ -33,6 +33,9 @@ METRICS = {
     "nll_bpd": "negative log-likelihood in bits/dim (probability-flow ODE; CLD/PSLD: upper bound)",
     "nll_nats": "negative log-likelihood in nats per sample (probability-flow ODE; CLD/PSLD: upper bound)",
     "classifier_accuracy": "test accuracy of the digits classifier",
+    "class_accuracy": "share of conditional samples a classifier assigns to the class asked for (guided sampling: "
+                      "the class; inpainting: the original image's)",
+    "known_pixel_error": "largest absolute difference of an inpainted set's known pixels from the image's (0: kept)",
 }
 
 _NUM = {"type": "number"}

@@ -247,8 +247,11 @@ def inpaint_to_dir(source: ScoreSource, out_dir: str | Path, *, images: str | Pa
                 result = inpaint(source.sde, source.score_fn, known[lo:hi].to(device), rows.to(device),
                                  sampler=sampler, nfe=nfe, t_min=t_min, striding=striding, seed=seed, first_index=lo,
                                  denoise=denoise, **options)
-            parts.append(quantize_images(result.x) if source.kind == "image"
-                         else result.x.detach().to(torch.float32).cpu().numpy())
+            if source.kind == "image":  # the known pixels as the file has them: [-1, 1] and back can lose a level
+                known_rows = np.broadcast_to(rows.cpu().numpy() > 0.5, (hi - lo, *rows.shape[1:]))
+                parts.append(np.where(known_rows, data[lo:hi], quantize_images(result.x)))
+            else:
+                parts.append(result.x.detach().to(torch.float32).cpu().numpy())
             nfe_total += result.nfe * (hi - lo)
             bar.update(hi - lo)
         return np.concatenate(parts), nfe_total / (b - a)

@@ -214,6 +214,47 @@ def fd_digits_command(samples_dirs, classifier, data_path, out_dirs, resamples):
         raise click_error(err) from err
 
 
+@main.command("class-accuracy")
+@click.option("--samples", "samples_dirs", type=click.Path(file_okay=False), required=True, multiple=True,
+              help="A complete class-conditional or inpainted sample directory; repeat with --out for several.")
+@click.option("--classifier", required=True, metavar="FILE|oracle:LAW",
+              help="The judge: a `digits-classifier` file for 8x8 digits, or oracle:diamond (the mixture's component).")
+@click.option("--out", "out_dirs", type=click.Path(file_okay=False), required=True, multiple=True,
+              help="Where class_accuracy.json (and known_pixel_error.json for inpainted sets) go.")
+@bootstrap_option
+def class_accuracy_command(samples_dirs, classifier, out_dirs, resamples):
+    """The share of samples the classifier assigns to the class they were asked to be (the guided class, or the
+    original image's for inpainting), with its bootstrap interval; for inpainted sets also the known pixels' error."""
+    from cldsgm.eval.conditional import asked_classes, known_pixel_error, sample_classes
+    from cldsgm.shards import load_samples
+    from cldsgm.stats import resample_counts
+
+    pairs = _pairs(samples_dirs, out_dirs)
+    _check_resamples(resamples)
+    try:
+        for samples_dir, out_dir in pairs:
+            samples, manifest = load_samples(samples_dir)
+            start = time.perf_counter()
+            correct = (sample_classes(samples, classifier) == asked_classes(manifest, len(samples))).astype(float)
+            value = float(correct.mean())
+            replicates = None
+            if resamples:
+                counts = resample_counts(len(samples), resamples, manifest["identity"]["seed"])
+                replicates = counts @ correct / len(samples)
+            common = {"n": len(samples), "wall_s": time.perf_counter() - start, "device": "cpu",
+                      **sample_set_fields(manifest, samples_dir)}
+            write_metric(out_dir, "class_accuracy", value, extra={"classifier": classifier}, **common,
+                         **_interval(value, replicates, manifest))
+            line = f"class accuracy {value:.4g}"
+            if "inpaint" in manifest["identity"]:
+                error = known_pixel_error(samples, manifest)
+                write_metric(out_dir, "known_pixel_error", error, **common)
+                line += f", known-pixel error {error:.3g}"
+            click.echo(f"{line} over {len(samples)} samples of {samples_dir} -> {out_dir}")
+    except (ValueError, OSError) as err:
+        raise click_error(err) from err
+
+
 @main.command("sample-distance")
 @click.option("--samples", "samples_dirs", type=click.Path(file_okay=False), required=True, multiple=True,
               help="A complete sample directory of points; repeat with --out for several.")

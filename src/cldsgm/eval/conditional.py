@@ -1,0 +1,60 @@
+"""Evaluation of conditional sample sets ([17/18]): the class a classifier sees in each sample against the class
+asked for, and how exactly inpainting kept the known pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["asked_classes", "known_pixel_error", "sample_classes"]
+
+
+def asked_classes(manifest: dict, n: int) -> np.ndarray:
+    """[n] the class each sample was asked to be: the guided class, or for an inpainted set the label of the image it
+    completes. ValueError for an unconditional set, or inpainted images without labels."""
+    from cldsgm.data.prepared import load_prepared
+
+    identity = manifest["identity"]
+    if "guidance" in identity:
+        return np.full(n, int(identity["guidance"]["class"]))
+    if "inpaint" in identity:
+        _, labels, _ = load_prepared(identity["inpaint"]["images"])
+        if labels is None:
+            raise ValueError(f"{identity['inpaint']['images']} has no labels to compare the completions with")
+        return labels[:n]
+    raise ValueError("an unconditional sample set asks for no class (sample with --classifier, or inpaint)")
+
+
+def sample_classes(samples: np.ndarray, classifier: str) -> np.ndarray:
+    """[n] the class of each sample: 'oracle:<law>' for points (the mixture's most probable component) or the path
+    of a `cldsgm digits-classifier` file for 8x8 digits (uint8)."""
+    import torch
+
+    if classifier.startswith("oracle:"):
+        from cldsgm.oracles import oracle_law
+
+        return oracle_law(classifier.split(":", 1)[1]).classify(torch.from_numpy(samples).double()).numpy()
+    from cldsgm.eval.digits import _as_input, load_classifier
+
+    model, _ = load_classifier(classifier)
+    with torch.no_grad():
+        return model(_as_input(samples)).argmax(1).numpy()
+
+
+def known_pixel_error(samples: np.ndarray, manifest: dict) -> float:
+    """Largest |sample - image| over the known pixels of an inpainted set (uint8 levels for images, data units for
+    points): 0 when they were kept exactly."""
+    from cldsgm.data.prepared import load_prepared
+    from cldsgm.sampling import read_mask
+
+    block = manifest["identity"]["inpaint"]
+    images, _, _ = load_prepared(block["images"])
+    images = images[:len(samples)]
+    if "kind" in block["mask"]:
+        from cldsgm.conditional import make_mask
+
+        mask = make_mask(block["mask"]["kind"], images.shape[1:], seed=block["mask"]["seed"]).numpy()
+    else:
+        mask = read_mask(block["mask"]["file"])
+    known = np.broadcast_to(mask, samples.shape) > 0.5
+    difference = np.abs(samples.astype(np.float64) - images.astype(np.float64))
+    return float(difference[known].max()) if known.any() else 0.0
