@@ -19,7 +19,7 @@ LAYERS = [
     ["cldsgm.records", "cldsgm.oracles", "cldsgm.models", "cldsgm.losses", "cldsgm.samplers", "cldsgm.data",
      "cldsgm.shards", "cldsgm.tracking"],
     ["cldsgm.training"],
-    ["cldsgm.sources", "cldsgm.sampling", "cldsgm.eval", "cldsgm.bench"],
+    ["cldsgm.sources", "cldsgm.sampling", "cldsgm.conditional", "cldsgm.eval", "cldsgm.bench"],
     ["cldsgm.study", "cldsgm.report"],
     ["cldsgm.cli", "cldsgm.__main__"],
 ]

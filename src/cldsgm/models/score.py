@@ -79,6 +79,23 @@ class ScoreParameterisation:
         return score
 
 
+def _output_on_zero_state(net: torch.nn.Module, sde: LinearSDE, data_shape, device, what: str):
+    """(state, output) of `net` run once in eval mode on a zero state of one sample; ValueError (one line) when it
+    cannot take the state at all."""
+    channels, *spatial = [int(d) for d in data_shape]
+    state = torch.zeros(1, sde.state_channels(channels), *spatial, device=device)
+    was_training = net.training
+    try:
+        with torch.no_grad():
+            return state, net.eval()(state, torch.full((1,), 0.5, device=device))
+    except (RuntimeError, ValueError, IndexError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{what} does not fit data of shape {list(data_shape)}: it cannot take a "
+                         f"{type(sde).__name__} state of shape {list(state.shape)} ({first[:200]})") from None
+    finally:
+        net.train(was_training)
+
+
 def check_network_fits(net: torch.nn.Module, sde: LinearSDE, data_shape, *, device=None, what: str = "network") -> None:
     """Run `net` once on a zero state of one sample; raise ValueError unless it maps
     [1, state_channels, *spatial] to [1, noise_channels, *spatial] for data of per-sample shape `data_shape`.
@@ -86,19 +103,9 @@ def check_network_fits(net: torch.nn.Module, sde: LinearSDE, data_shape, *, devi
     So that a network that does not fit the data (an image net on 2-D points, wrong channel counts) fails with
     one line before anything is written, instead of deep inside a convolution.
     """
+    state, out = _output_on_zero_state(net, sde, data_shape, device, what)
     channels, *spatial = [int(d) for d in data_shape]
-    state = torch.zeros(1, sde.state_channels(channels), *spatial, device=device)
     expected = (1, sde.noise_channels(channels), *spatial)
-    was_training = net.training
-    try:
-        with torch.no_grad():
-            out = net.eval()(state, torch.full((1,), 0.5, device=device))
-    except (RuntimeError, ValueError, IndexError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{what} does not fit data of shape {list(data_shape)}: it cannot take a "
-                         f"{type(sde).__name__} state of shape {list(state.shape)} ({first[:200]})") from None
-    finally:
-        net.train(was_training)
     if tuple(out.shape) != expected:
         raise ValueError(f"{what} does not fit data of shape {list(data_shape)}: a {type(sde).__name__} state "
                          f"{list(state.shape)} gives output {list(out.shape)}, expected {list(expected)}")
@@ -108,18 +115,7 @@ def check_classifier_fits(net: torch.nn.Module, sde: LinearSDE, data_shape, *, d
                           what: str = "classifier") -> None:
     """Run a classifier once on a zero state of one sample; raise ValueError unless it maps [1, state_channels,
     *spatial] to logits [1, K] (the classifier-network counterpart of check_network_fits)."""
-    channels, *spatial = [int(d) for d in data_shape]
-    state = torch.zeros(1, sde.state_channels(channels), *spatial, device=device)
-    was_training = net.training
-    try:
-        with torch.no_grad():
-            out = net.eval()(state, torch.full((1,), 0.5, device=device))
-    except (RuntimeError, ValueError, IndexError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{what} does not fit data of shape {list(data_shape)}: it cannot take a "
-                         f"{type(sde).__name__} state of shape {list(state.shape)} ({first[:200]})") from None
-    finally:
-        net.train(was_training)
+    state, out = _output_on_zero_state(net, sde, data_shape, device, what)
     if out.ndim != 2 or out.shape[0] != 1:
         raise ValueError(f"{what} does not fit data of shape {list(data_shape)}: a {type(sde).__name__} state "
                          f"{list(state.shape)} gives output {list(out.shape)}, expected logits [1, K]")
