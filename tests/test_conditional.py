@@ -168,6 +168,16 @@ def test_a_classifier_config_needs_a_classifier_network_and_labels(diamond_data,
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def cli(*args):
+    """The CLI in this process (no interpreter and torch start per call): (exit code, stdout, stderr)."""
+    from click.testing import CliRunner
+
+    from cldsgm.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
 def _identity(out):
     import json
 
@@ -210,9 +220,9 @@ def test_sample_with_a_trained_classifier_and_its_bad_inputs(classifier_run, toy
                 "score run": "is not a classifier's checkpoint", "oracle": "--classifier oracle is the exact"}
     for name, args in bad.items():
         out = tmp_path / name.replace(" ", "_")
-        done = run_cli(*common, *args, "--out", str(out))
-        assert done.returncode == 1 and messages[name] in done.stderr, (name, done.stderr)
-        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        code, _, stderr = cli(*common, *args, "--out", out)
+        assert code == 1 and messages[name] in stderr, (name, stderr)
+        assert len(stderr.strip().splitlines()) == 1, stderr
         assert not out.exists()
 
 
@@ -235,8 +245,8 @@ def test_cldsgm_inpaint_writes_a_resumable_directory_and_refuses_bad_masks(diamo
     assert np.array_equal(completed[:, 0], load_prepared(diamond_data)[0][:200, 0])
     assert _identity(out)["inpaint"]["mask"] == {"kind": "half", "seed": 0}
     before = shard.stat().st_mtime_ns
-    again = run_cli(*common, "--images", str(diamond_data), "--mask-kind", "half", "--out", str(out))
-    assert again.returncode == 0 and "kept 1" in again.stdout and shard.stat().st_mtime_ns == before
+    code, stdout, _ = cli(*common, "--images", diamond_data, "--mask-kind", "half", "--out", out)
+    assert code == 0 and "kept 1" in stdout and shard.stat().st_mtime_ns == before
     wrong = tmp_path / "wrong_mask.npy"
     np.save(wrong, np.ones(3, dtype=np.float32))
     cases = {"mask shape": (("--images", str(diamond_data), "--mask", str(wrong)), "give one mask of shape (2,)"),
@@ -244,9 +254,9 @@ def test_cldsgm_inpaint_writes_a_resumable_directory_and_refuses_bad_masks(diamo
              "images": (("--images", str(digits_data[1]), "--mask-kind", "half"), "holds data of shape [1, 8, 8]")}
     for name, (args, message) in cases.items():
         target = tmp_path / name.replace(" ", "_")
-        done = run_cli(*common, *args, "--out", str(target))
-        assert done.returncode == 1 and message in done.stderr, (name, done.stderr)
-        assert len(done.stderr.strip().splitlines()) == 1 and not target.exists(), (name, done.stderr)
+        code, _, stderr = cli(*common, *args, "--out", target)
+        assert code == 1 and message in stderr, (name, stderr)
+        assert len(stderr.strip().splitlines()) == 1 and not target.exists(), (name, stderr)
 
 
 def test_class_accuracy_records_for_guided_inpainted_and_unconditional_sets(diamond_data, tmp_path):
@@ -254,7 +264,6 @@ def test_class_accuracy_records_for_guided_inpainted_and_unconditional_sets(diam
     the exact conditional's component agreement (about 5/9); an unconditional set asks for no class: refused."""
     import json
 
-    from conftest import run_cli
 
     sets = {"guided": ("sample", "--sampler", "em", "--nfe", "50", "--striding", "quadratic", "--classifier",
                        "oracle", "--class", "7"),
@@ -262,21 +271,21 @@ def test_class_accuracy_records_for_guided_inpainted_and_unconditional_sets(diam
                           "--striding", "quadratic"),
             "plain": ("sample", "--sampler", "em", "--nfe", "20")}
     for name, args in sets.items():
-        done = run_cli(*args, "--oracle", "diamond", "--sde", "psld", "--num-samples", "400",
-                       "--out", str(tmp_path / name))
-        assert done.returncode == 0, done.stderr
+        code, _, stderr = cli(*args, "--oracle", "diamond", "--sde", "psld", "--num-samples", "400", "--out",
+                              tmp_path / name, "--no-progress")
+        assert code == 0, stderr
     for name in ("guided", "inpainted"):
-        done = run_cli("class-accuracy", "--samples", str(tmp_path / name), "--classifier", "oracle:diamond",
-                       "--out", str(tmp_path / f"rec_{name}"), "--bootstrap", "100")
-        assert done.returncode == 0, done.stderr
+        code, _, stderr = cli("class-accuracy", "--samples", tmp_path / name, "--classifier", "oracle:diamond",
+                              "--out", tmp_path / f"rec_{name}", "--bootstrap", "100")
+        assert code == 0, stderr
     guided = json.loads((tmp_path / "rec_guided" / "class_accuracy.json").read_text())
     assert guided["value"] >= 0.99 and guided["ci_high"] >= guided["value"] >= guided["ci_low"] > 0.95
     inpainted = tmp_path / "rec_inpainted"
     assert json.loads((inpainted / "known_pixel_error.json").read_text())["value"] == 0.0
     assert 0.45 < json.loads((inpainted / "class_accuracy.json").read_text())["value"] < 0.68
-    plain = run_cli("class-accuracy", "--samples", str(tmp_path / "plain"), "--classifier", "oracle:diamond",
-                    "--out", str(tmp_path / "rec_plain"))
-    assert plain.returncode == 1 and "asks for no class" in plain.stderr
+    code, _, stderr = cli("class-accuracy", "--samples", tmp_path / "plain", "--classifier", "oracle:diamond",
+                          "--out", tmp_path / "rec_plain")
+    assert code == 1 and "asks for no class" in stderr
 
 
 def test_inpainted_digits_keep_their_known_pixels_byte_for_byte(digits_run, digits_data, tmp_path):
