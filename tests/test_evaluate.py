@@ -166,6 +166,16 @@ def test_fd_digits_of_a_sample_directory_writes_a_record(digits_run, digits_data
             "--data", digits_data[1], "--out", tmp_path / "rec")
     record = read_record(tmp_path / "rec" / "fd_digits.json")
     assert record["metric"] == "fd_digits" and record["sampler"] == "sscs" and record["value"] > 0
+    # per-class FD ([17/18]): the reference narrowed to one class's images; a class the data lacks is refused
+    _invoke("fd-digits", "--samples", tmp_path / "samples", "--classifier", tmp_path / "cls.pt",
+            "--data", digits_data[1], "--class", 3, "--out", tmp_path / "rec3", "--bootstrap", 0)
+    per_class = read_record(tmp_path / "rec3" / "fd_digits.json")
+    assert per_class["extra"]["class"] == 3 and per_class["value"] > 0 and per_class["value"] != record["value"]
+    refused = CliRunner().invoke(main, ["fd-digits", "--samples", str(tmp_path / "samples"), "--classifier",
+                                        str(tmp_path / "cls.pt"), "--data", str(digits_data[1]), "--class", "12",
+                                        "--out", str(tmp_path / "rec12")])
+    assert refused.exit_code == 1 and "fewer than two images of class 12" in refused.stderr
+    assert not (tmp_path / "rec12" / "fd_digits.json").exists()
 
 
 def test_a_classifier_file_with_code_is_refused(tmp_path):

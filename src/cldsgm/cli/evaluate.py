@@ -179,9 +179,12 @@ def _pairs(samples_dirs, out_dirs) -> list[tuple[str, str]]:
               help="The held-out reference split (digits_test.npz).")
 @click.option("--out", "out_dirs", type=click.Path(file_okay=False), required=True, multiple=True,
               help="Where the record fd_digits.json of the matching --samples goes.")
+@click.option("--class", "class_label", type=int, default=None,
+              help="Per-class FD: only the reference images of this class (for class-conditional sets).")
 @bootstrap_option
-def fd_digits_command(samples_dirs, classifier, data_path, out_dirs, resamples):
-    """FD-digits of complete sample directories of 8x8 digits against the held-out split (not FID)."""
+def fd_digits_command(samples_dirs, classifier, data_path, out_dirs, class_label, resamples):
+    """FD-digits of complete sample directories of 8x8 digits against the held-out split (not FID); with --class,
+    against that class's images only."""
     import numpy as np
 
     from cldsgm.data.prepared import load_prepared
@@ -194,7 +197,11 @@ def fd_digits_command(samples_dirs, classifier, data_path, out_dirs, resamples):
     _check_resamples(resamples)
     try:
         model, meta = load_classifier(classifier)
-        reference, _, _ = load_prepared(data_path)
+        reference, reference_labels, _ = load_prepared(data_path)
+        if class_label is not None:
+            if reference_labels is None or not (reference_labels == class_label).sum() > 1:
+                raise ValueError(f"{data_path} has fewer than two images of class {class_label}: no per-class FD")
+            reference = reference[reference_labels == class_label]
         ref = digits_features(model, reference)
         for samples_dir, out_dir in pairs:
             images, manifest = load_samples(samples_dir)
@@ -207,7 +214,8 @@ def fd_digits_command(samples_dirs, classifier, data_path, out_dirs, resamples):
                                                 np.cov(ref, rowvar=False), counts)
             write_metric(out_dir, "fd_digits", value, n=len(images), wall_s=time.perf_counter() - start,
                          device="cpu", dataset=dataset_fields(data_path),
-                         extra={"classifier_accuracy": meta["test_accuracy"]},
+                         extra={"classifier_accuracy": meta["test_accuracy"],
+                                **({"class": class_label} if class_label is not None else {})},
                          **_interval(value, replicates, manifest), **sample_set_fields(manifest, samples_dir))
             click.echo(f"FD-digits {value:.4g} over {len(images)} samples of {samples_dir} -> {out_dir}")
     except (ValueError, OSError) as err:
