@@ -22,17 +22,18 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from cldsgm import catalog
-from cldsgm.samplers import SampleResult, denoise_step
-from cldsgm.samplers.grids import check_t_min, time_grid
+from cldsgm.samplers import SampleResult, denoise_step, start
 from cldsgm.samplers.noise import CountingScore, PerSampleNoise, sample_seeds
 from cldsgm.sde.phase_space import PhaseSpaceSDE
 
 __all__ = ["INPAINT_SAMPLERS", "MASK_KINDS", "ClassifierGradient", "TrainedClassifier", "check_label", "check_mask",
-           "guided_score", "inpaint", "load_classifier", "make_mask", "mixture_class_gradient"]
+           "guided_score", "inpaint", "load_classifier", "make_mask", "mask_of", "mixture_class_gradient",
+           "read_mask"]
 
 INPAINT_SAMPLERS = ("em", "sscs")
 MASK_KINDS = ("center", "half", "random")
@@ -172,6 +173,27 @@ def make_mask(kind: str, data_shape, *, seed: int = 0) -> Tensor:
     return mask
 
 
+def read_mask(path: str | Path) -> np.ndarray:
+    """A mask file as float32: a .npy array, or the 'mask' array of a .npz (data only: no pickles)."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                if "mask" not in loaded.files:
+                    raise ValueError(f"the mask file {path} has no array 'mask' (it has {loaded.files})")
+                loaded = loaded["mask"]
+        return np.asarray(loaded, dtype=np.float32)
+    except (OSError, EOFError, TypeError) as err:  # not an array file, or one of objects
+        raise ValueError(f"the mask file {path} is not a .npy or .npz array ({err})") from None
+
+
+def mask_of(mask_id: dict, data_shape) -> Tensor:
+    """The mask an inpainted set's manifest names: {"file": path, ...} (read_mask) or {"kind", "seed"} (make_mask)."""
+    if "file" in mask_id:
+        return torch.from_numpy(read_mask(mask_id["file"]))
+    return make_mask(mask_id["kind"], data_shape, seed=mask_id["seed"])
+
+
 def check_mask(mask: Tensor, x_known: Tensor) -> Tensor:
     """The mask as float [B or 1, C, ...] of zeros and ones; ValueError for a wrong shape or other values."""
     mask = torch.as_tensor(mask)
@@ -199,15 +221,14 @@ def inpaint(sde, score_fn, x_known: Tensor, mask: Tensor, *, sampler: str = "em"
     if sampler not in INPAINT_SAMPLERS:
         raise ValueError(f"inpainting runs the samplers {INPAINT_SAMPLERS}, not {sampler!r}")
     spec = catalog.sampler(sampler, catalog.sde_name(sde))
-    check_t_min(t_min)
     x_known = x_known.to(dtype)
     mask = check_mask(mask, x_known)
     n = x_known.shape[0]
-    n_steps = catalog.steps_for(sampler, nfe, options, denoise=denoise, exact=False)
-    ts = time_grid(n_steps + int(denoise), t_min, striding, denoise=denoise)
-    noise = PerSampleNoise(sample_seeds(seed, first_index, n, device=x_known.device))
+    ts, noise, u_prior = start(sde, sampler, n, x_known.shape[1:], nfe=nfe, t_min=t_min, striding=striding,
+                               seed=seed, first_index=first_index, denoise=denoise, dtype=dtype,
+                               device=x_known.device, options=options)
     replacement = PerSampleNoise(sample_seeds(seed ^ _REPLACEMENT_SALT, first_index, n, device=x_known.device))
-    state_shape = (sde.state_channels(x_known.shape[1]), *x_known.shape[2:])
+    state_shape = u_prior.shape[1:]
 
     def impose(u: Tensor, t: Tensor) -> Tensor:
         known = sde.perturb(x_known, t.expand(n), "hsm", eps=replacement.normal(state_shape, dtype=dtype,
@@ -217,7 +238,7 @@ def inpaint(sde, score_fn, x_known: Tensor, mask: Tensor, *, sampler: str = "em"
 
     counting = CountingScore(score_fn)
     step = spec.load()
-    u = impose(sde.prior_from_normal(noise.normal(state_shape, dtype=dtype, device=x_known.device)), ts[0])
+    u = impose(u_prior, ts[0])
     for k in range(len(ts) - 1):
         u = impose(step(sde, counting, u, ts[k: k + 2], noise=noise, denoise=False, **options), ts[k + 1])
     if denoise:

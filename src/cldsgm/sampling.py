@@ -149,31 +149,23 @@ def sample_to_dir(source: ScoreSource, out_dir: str | Path, *, sampler: str, nfe
     check_nfe(sampler, nfe, options, denoise=denoise)
     adaptive = catalog.sampler(sampler).adaptive
     options, precision_estimate = resolve_precision_sigma(source, sampler, options, t_min)
-    identity = {"source": source.identity, "sde": source.sde_name, "sde_params": source.sde_params,
-                "network": source.network, "sampler": sampler, "options": options, "nfe_budget": nfe,
-                "striding": None if adaptive else striding, "t_min": t_min, "seed": seed, "n": n,
-                "shard_size": shard_size, "denoise": denoise, "precision": precision, "net_batch": net_batch,
-                "ode_batch": batch_size if adaptive else None}
+    identity = {**_set_identity(source, sampler, options, nfe, None if adaptive else striding, t_min, seed, n,
+                                shard_size, denoise),
+                "precision": precision, "net_batch": net_batch, "ode_batch": batch_size if adaptive else None}
     if precision_estimate is not None:
         identity["precision_sigma_from"] = precision_estimate
     if guidance is not None:  # sigma_d above is the unguided model's: the classifier does not change the step
         source, identity["guidance"] = guide_source(source, guidance, device=device)
 
-    def make_shard(a: int, b: int, bar):
-        parts, nfe_total = [], 0
-        # adaptive batches start at global multiples of the batch size (their steps are shared by a batch)
-        edges = batch_edges(a, b, batch_size, aligned=adaptive)
-        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-            with torch.inference_mode():
-                result = generate(source.sde, source.score_fn, hi - lo, source.data_shape, sampler=sampler, nfe=nfe,
-                                  t_min=t_min, striding=striding, seed=seed, first_index=lo, denoise=denoise,
-                                  device=device, **options)
-            parts.append(quantize_images(result.x) if source.kind == "image"
-                         else result.x.detach().to(torch.float32).cpu().numpy())
-            nfe_total += result.nfe * (hi - lo)
-            bar.update(hi - lo)
-        return np.concatenate(parts), nfe_total / (b - a)
+    def draw(lo: int, hi: int) -> tuple[np.ndarray, int]:
+        with torch.inference_mode():
+            result = generate(source.sde, source.score_fn, hi - lo, source.data_shape, sampler=sampler, nfe=nfe,
+                              t_min=t_min, striding=striding, seed=seed, first_index=lo, denoise=denoise,
+                              device=device, **options)
+        return _as_stored(source, result.x), result.nfe
 
+    # adaptive batches start at global multiples of the batch size (their steps are shared by a batch)
+    make_shard = _shard_maker(draw, batch_size, aligned=adaptive)
     out_dir = Path(out_dir)
     plan = ShardPlan(n, first, count, shard_size, rank, world)
     summary = fill_shards(out_dir, identity, source.kind, source.data_shape, make_shard, plan, device=device,
@@ -182,18 +174,32 @@ def sample_to_dir(source: ScoreSource, out_dir: str | Path, *, sampler: str, nfe
     return summary
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """A mask file as float32: a .npy array, or the 'mask' array of a .npz (data only: no pickles)."""
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded:
-                if "mask" not in loaded.files:
-                    raise ValueError(f"the mask file {path} has no array 'mask' (it has {loaded.files})")
-                loaded = loaded["mask"]
-        return np.asarray(loaded, dtype=np.float32)
-    except (OSError, EOFError, TypeError) as err:  # not an array file, or one of objects
-        raise ValueError(f"the mask file {path} is not a .npy or .npz array ({err})") from None
+def _set_identity(source: ScoreSource, sampler: str, options: dict, nfe, striding, t_min: float, seed: int, n: int,
+                  shard_size: int, denoise: bool) -> dict:
+    """The identity fields every sample set has (a manifest's run identity; sample_to_dir and inpaint_to_dir add
+    their own)."""
+    return {"source": source.identity, "sde": source.sde_name, "sde_params": source.sde_params,
+            "network": source.network, "sampler": sampler, "options": options, "nfe_budget": nfe,
+            "striding": striding, "t_min": t_min, "seed": seed, "n": n, "shard_size": shard_size, "denoise": denoise}
+
+
+def _as_stored(source: ScoreSource, x: Tensor) -> np.ndarray:
+    """Samples as a shard stores them: quantised uint8 images, or float32 points."""
+    return quantize_images(x) if source.kind == "image" else x.detach().to(torch.float32).cpu().numpy()
+
+
+def _shard_maker(draw, batch_size: int, *, aligned: bool):
+    """fill_shards' make_shard: shard [a, b) drawn in batches by draw(lo, hi) -> (samples, NFE per sample)."""
+    def make_shard(a: int, b: int, bar):
+        parts, nfe_total = [], 0
+        edges = batch_edges(a, b, batch_size, aligned=aligned)
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            samples, nfe = draw(lo, hi)
+            parts.append(samples)
+            nfe_total += nfe * (hi - lo)
+            bar.update(hi - lo)
+        return np.concatenate(parts), nfe_total / (b - a)
+    return make_shard
 
 
 def inpaint_to_dir(source: ScoreSource, out_dir: str | Path, *, images: str | Path, mask: str | Path | None = None,
@@ -206,7 +212,7 @@ def inpaint_to_dir(source: ScoreSource, out_dir: str | Path, *, images: str | Pa
     (cldsgm.conditional.inpaint). mask: a .npy / .npz ('mask') file of one image's shape or one per image, or
     mask_kind (center, half, random: made from `seed`). Bad input (shapes, kinds, a sampler inpainting does not run)
     raises ValueError before anything is written."""
-    from cldsgm.conditional import INPAINT_SAMPLERS, check_mask, inpaint, make_mask
+    from cldsgm.conditional import INPAINT_SAMPLERS, check_mask, inpaint, mask_of
     from cldsgm.data.prepared import load_prepared, scale_images
     from cldsgm.utils.io import file_sha256
 
@@ -226,36 +232,24 @@ def inpaint_to_dir(source: ScoreSource, out_dir: str | Path, *, images: str | Pa
     known = scale_images(known) if source.kind == "image" else known.float()
     if (mask is None) == (mask_kind is None):
         raise ValueError("give a mask file or a mask kind (one of them)")
-    if mask is not None:
-        mask_tensor = torch.from_numpy(read_mask(mask))
-        mask_id = {"file": str(mask), "sha256": file_sha256(mask)}
-    else:
-        mask_tensor, mask_id = make_mask(mask_kind, source.data_shape, seed=seed), {"kind": mask_kind, "seed": seed}
-    mask_tensor = check_mask(mask_tensor, known)
-    identity = {"source": source.identity, "sde": source.sde_name, "sde_params": source.sde_params,
-                "network": source.network, "sampler": sampler, "options": options, "nfe_budget": nfe,
-                "striding": striding, "t_min": t_min, "seed": seed, "n": n, "shard_size": shard_size,
-                "denoise": denoise, "inpaint": {"images": str(images), "images_sha256": manifest["sha256"],
-                                                "mask": mask_id}}
+    mask_id = ({"file": str(mask), "sha256": file_sha256(mask)} if mask is not None
+               else {"kind": mask_kind, "seed": seed})
+    mask_tensor = check_mask(mask_of(mask_id, source.data_shape), known)
+    identity = {**_set_identity(source, sampler, options, nfe, striding, t_min, seed, n, shard_size, denoise),
+                "inpaint": {"images": str(images), "images_sha256": manifest["sha256"], "mask": mask_id}}
 
-    def make_shard(a: int, b: int, bar):
-        parts, nfe_total = [], 0
-        edges = batch_edges(a, b, batch_size, aligned=False)
-        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-            rows = mask_tensor if len(mask_tensor) == 1 else mask_tensor[lo:hi]
-            with torch.inference_mode():
-                result = inpaint(source.sde, source.score_fn, known[lo:hi].to(device), rows.to(device),
-                                 sampler=sampler, nfe=nfe, t_min=t_min, striding=striding, seed=seed, first_index=lo,
-                                 denoise=denoise, **options)
-            if source.kind == "image":  # the known pixels as the file has them: [-1, 1] and back can lose a level
-                known_rows = np.broadcast_to(rows.cpu().numpy() > 0.5, (hi - lo, *rows.shape[1:]))
-                parts.append(np.where(known_rows, data[lo:hi], quantize_images(result.x)))
-            else:
-                parts.append(result.x.detach().to(torch.float32).cpu().numpy())
-            nfe_total += result.nfe * (hi - lo)
-            bar.update(hi - lo)
-        return np.concatenate(parts), nfe_total / (b - a)
+    def draw(lo: int, hi: int) -> tuple[np.ndarray, int]:
+        rows = mask_tensor if len(mask_tensor) == 1 else mask_tensor[lo:hi]
+        with torch.inference_mode():
+            result = inpaint(source.sde, source.score_fn, known[lo:hi].to(device), rows.to(device),
+                             sampler=sampler, nfe=nfe, t_min=t_min, striding=striding, seed=seed, first_index=lo,
+                             denoise=denoise, **options)
+        stored = _as_stored(source, result.x)
+        if source.kind == "image":  # the known pixels as the file has them: [-1, 1] and back can lose a level
+            stored = np.where(np.broadcast_to(rows.cpu().numpy() > 0.5, stored.shape), data[lo:hi], stored)
+        return stored, result.nfe
 
+    make_shard = _shard_maker(draw, batch_size, aligned=False)
     out_dir = Path(out_dir)
     plan = ShardPlan(n, 0, n, shard_size, 0, 1)
     summary = fill_shards(out_dir, identity, source.kind, source.data_shape, make_shard, plan, device=device,

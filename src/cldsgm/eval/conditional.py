@@ -33,28 +33,20 @@ def sample_classes(samples: np.ndarray, classifier: str) -> np.ndarray:
         from cldsgm.oracles import oracle_law
 
         return oracle_law(classifier.split(":", 1)[1]).classify(torch.from_numpy(samples).double()).numpy()
-    from cldsgm.eval.digits import _as_input, load_classifier
+    from cldsgm.eval.digits import load_classifier, predict
 
-    model, _ = load_classifier(classifier)
-    with torch.no_grad():
-        return model(_as_input(samples)).argmax(1).numpy()
+    return predict(load_classifier(classifier)[0], samples)
 
 
 def known_pixel_error(samples: np.ndarray, manifest: dict) -> float:
     """Largest |sample - image| over the known pixels of an inpainted set (uint8 levels for images, data units for
     points): 0 when they were kept exactly."""
+    from cldsgm.conditional import mask_of
     from cldsgm.data.prepared import load_prepared
-    from cldsgm.sampling import read_mask
 
     block = manifest["identity"]["inpaint"]
     images, _, _ = load_prepared(block["images"])
     images = images[:len(samples)]
-    if "kind" in block["mask"]:
-        from cldsgm.conditional import make_mask
-
-        mask = make_mask(block["mask"]["kind"], images.shape[1:], seed=block["mask"]["seed"]).numpy()
-    else:
-        mask = read_mask(block["mask"]["file"])
-    known = np.broadcast_to(mask, samples.shape) > 0.5
+    known = np.broadcast_to(mask_of(block["mask"], images.shape[1:]).numpy(), samples.shape) > 0.5
     difference = np.abs(samples.astype(np.float64) - images.astype(np.float64))
     return float(difference[known].max()) if known.any() else 0.0

@@ -17,7 +17,8 @@ from torch import nn
 from cldsgm.data.prepared import scale_images
 from cldsgm.utils.io import atomic_path
 
-__all__ = ["FORMAT", "DigitsClassifier", "digits_features", "fd_digits", "load_classifier", "train_classifier"]
+__all__ = ["FORMAT", "DigitsClassifier", "digits_features", "fd_digits", "load_classifier", "predict",
+           "train_classifier"]
 
 FORMAT = "cldsgm-digits-classifier-v1"
 FEATURES = 128
@@ -70,9 +71,13 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, *, epoc
 
 
 @torch.no_grad()
+def predict(model: DigitsClassifier, images: np.ndarray) -> np.ndarray:
+    """[N] the class the classifier gives each uint8 digit [N, 1, 8, 8]."""
+    return model(_as_input(images)).argmax(1).numpy()
+
+
 def accuracy(model: DigitsClassifier, images: np.ndarray, labels: np.ndarray) -> float:
-    pred = model(_as_input(images)).argmax(1).numpy()
-    return float((pred == np.asarray(labels)).mean())
+    return float((predict(model, images) == np.asarray(labels)).mean())
 
 
 def save_classifier(path, model: DigitsClassifier, meta: dict) -> None:

@@ -22,7 +22,7 @@ from cldsgm.samplers.sde_solvers import denoise_step, sample_em, sample_euler_od
 
 __all__ = ["CountingScore", "PerSampleNoise", "SampleResult", "check_sampler", "denoise_step", "generate",
            "sample_conjugate", "sample_em", "sample_euler_ode", "sample_ge_ode", "sample_ge_sde", "sample_ode",
-           "sample_pc", "sample_seeds", "sample_sscs", "time_grid"]
+           "sample_pc", "sample_seeds", "sample_sscs", "start", "time_grid"]
 
 
 def check_sampler(sde, name: str) -> None:
@@ -48,8 +48,20 @@ def generate(sde, score_fn, n: int, data_shape, *, sampler: str, nfe: int | None
     adaptive). options: the sampler's own keyword arguments (e.g. score_step for SSCS, rtol for ODE).
     """
     spec = catalog.sampler(sampler, catalog.sde_name(sde))
+    ts, noise, u_prior = start(sde, sampler, n, data_shape, nfe=nfe, t_min=t_min, striding=striding, seed=seed,
+                               first_index=first_index, denoise=denoise, dtype=dtype, device=device, options=options)
+    counting = CountingScore(score_fn)
+    u = spec.load()(sde, counting, u_prior, ts, noise=noise, denoise=denoise, **options)
+    return SampleResult(sde.split(u)[0], u, counting.nfe)
+
+
+def start(sde, sampler: str, n: int, data_shape, *, nfe: int | None, t_min: float, striding: str, seed: int,
+          first_index: int, denoise: bool, dtype, device, options: dict) -> tuple[Tensor, PerSampleNoise, Tensor]:
+    """What a run of samples first_index ... first_index + n - 1 starts from: (the forward times, float64 [steps + 1]
+    for the NFE budget; the per-sample noise streams; the prior draw [n, state channels, ...], their first draw).
+    Shared by `generate` and the conditional samplers (cldsgm.conditional), so both start from the same draws."""
     check_t_min(t_min)
-    if spec.adaptive:
+    if catalog.sampler(sampler).adaptive:
         ts = torch.tensor([1.0, t_min], dtype=torch.float64)
     else:
         if nfe is None:
@@ -58,7 +70,4 @@ def generate(sde, score_fn, n: int, data_shape, *, sampler: str, nfe: int | None
         ts = time_grid(n_steps + int(denoise), t_min, striding, denoise=denoise)
     noise = PerSampleNoise(sample_seeds(seed, first_index, n, device=device))
     state_shape = (sde.state_channels(data_shape[0]), *data_shape[1:])
-    u_prior = sde.prior_from_normal(noise.normal(state_shape, dtype=dtype, device=device))
-    counting = CountingScore(score_fn)
-    u = spec.load()(sde, counting, u_prior, ts, noise=noise, denoise=denoise, **options)
-    return SampleResult(sde.split(u)[0], u, counting.nfe)
+    return ts, noise, sde.prior_from_normal(noise.normal(state_shape, dtype=dtype, device=device))

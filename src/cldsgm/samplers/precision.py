@@ -81,6 +81,16 @@ def sigma_from_stiffness(sde, t: float, stiffness: float, block: str = "v") -> f
     return math.sqrt(gap / denominator)
 
 
+def _stiffness_times(sde, score_fn, u: Tensor, t: float, block_index: int, z_b: Tensor) -> Tensor:
+    """-z_b^T (d s_b / d u) restricted to block b: K z_b per sample, shaped like z_b (one forward and one backward
+    pass; for a conservative score z^T J = J z)."""
+    with torch.enable_grad():
+        u_in = u.clone().requires_grad_(True)
+        s_b = sde.split(score_fn(u_in, torch.tensor(float(t), dtype=torch.float64)))[block_index]
+        (grad,) = torch.autograd.grad((s_b * z_b).sum(), u_in)
+    return -sde.split(grad)[block_index].detach()
+
+
 def score_stiffness(sde, score_fn, x0: Tensor, t: float, *, block: str = "v", probes: int = 2,
                     generator: torch.Generator | None = None) -> tuple[float, float]:
     """-E[z^T (d s_b / d b) z] / d for block b (x or v) at u_t ~ p_t (x0 perturbed by the forward kernel),
@@ -94,11 +104,7 @@ def score_stiffness(sde, score_fn, x0: Tensor, t: float, *, block: str = "v", pr
     for _ in range(probes):
         z = torch.randint(0, 2, u.shape, generator=generator, dtype=u.dtype) * 2 - 1
         z_b = sde.split(z)[i]
-        with torch.enable_grad():
-            u_in = u.clone().requires_grad_(True)
-            s_b = sde.split(score_fn(u_in, torch.tensor(float(t), dtype=torch.float64)))[i]
-            (grad,) = torch.autograd.grad((s_b * z_b).sum(), u_in)
-        values.append(-(sde.split(grad)[i] * z_b).flatten(1).sum(1) / z_b[0].numel())
+        values.append((_stiffness_times(sde, score_fn, u, t, i, z_b) * z_b).flatten(1).sum(1) / z_b[0].numel())
     values = torch.cat(values).to(torch.float64)
     return float(values.mean()), float(values.std() / math.sqrt(len(values)))
 
@@ -115,14 +121,10 @@ def softest_stiffness(sde, score_fn, x0: Tensor, t: float, *, block: str = "v", 
     """
     i = BLOCKS.index(block)
     u = _perturb(sde, x0, t, generator)
-    tt = torch.tensor(float(t), dtype=torch.float64)
+    block_shape = sde.split(u)[i].shape
 
-    def stiffness_times(z: Tensor) -> Tensor:  # K z per sample, [B, d]; z^T J is J z for a conservative score
-        with torch.enable_grad():
-            u_in = u.clone().requires_grad_(True)
-            s_b = sde.split(score_fn(u_in, tt))[i]
-            (grad,) = torch.autograd.grad((s_b * z.view_as(s_b)).sum(), u_in)
-        return -sde.split(grad)[i].detach().flatten(1).to(torch.float64)
+    def stiffness_times(z: Tensor) -> Tensor:  # K z per sample, flat [B, d] in float64
+        return _stiffness_times(sde, score_fn, u, t, i, z.view(block_shape)).flatten(1).to(torch.float64)
 
     def unit(w: Tensor) -> Tensor:
         return w / w.norm(dim=1, keepdim=True)
