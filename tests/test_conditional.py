@@ -300,10 +300,59 @@ def test_inpainted_digits_keep_their_known_pixels_byte_for_byte(digits_run, digi
     out = tmp_path / "center"
     done = run_cli("inpaint", "--run-dir", str(digits_run), "--images", str(digits_data[1]), "--mask-kind", "center",
                    "--sampler", "sscs", "--nfe", "6", "--precision-sigma", "1", "--num-samples", "16",
-                   "--out", str(out))
+                   "--out", str(out), "--done", str(tmp_path / "center.done.json"))
     assert done.returncode == 0, done.stderr
     completed = np.load(next(out.glob("shard_*.npz")))["samples"]
     known = make_mask("center", (1, 8, 8)).numpy() > 0.5
     originals = load_prepared(digits_data[1])[0][:16]
     assert np.array_equal(completed[:, known], originals[:, known])
     assert not np.array_equal(completed[:, ~known], originals[:, ~known])
+    # the workflow's marker, and the mask beside the shards for readers without torch (the report's grid)
+    assert (tmp_path / "center.done.json").is_file()
+    assert np.array_equal(np.load(out / "mask.npy"), known[None].astype(np.uint8))
+    from cldsgm.report.conditional import inpaint_figure
+
+    png = inpaint_figure(out, digits_data[1], count=8)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    (out / "mask.npy").unlink()
+    assert inpaint_figure(out, digits_data[1]) is None  # a set without its mask: no grid rather than a wrong one
+
+
+def test_the_mask_none_is_unconditional_sampling_byte_for_byte():
+    """Nothing known: inpainting is `generate` with the same seed (the baseline of the study's inpainting rows)."""
+    sde, law = build_sde("psld"), diamond()
+    x_known = law.sample(64, generator=torch.Generator().manual_seed(3)).float()
+    mask = make_mask("none", (2,))
+    assert float(mask.sum()) == 0.0
+    for sampler, options in (("em", {}), ("sscs", {"precision_sigma": 0.04})):
+        filled = inpaint(sde, law.score_fn(sde), x_known, mask, sampler=sampler, nfe=12, seed=5, **options)
+        plain = generate(sde, law.score_fn(sde), 64, (2,), sampler=sampler, nfe=12, seed=5, dtype=torch.float32,
+                         **options)
+        assert torch.equal(filled.x, plain.x) and filled.nfe == plain.nfe, sampler
+
+
+def test_per_class_sample_distance_and_its_bad_class(diamond_data, tmp_path):
+    """sample-distance --class K: a set guided to component 2 is near component 2's law (oracle draws, or the data's
+    points labelled 2) and far from component 4's; a class the law lacks: one line, no record."""
+    import json
+
+    code, _, stderr = cli("sample", "--oracle", "diamond", "--sde", "psld", "--sampler", "em", "--nfe", "30",
+                          "--striding", "quadratic", "--num-samples", "400", "--classifier", "oracle", "--class", "2",
+                          "--out", tmp_path / "k2", "--no-progress")
+    assert code == 0, stderr
+    values = {}
+    for name, args in {"oracle2": ("--oracle", "diamond", "--class", "2"),
+                       "data2": ("--data", diamond_data, "--class", "2"),
+                       "oracle4": ("--oracle", "diamond", "--class", "4")}.items():
+        code, _, stderr = cli("sample-distance", "--samples", tmp_path / "k2", *args, "--out", tmp_path / name,
+                              "--bootstrap", "100")
+        assert code == 0, stderr
+        record = json.loads((tmp_path / name / "sliced_w2.json").read_text())
+        assert not (tmp_path / name / "mode_tv.json").exists()  # one component: no mode coverage
+        values[name] = record["value"]
+    assert values["oracle2"] < 0.03 and values["data2"] < 0.03 and values["oracle4"] > 0.3, values
+    for args, message in ((("--oracle", "diamond", "--class", "9"), "component 9 is out of range"),
+                          (("--data", diamond_data, "--class", "12"), "fewer than two points of class 12")):
+        code, _, stderr = cli("sample-distance", "--samples", tmp_path / "k2", *args, "--out", tmp_path / "bad")
+        assert code == 1 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+        assert not (tmp_path / "bad").exists()

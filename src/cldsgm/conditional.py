@@ -36,7 +36,7 @@ __all__ = ["INPAINT_SAMPLERS", "MASK_KINDS", "ClassifierGradient", "TrainedClass
            "read_mask"]
 
 INPAINT_SAMPLERS = ("em", "sscs")
-MASK_KINDS = ("center", "half", "random")
+MASK_KINDS = ("center", "half", "random", "none")
 # the replacement draws come from their own per-sample streams: the sampler's noise stays what it is unconditioned
 _REPLACEMENT_SALT = 0x5EED_1A7E
 
@@ -150,7 +150,8 @@ def make_mask(kind: str, data_shape, *, seed: int = 0) -> Tensor:
 
     center: the central square of half the side missing (images [C, H, W]); half: the right half of the columns
     missing (images) or the second half of the coordinates (vectors [d]); random: each pixel (all its channels) known
-    with probability 1/2, from `seed`.
+    with probability 1/2, from `seed`; none: nothing known, so that inpainting is unconditional sampling judged against
+    the same images (the baseline of a study's inpainting rows).
     """
     shape = tuple(data_shape)
     mask = torch.ones(shape)
@@ -168,6 +169,8 @@ def make_mask(kind: str, data_shape, *, seed: int = 0) -> Tensor:
         generator = torch.Generator().manual_seed(seed)
         pixels = (torch.rand(shape[1:] if len(shape) == 3 else shape, generator=generator) < 0.5).float()
         mask = pixels.expand(shape).clone()
+    elif kind == "none":
+        mask.zero_()
     else:
         raise ValueError(f"mask kind must be one of {MASK_KINDS}, got {kind!r}")
     return mask

@@ -86,6 +86,9 @@ RECORD_SCHEMA = {
         "bound": {"type": "boolean"},
         "exact": {"type": "object"},
         "variance": {"type": "object"},
+        # a conditional set ([17/18]): the manifest's guidance {classifier, class, scale, ...} or inpaint {images,
+        # mask, ...} block, under its name
+        "condition": {"type": "object"},
     },
 }
 
@@ -133,7 +136,9 @@ def sample_set_fields(manifest: dict, samples_dir: str | Path) -> dict:
     return {"nfe": nfe, "nfe_budget": ident["nfe_budget"], "sampler": ident["sampler"], "options": ident["options"],
             "striding": ident["striding"], "t_min": ident["t_min"], "sde": ident["sde"],
             "sde_params": ident["sde_params"], "network": ident["network"], "source": ident["source"],
-            "samples": str(Path(samples_dir).absolute()), "seed": ident["seed"], "labels": manifest.get("labels")}
+            "samples": str(Path(samples_dir).absolute()), "seed": ident["seed"], "labels": manifest.get("labels"),
+            # absent (not null) for an unconditional set: its records stay as they were before [17/18]
+            "condition": {k: ident[k] for k in ("guidance", "inpaint") if k in ident} or None}
 
 
 def dataset_fields(path: str | Path) -> dict:
@@ -159,7 +164,8 @@ def read_record(path: str | Path) -> dict:
 # the columns of records_frame, in order
 FRAME_COLUMNS = ["source", "row", "variant", "data", "kind", "model", "train_seed", "metric", "value", "stderr",
                  "ci_low", "ci_high", "replicates", "nfe", "nfe_budget", "sampler", "options", "striding", "sde",
-                 "network", "n", "seed", "wall_s", "samples", "bound", "exact", "variance", "path", "train_step"]
+                 "network", "n", "seed", "wall_s", "samples", "bound", "exact", "variance", "path", "train_step",
+                 "condition"]
 
 
 def _described(record: dict) -> dict:

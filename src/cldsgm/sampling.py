@@ -210,8 +210,9 @@ def inpaint_to_dir(source: ScoreSource, out_dir: str | Path, *, images: str | Pa
     """Inpaint the first n images of a prepared dataset file (`cldsgm prepare`'s .npz) into a sharded, resumable
     sample directory: the known pixels (mask 1) kept, the others drawn by the reverse process with replacement
     (cldsgm.conditional.inpaint). mask: a .npy / .npz ('mask') file of one image's shape or one per image, or
-    mask_kind (center, half, random: made from `seed`). Bad input (shapes, kinds, a sampler inpainting does not run)
-    raises ValueError before anything is written."""
+    mask_kind (center, half, random, none: made from `seed`); the mask goes beside the shards as mask.npy (uint8, 1
+    known, [1 or n, *data shape]). Bad input (shapes, kinds, a sampler inpainting does not run) raises ValueError
+    before anything is written."""
     from cldsgm.conditional import INPAINT_SAMPLERS, check_mask, inpaint, mask_of
     from cldsgm.data.prepared import load_prepared, scale_images
     from cldsgm.utils.io import file_sha256
@@ -254,6 +255,9 @@ def inpaint_to_dir(source: ScoreSource, out_dir: str | Path, *, images: str | Pa
     plan = ShardPlan(n, 0, n, shard_size, 0, 1)
     summary = fill_shards(out_dir, identity, source.kind, source.data_shape, make_shard, plan, device=device,
                           progress=progress, labels=labels)
+    with atomic_path(out_dir / "mask.npy") as tmp:  # the mask itself, for a reader without torch (the report)
+        with open(tmp, "wb") as handle:
+            np.save(handle, (mask_tensor.cpu().numpy() > 0.5).astype(np.uint8))
     write_grid(out_dir)
     return summary
 

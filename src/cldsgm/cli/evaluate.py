@@ -273,9 +273,13 @@ def class_accuracy_command(samples_dirs, classifier, out_dirs, resamples):
 @click.option("--seed", type=int, default=12345, show_default=True, help="Seed of the oracle's reference draws.")
 @click.option("--out", "out_dirs", type=click.Path(file_okay=False), required=True, multiple=True,
               help="Records of the matching --samples: sliced_w2.json, energy.json (+ mode_tv.json).")
+@click.option("--class", "class_label", type=int, default=None,
+              help="Per-class distances of a class-conditional set: the reference narrowed to this class (the data's "
+                   "points labelled K, or the oracle's component K); no mode coverage.")
 @bootstrap_option
-def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs, resamples):
-    """Sliced W2, energy distance and mode coverage of 2-D samples against fresh data."""
+def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs, class_label, resamples):
+    """Sliced W2, energy distance and mode coverage of 2-D samples against fresh data; with --class, against one
+    class (mixture component) only."""
     import numpy as np
     import torch
 
@@ -290,7 +294,17 @@ def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs, res
     _check_resamples(resamples)
     try:
         mixture = oracle_law(oracle) if oracle else None
-        reference = load_prepared(data_path)[0] if data_path is not None else None
+        reference = None
+        if data_path is not None:
+            reference, labels, _ = load_prepared(data_path)
+            if class_label is not None:
+                if labels is None or not (labels == class_label).sum() > 1:
+                    raise ValueError(f"{data_path} has fewer than two points of class {class_label}: no per-class "
+                                     "distance")
+                reference = reference[labels == class_label]
+        if class_label is not None and mixture is not None:
+            mixture = mixture.component(class_label)  # ValueError for a component the law lacks
+        modes = mixture if class_label is None else None  # one component: no mode coverage to measure
         for samples_dir, out_dir in pairs:
             points, manifest = load_samples(samples_dir)
             if manifest["kind"] != "points":
@@ -301,8 +315,10 @@ def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs, res
             else:
                 ref = mixture.sample(len(points), generator=torch.Generator().manual_seed(seed)).numpy()
                 dataset = {"oracle": oracle, "seed": seed}
+            if class_label is not None:
+                dataset = {**dataset, "class": class_label}
             start = time.perf_counter()
-            result = point_distances(points, np.asarray(ref), mixture=mixture, resamples=resamples,
+            result = point_distances(points, np.asarray(ref), mixture=modes, resamples=resamples,
                                      resample_seed=manifest["identity"]["seed"])
             common = {"n": result["n"], "wall_s": time.perf_counter() - start, "device": "cpu", "dataset": dataset,
                       **sample_set_fields(manifest, samples_dir)}

@@ -183,8 +183,9 @@ def sample_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights
               help="A prepared dataset file (`cldsgm prepare`'s .npz): the images whose known pixels are kept.")
 @click.option("--mask", "mask_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="A .npy (or .npz with 'mask') of 0 (missing) and 1 (known): one image's shape or one per image.")
-@click.option("--mask-kind", type=click.Choice(["center", "half", "random"]), default=None,
-              help="Instead of --mask: the central square, the right half, or random pixels (from --seed) missing.")
+@click.option("--mask-kind", type=click.Choice(["center", "half", "random", "none"]), default=None,
+              help="Instead of --mask: the central square, the right half, or random pixels (from --seed) missing; "
+                   "none: all missing (unconditional samples judged against the same images: the baseline).")
 @click.option("--sampler", type=click.Choice(["em", "sscs"]), default="em", show_default=True)
 @click.option("--nfe", type=int, required=True, help="The NFE budget, denoising included.")
 @click.option("--striding", type=catalog_choice("stridings"), default="uniform", show_default=True)
@@ -198,10 +199,12 @@ def sample_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights
 @click.option("--no-denoise", is_flag=True, help="Skip the final noise-free denoising step.")
 @sampler_flags
 @label_option
+@click.option("--done", "done_path", type=click.Path(dir_okay=False), default=None,
+              help="Write this JSON summary once the set is complete (a workflow's output).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def inpaint_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, images, mask_file, mask_kind,
                     sampler, nfe, striding, t_min, n, seed, batch_size, shard_size, out_dir, device, no_denoise,
-                    labels, progress, **sampler_values):
+                    labels, done_path, progress, **sampler_values):
     """Fill in the missing pixels of images with a CLD or PSLD model: after every step the known pixels' data and
     momentum are replaced by a forward-process draw from the image (the PSLD reference's method); the result keeps
     them exactly. Writes the same sharded, resumable directory as `cldsgm sample`."""
@@ -220,6 +223,7 @@ def inpaint_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weight
                                  nfe=nfe, n=n, striding=striding, t_min=t_min, seed=seed, batch_size=batch_size,
                                  shard_size=shard_size, options=options, denoise=not no_denoise, device=torch_device,
                                  progress=progress, labels=parse_labels(labels))
+        finish_ranks_and_mark(done_path, summary)
     except (ValueError, OSError) as err:
         if created:  # refused before any shard: no empty --out is left
             remove_if_empty(out_dir)
