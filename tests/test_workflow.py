@@ -49,7 +49,8 @@ def test_lint_is_clean(tmp_path):
     assert "Congratulations" in done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("study", ["config", "smoke", "default_v1", "samplers", "digits_width", "cifar10_cld",
+@pytest.mark.parametrize("study", ["config", "smoke", "default_v1", "samplers", "digits_width", "conditional",
+                                   "cifar10_cld",
                                    "cifar10_psld",
                                    "cifar10_cld_pretrained",
                                    "cifar10_psld_pretrained"])
@@ -69,6 +70,10 @@ def test_dry_run_of_every_study(tmp_path, study):
     assert jobs["train"] >= 1 and jobs["sample"] >= 1 and jobs["report"] == 1, jobs
     if study.startswith("cifar10"):
         assert jobs["fid"] > jobs["sample"] and jobs["sample_part"] == 10 * jobs["sample"]
+    if study == "conditional":  # [17/18]: classifiers, then a sampling and an evaluation job per conditional set
+        assert jobs["train_classifier"] == 4 and jobs["conditional_sample"] == jobs["conditional_eval"] == 50, jobs
+    else:
+        assert "conditional_sample" not in jobs and "train_classifier" not in jobs, jobs
     if study == "config":  # the default study: one sampling job per source, under 60 jobs in all ([15/18])
         assert jobs["train"] == 6 and jobs["fd_digits"] > 0 and jobs["sample_distance"] > 0
         assert jobs["sample"] == len(job_table(load_study(yaml.safe_load((ROOT / "params/config.yaml").read_text()),

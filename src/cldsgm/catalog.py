@@ -71,6 +71,7 @@ class DatasetSpec:
     generator: 'module:function(n, rng) -> float [n, d]' of a law we draw from (toy data). test_fraction: the
     default held-out share of a dataset split by us (None: it comes with its own splits or is drawn per split).
     exact_law: the data are draws of the oracle law itself, so its exact NLL can stand beside a model's.
+    num_classes: the labels `prepare` stores (digits' and CIFAR-10's classes, the diamond's components), if any.
     """
 
     name: str
@@ -83,6 +84,7 @@ class DatasetSpec:
     generator: str | None = None
     test_fraction: float | None = None
     exact_law: bool = False
+    num_classes: int | None = None
 
     @property
     def nll_metric(self) -> str:
@@ -91,11 +93,11 @@ class DatasetSpec:
 
 
 DATASETS = {spec.name: spec for spec in (
-    DatasetSpec("digits", "image", "fd_digits", ("fd_digits",), test_fraction=0.2),
-    DatasetSpec("cifar10", "image", "fid", ("fid", "kid"), needs_source=True),
+    DatasetSpec("digits", "image", "fd_digits", ("fd_digits",), test_fraction=0.2, num_classes=10),
+    DatasetSpec("cifar10", "image", "fid", ("fid", "kid"), needs_source=True, num_classes=10),
     DatasetSpec("image_folder", "image", "fid", ("fid", "kid"), needs_source=True, test_fraction=0.0),
     DatasetSpec("diamond", "points", "sample_distance", ("sliced_w2", "energy", "mode_tv"), oracle="diamond",
-                modes=True, generator="cldsgm.data.sources:diamond_points", exact_law=True),
+                modes=True, generator="cldsgm.data.sources:diamond_points", exact_law=True, num_classes=9),
     DatasetSpec("multimodal_swissroll", "points", "sample_distance", ("sliced_w2", "energy"), oracle="swissroll",
                 generator="cldsgm.data.sources:swissroll_points"),
 )}

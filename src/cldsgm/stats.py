@@ -44,12 +44,14 @@ def basic_interval(estimate: float, replicates, level: float = 0.95) -> tuple[fl
     return float(2 * estimate - q_high), float(2 * estimate - q_low)
 
 
-def interval_fields(estimate: float, replicates, seed: int, *, method: str = METHOD, nonnegative: bool = True) -> dict:
-    """The record fields of an interval: ci_low, ci_high (a distance's lower end clipped at 0), ci_method and the
-    bootstrap block {resamples, seed, replicates} that paired comparisons read."""
+def interval_fields(estimate: float, replicates, seed: int, *, method: str = METHOD, nonnegative: bool = True,
+                    upper: float | None = None) -> dict:
+    """The record fields of an interval: ci_low, ci_high (a distance's lower end clipped at 0, a share's upper end
+    at `upper` = 1: the basic interval reflects the replicates around the estimate and can cross either bound),
+    ci_method and the bootstrap block {resamples, seed, replicates} that paired comparisons read."""
     low, high = basic_interval(estimate, replicates)
     reps = [float(v) for v in np.asarray(replicates, np.float64)]
-    return {"ci_low": max(low, 0.0) if nonnegative else low, "ci_high": high,
+    return {"ci_low": max(low, 0.0) if nonnegative else low, "ci_high": high if upper is None else min(high, upper),
             "ci_method": f"{method} ({len(reps)} resamples, 95 %)",
             "bootstrap": {"resamples": len(reps), "seed": int(seed), "replicates": reps}}
 

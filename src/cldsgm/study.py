@@ -24,8 +24,8 @@ import yaml
 from cldsgm import catalog
 from cldsgm.config import ConfigError, apply_overrides, first_error, resolve_config
 
-__all__ = ["StudyError", "job_table", "load_study", "model_sde", "oracle_source", "sample_rows", "schema",
-           "snapshot_steps", "training_config", "validate_study"]
+__all__ = ["StudyError", "conditional_table", "job_table", "load_study", "model_sde", "oracle_source", "sample_rows",
+           "schema", "snapshot_steps", "training_config", "validate_study"]
 
 SCHEMA_PATH = Path("workflow") / "schemas" / "study.schema.yaml"
 
@@ -35,12 +35,15 @@ class StudyError(ValueError):
 
 
 def _defaults(schema: dict, instance, root: dict):
-    """Fill in `default:` values of the schema (object properties, recursively), as Snakemake's validate does."""
+    """Fill in `default:` values of the schema (object properties and array items, recursively), as Snakemake's
+    validate does."""
     if isinstance(schema, dict) and "$ref" in schema:
         target = root
         for part in schema["$ref"].lstrip("#/").split("/"):
             target = target[part]
         schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+    if isinstance(instance, list) and isinstance(schema, dict) and isinstance(schema.get("items"), dict):
+        return [_defaults(schema["items"], item, root) for item in instance]
     if not isinstance(instance, dict) or not isinstance(schema, dict):
         return instance
     for key, sub in schema.get("properties", {}).items():
@@ -236,6 +239,7 @@ def _check_semantics(study: dict, source: str, check_files: bool = True) -> None
             raise StudyError(f"{source}: sampling.num_samples has no entry for dataset {name!r}")
     if check_files:
         _check_files(study, source)
+        _check_conditional(study, source)
 
 
 def load_study(config: dict, source: str, schema_path: str | Path = SCHEMA_PATH, *, check_files: bool = True) -> dict:
@@ -251,6 +255,130 @@ def load_study(config: dict, source: str, schema_path: str | Path = SCHEMA_PATH,
 def oracle_source(data: str, sde: str) -> str:
     """The source name of the exact-score rows of `data` under `sde`, e.g. 'oracle-diamond-cld'."""
     return f"oracle-{data}-{sde}"
+
+
+# -- conditional generation ([17/18]) --------------------------------------------------------------------------------
+
+
+def _conditional_source(study: dict, name: str, where: str) -> dict:
+    """A conditional entry's score source: {'source', 'kind' ('model' | 'oracle'), 'data', 'sde', 'oracle'}: a study
+    model (its first training replica), or 'oracle-<data>-<sde>', the exact score of a 2-D dataset the study has."""
+    if name in study["models"]:
+        model = study["models"][name]
+        return {"source": name, "kind": "model", "data": model["data"], "sde": model_sde(model), "oracle": None}
+    match = re.fullmatch(r"oracle-([a-z0-9_]+)-([a-z0-9]+)", name)
+    if match and match[1] in study["data"] and catalog.DATASETS[match[1]].oracle and match[2] in catalog.SDES:
+        return {"source": name, "kind": "oracle", "data": match[1], "sde": match[2],
+                "oracle": catalog.DATASETS[match[1]].oracle}
+    oracles = [oracle_source(d, "<sde>") for d in study["data"] if catalog.DATASETS[d].oracle]
+    raise StudyError(f"{where}.source {name!r} is neither a study model ({sorted(study['models'])}) nor an exact score "
+                     f"of a dataset the study prepares ({oracles or 'none'}, <sde> one of {list(catalog.SDES)})")
+
+
+def _scale_name(scale: float) -> str:
+    """A guidance scale as it appears in a row name: 0, 1, 2.5 (no trailing zeros)."""
+    return f"{float(scale):g}"
+
+
+def conditional_table(study: dict) -> dict:
+    """The conditional jobs of a (validated) study: {'classifiers': name -> {data, config, overrides}, 'sets': one
+    row per sample set}. A set: {'source', 'kind' ('guided' | 'inpaint'), 'source_kind', 'data', 'sde', 'oracle',
+    'row' (e.g. 'guided-digits_clf-k3-w2', 'inpaint-center-sscs'), 'sampler', 'nfe', 'striding', 'n', and 'classifier',
+    'class', 'scale' (guided) or 'mask' (inpaint)}. Guided sets are judged against their class, inpainted ones
+    against the label of the test item they complete."""
+    spec = study.get("conditional") or {}
+    sets = []
+    for entry in spec.get("guided", []):
+        src = _conditional_source(study, entry["source"], "conditional.guided")
+        for label in entry["classes"]:
+            for scale in entry["scales"]:
+                sets.append({**src, "source_kind": src["kind"], "kind": "guided", "classifier": entry["classifier"],
+                             "class": label, "scale": float(scale), "sampler": entry["sampler"], "nfe": entry["nfe"],
+                             "striding": entry["striding"], "n": entry["n"],
+                             "row": f"guided-{entry['classifier']}-k{label}-w{_scale_name(scale)}"})
+    for entry in spec.get("inpaint", []):
+        src = _conditional_source(study, entry["source"], "conditional.inpaint")
+        for mask in entry["masks"]:
+            sets.append({**src, "source_kind": src["kind"], "kind": "inpaint", "mask": mask,
+                         "sampler": entry["sampler"], "nfe": entry["nfe"], "striding": entry["striding"],
+                         "n": entry["n"], "row": f"inpaint-{mask}-{entry['sampler']}"})
+    return {"classifiers": dict(spec.get("classifiers", {})), "sets": sets}
+
+
+def _classifier_sde(name: str, spec: dict, source: str) -> dict:
+    """The SDE ({'name', 'params'}) a study classifier is trained for; its config must be a classifier's."""
+    config = training_config(name, spec, source)
+    if config.get("task") != "classifier":
+        raise StudyError(f"{source}: conditional.classifiers.{name}.config {spec['config']} is a score model's "
+                         "config; a classifier's has `task: classifier` (e.g. params/train/toy_psld_classifier.yaml)")
+    return config["sde"]
+
+
+def _check_guided(study: dict, i: int, entry: dict, classifiers: dict, sdes: dict, source: str) -> None:
+    """One conditional.guided entry: its source, a classifier of the source's data and SDE, classes in range, a
+    sampler of the SDE that spends the NFE exactly."""
+    where = f"{source}: conditional.guided[{i}]"
+    src = _conditional_source(study, entry["source"], where)
+    clf = entry["classifier"]
+    if clf == "oracle" and src["kind"] != "oracle":
+        raise StudyError(f"{where}.classifier oracle is the exact class posterior of an exact-score source; "
+                         f"{src['source']} is a trained model: name a trained classifier of conditional.classifiers")
+    if clf != "oracle" and clf not in classifiers:
+        raise StudyError(f"{where}.classifier {clf!r} is not in conditional.classifiers ({sorted(classifiers)}) "
+                         "nor 'oracle'")
+    if clf != "oracle" and classifiers[clf]["data"] != src["data"]:
+        raise StudyError(f"{where}: classifier {clf} is of {classifiers[clf]['data']}, the source of {src['data']}")
+    if clf != "oracle" and src["kind"] == "model":
+        model_sde_spec = training_config(src["source"], study["models"][src["source"]], source)["sde"]
+        if sdes[clf] != model_sde_spec:
+            raise StudyError(f"{where}: classifier {clf} is trained for {sdes[clf]}, model {src['source']} is "
+                             f"{model_sde_spec}: guidance needs the classifier of the score model's SDE")
+    classes = catalog.DATASETS[src["data"]].num_classes
+    if classes is None or max(entry["classes"]) >= classes:
+        raise StudyError(f"{where}.classes {entry['classes']}: {src['data']} has "
+                         f"{f'classes 0 ... {classes - 1}' if classes else 'no classes'}")
+    try:
+        catalog.sampler(entry["sampler"], src["sde"])
+    except ValueError as err:
+        raise StudyError(f"{where}.sampler: {err}") from None
+    if not catalog.SAMPLERS[entry["sampler"]].adaptive and \
+            catalog.largest_budget(entry["sampler"], entry["nfe"], {}) != entry["nfe"]:
+        raise StudyError(f"{where}.nfe {entry['nfe']}: {entry['sampler']} cannot spend exactly that budget")
+
+
+def _check_inpaint(study: dict, i: int, entry: dict, source: str) -> None:
+    """One conditional.inpaint entry: its source is CLD or PSLD, its masks fit the data."""
+    where = f"{source}: conditional.inpaint[{i}]"
+    src = _conditional_source(study, entry["source"], where)
+    if "center" in entry["masks"] and catalog.DATASETS[src["data"]].kind != "image":
+        raise StudyError(f"{where}.masks: the center mask is for images; {src['data']} is points (use half, random "
+                         "or none)")
+    if src["sde"] not in ("cld", "psld"):
+        raise StudyError(f"{where}: inpainting replaces data and momentum, so the source must be CLD or PSLD, "
+                         f"not {src['sde']}")
+
+
+def _check_conditional(study: dict, source: str) -> None:
+    """What the schema cannot say of `conditional`: classifiers of datasets the study has (classifier configs), the
+    guided and inpainting entries (_check_guided, _check_inpaint), no set listed twice."""
+    spec = study.get("conditional") or {}
+    classifiers = spec.get("classifiers", {})
+    sdes = {}
+    for name, clf in classifiers.items():
+        if clf["data"] not in study["data"]:
+            raise StudyError(f"{source}: conditional.classifiers.{name}.data is {clf['data']!r}, which the study does "
+                             f"not prepare (data: {sorted(study['data'])})")
+        if not Path(clf["config"]).is_file():
+            raise StudyError(f"{source}: conditional.classifiers.{name}.config: {clf['config']} not found")
+        sdes[name] = _classifier_sde(f"conditional.classifiers.{name}", clf, source)
+    for i, entry in enumerate(spec.get("guided", [])):
+        _check_guided(study, i, entry, classifiers, sdes, source)
+    for i, entry in enumerate(spec.get("inpaint", [])):
+        _check_inpaint(study, i, entry, source)
+    rows = [f"{s['source']}/{s['row']}" for s in conditional_table(study)["sets"]]
+    repeated = sorted({r for r in rows if rows.count(r) > 1})
+    if repeated:
+        raise StudyError(f"{source}: conditional lists the sample sets {repeated} twice; merge the entries")
 
 
 def replicas(study: dict) -> dict[str, dict]:
@@ -364,4 +492,4 @@ def job_table(study: dict) -> dict:
            if study["evaluation"].get("nll") else {})
     imported = sorted(name for name, r in runs.items() if study["models"][r["model"]].get("checkpoint"))
     return {"rows": rows, "sources": sources, "nll": nll, "imported": imported, "replicas": runs,
-            "trained": sorted(name for name in runs if name not in imported)}
+            "trained": sorted(name for name in runs if name not in imported), "conditional": conditional_table(study)}

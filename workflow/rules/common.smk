@@ -273,7 +273,100 @@ def records():
     if "digits" in STUDY["data"] and EVALUATION.get("fd_digits") is not None:
         out.append(rules.digits_classifier.output.record)
     out += [f"{RESULTS}/records/{model}/nll/{metric}.json" for model, metric in TABLE["nll"].items()]
+    return out + conditional_records()
+
+
+# -- used by conditional.smk -------------------------------------------------------------------------------------
+
+CONDITIONAL = TABLE["conditional"]
+CLASSIFIERS = CONDITIONAL["classifiers"]
+CONDITIONAL_SETS = {f"{s['source']}/{s['row']}": s for s in CONDITIONAL["sets"]}
+
+
+def classifier_done(name):
+    return f"{RESULTS}/classifiers/{name}/done.json"
+
+
+def conditional_set(wildcards):
+    return CONDITIONAL_SETS[f"{wildcards.source}/{wildcards.crow}"]
+
+
+def conditional_dir(wildcards):
+    return f"{RESULTS}/conditional/{wildcards.source}/{wildcards.crow}"
+
+
+def conditional_inputs(wildcards):
+    """The score model's run (none for an exact score), the classifier's run, the test split an inpainting fills."""
+    spec = conditional_set(wildcards)
+    out = [train_done(spec["source"])] if spec["source_kind"] == "model" else []
+    if spec["kind"] == "guided" and spec["classifier"] != "oracle":
+        out.append(classifier_done(spec["classifier"]))
+    if spec["kind"] == "inpaint":
+        out.append(data_file(spec["data"], "test"))
     return out
+
+
+def conditional_args(wildcards):
+    """The verb and its flags for one conditional set (every value quoted)."""
+    spec = conditional_set(wildcards)
+    if spec["source_kind"] == "model":
+        source = [flag("--run-dir", f"{RESULTS}/runs/{spec['source']}")]
+    else:
+        source = [flag("--oracle", spec["oracle"]), flag("--sde", spec["sde"])]
+    common = [flag("--sampler", spec["sampler"]), flag("--striding", spec["striding"]), flag("--n", spec["n"]),
+              flag("--seed", STUDY["seed"]), flag("--t-min", SAMPLING["t_min"]),
+              flag("--batch-size", SAMPLING["batch_size"]), flag("--shard-size", SAMPLING["shard_size"]),
+              flag("--out", conditional_dir(wildcards)), "--no-progress",
+              label_flags(source=spec["source"], row=spec["row"], variant=spec["sampler"], data=spec["data"],
+                          kind=spec["kind"])]
+    if not catalog.SAMPLERS[spec["sampler"]].adaptive:
+        common.append(flag("--nfe", spec["nfe"]))
+    if spec["kind"] == "guided":
+        classifier = "oracle" if spec["classifier"] == "oracle" else f"{RESULTS}/classifiers/{spec['classifier']}"
+        return " ".join(["sample", *source, flag("--classifier", classifier), flag("--class", spec["class"]),
+                         flag("--guidance-scale", spec["scale"]), *common])
+    return " ".join(["inpaint", *source, flag("--images", data_file(spec["data"], "test")),
+                     flag("--mask-kind", spec["mask"]), *common])
+
+
+def conditional_judge(wildcards):
+    """The classifier that judges a set's class: the FD-digits network for digits, the mixture's component for
+    2-D data with an exact law."""
+    spec = conditional_set(wildcards)
+    if spec["data"] == "digits":
+        return rules.digits_classifier.output.classifier
+    return f"oracle:{catalog.DATASETS[spec['data']].oracle}"
+
+
+def conditional_eval_inputs(wildcards):
+    spec = conditional_set(wildcards)
+    out = [f"{conditional_dir(wildcards)}/done.json", data_file(spec["data"], "test")]
+    if spec["data"] == "digits":
+        out += [rules.digits_classifier.output.classifier, data_file("digits", "train")]
+    return out
+
+
+def conditional_distance(wildcards):
+    """The distance verb of a set: guided sets against their class (digits: the training split's images of it, the
+    larger; 2-D: the law's component), completions against the held-out split."""
+    spec = conditional_set(wildcards)
+    pair = [flag("--samples", conditional_dir(wildcards)),
+            flag("--out", f"{RESULTS}/records/conditional/{wildcards.source}/{wildcards.crow}"),
+            flag("--bootstrap", EVALUATION["bootstrap"])]
+    per_class = [flag("--class", spec["class"])] if spec["kind"] == "guided" else []
+    if spec["data"] == "digits":
+        split = "train" if spec["kind"] == "guided" else "test"
+        return " ".join(["fd-digits", *pair, flag("--classifier", rules.digits_classifier.output.classifier),
+                         flag("--data", data_file("digits", split)), *per_class])
+    law = catalog.DATASETS[spec["data"]].oracle
+    reference = flag("--oracle", law) if spec["kind"] == "guided" else \
+        f"{flag('--data', data_file(spec['data'], 'test'))} {flag('--oracle', law)}"
+    return " ".join(["sample-distance", *pair, reference, *per_class])
+
+
+def conditional_records():
+    """Every conditional set's evaluation marker (the report waits for them)."""
+    return [f"{RESULTS}/records/conditional/{key}/eval.done" for key in CONDITIONAL_SETS]
 
 
 # -- used by report.smk ------------------------------------------------------------------------------------------

@@ -252,7 +252,7 @@ def class_accuracy_command(samples_dirs, classifier, out_dirs, resamples):
             common = {"n": len(samples), "wall_s": time.perf_counter() - start, "device": "cpu",
                       **sample_set_fields(manifest, samples_dir)}
             write_metric(out_dir, "class_accuracy", value, extra={"classifier": classifier}, **common,
-                         **_interval(value, replicates, manifest))
+                         **_interval(value, replicates, manifest, upper=1.0))  # a share: at most 1
             line = f"class accuracy {value:.4g}"
             if "inpaint" in manifest["identity"]:
                 error = known_pixel_error(samples, manifest)

@@ -5,8 +5,8 @@ It reads only what the jobs left on disk: the JSON records (cldsgm.records.recor
 loss.csv and the Snakemake benchmark files; it imports no torch. `analysis` turns records into tables and verdicts,
 `figures` draws, `render` writes one ordered list of sections as HTML and as Markdown. Sections: quality against
 NFE per dataset and metric (trained and oracle rows side by side), NLL, the claims the study can test with a verdict
-computed from the numbers, the SSCS sigma_d sweep, the papers' published numbers (CIFAR-10 studies), loss curves,
-sample grids, and cost.
+computed from the numbers, the SSCS sigma_d sweep, conditional generation (guided and inpainted sets, `conditional`),
+the papers' published numbers (CIFAR-10 studies), loss curves, sample grids, and cost.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from cldsgm.report.analysis import (
     sigma_sweep,
     worse_with_nfe,
 )
+from cldsgm.report.conditional import split_conditional
 from cldsgm.report.render import Figure, Section, figure_name, render_html, render_markdown, write_figures
 from cldsgm.utils.io import atomic_path, atomic_write_json, atomic_write_text
 
@@ -92,11 +93,57 @@ def split_curve(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return df[~curve], df[curve]
 
 
-def sections(study: dict, df: pd.DataFrame, results: Path, curve: pd.DataFrame | None = None
-             ) -> tuple[list[Section], dict]:
+def _conditional_sections(cond: pd.DataFrame, metrics: dict) -> list[Section]:
+    """'Conditional generation' ([17/18]): accuracy against guidance scale, its steps with paired intervals, the
+    guided sets, the inpainted sets against their baseline, and inpainting grids; fills metrics['conditional']."""
+    from cldsgm.report.conditional import guidance_figure, guidance_steps, guided_table, inpaint_figure, inpaint_table
+
+    for _, row in cond.iterrows():
+        metrics.setdefault("conditional", {})[f"{row['source']}/{row['row']}/{row['metric']}"] = _interval_entry(row)
+    out = []
+    guided = cond[cond["kind"] == "guided"]
+    if not guided.empty:
+        out.append(Section("Conditional generation: classifier guidance", figures=[
+            Figure("conditional_guidance.png", "class accuracy against guidance scale", guidance_figure(cond))],
+            table=guidance_steps(cond), text=(
+                "Samples guided towards a class by a noise-conditioned classifier, s + W grad log p(y | u_t), judged "
+                "by an independent classifier (digits: the FD-digits network; 2-D: the mixture's most probable "
+                "component). The table compares each scale with the one below it: the sets of one source share "
+                "their seed, so the interval of the rise is paired; 'rises' where it lies above 0, 'inconclusive' "
+                "where it holds 0. W = 0 is unguided sampling.")))
+        out.append(Section("Guided sets", level=3, table=guided_table(cond), folded=True, text=(
+            "Per-class distance: FD-digits against the training split's images of the class, or sliced W2 against "
+            "the mixture component's own law. NFE counts score evaluations; each also costs one classifier gradient "
+            "(a forward and a backward pass) where W > 0.")))
+    inpainted = cond[cond["kind"] == "inpaint"]
+    if not inpainted.empty:
+        grids = []
+        for _, row in inpainted[inpainted["metric"] == "class_accuracy"].sort_values(["source", "mask"]).iterrows():
+            images = (row["condition"] or {}).get("inpaint", {}).get("images")
+            label = f"{row['source']} / {row['row']}"
+            png = inpaint_figure(row["samples"], images, title=label) if images and row["samples"] else None
+            if png is not None:
+                grids.append(Figure(figure_name("inpaint", label), label, png))
+        out.append(Section("Conditional generation: inpainting", table=inpaint_table(cond), text=(
+            "The known pixels' data and momentum replaced by a forward-process draw from the image after every step "
+            "(the PSLD reference's method), the known pixels put back exactly at the end (known-pixel error 0). "
+            "'Classified as the original': the share of completions the judge assigns the label of the image they "
+            "complete; the baseline is the mask 'none' (nothing known: unconditional samples judged against the same "
+            "images, same seed, so the difference is paired). Distance: FD-digits or sliced W2 of the completions "
+            "against the held-out split.")))
+        if grids:
+            out.append(Section("Inpainting grids", level=3, figures=grids, text=(
+                "Rows: the original test images, what the sampler was given (missing pixels blue), the completions "
+                "(the first 12 test images of each set).")))
+    return out
+
+
+def sections(study: dict, df: pd.DataFrame, results: Path, curve: pd.DataFrame | None = None,
+             conditional: pd.DataFrame | None = None) -> tuple[list[Section], dict]:
     """The report's sections, in order, and the content of metrics.json (every value with its interval). First what
-    the study shows (the claims, the best sampler per budget), then the plots, then the long tables, folded.
-    df: the records without the learning-curve rows, which come as `curve` (split_curve)."""
+    the study shows (the claims, the best sampler per budget, conditional generation), then the plots, then the long
+    tables, folded. df: the records without the learning-curve rows, which come as `curve` (split_curve), and
+    without the conditional sets, which come as `conditional` (report.conditional.split_conditional)."""
     from cldsgm.report.figures import learning_curve_figure, loss_figure, quality_figure, sampler_colours
 
     metrics = {"study": study["study"], "quality": {}, "nll": {}}
@@ -157,6 +204,8 @@ def sections(study: dict, df: pd.DataFrame, results: Path, curve: pd.DataFrame |
         out.append(Section("SSCS precision_sigma (sigma_d) sweep", table=sweep, folded=True, text=(
             "The exponential score step with the precision of N(m, sigma_d^2) data; 0 is the point mass (first "
             "order). The best value per source is marked.")))
+    if conditional is not None and not conditional.empty:  # after what the study shows, before the long tables
+        out[2:2] = _conditional_sections(conditional, metrics)
     if "cifar10" in study["data"]:
         out.append(Section("Published numbers (CIFAR-10)", table=published_table(df)))
     if not study["evaluation"].get("fid"):
@@ -217,8 +266,9 @@ def build_report(study_path: str | Path, results: str | Path, out: str | Path) -
     df = records_frame(results / "records")
     df = df.assign(sampler=df["variant"])
     every = df
+    df, conditional = split_conditional(df)  # guided and inpainted sets: their own section
     df, curve = split_curve(df)  # the tables, CSVs and claims are of the trained models, as the page
-    parts, metrics = sections(study, df, results, curve)
+    parts, metrics = sections(study, df, results, curve, conditional)
     out.mkdir(parents=True, exist_ok=True)
     for data, metric, sub, _ in quality_tables(df):  # long: one row per value, with its interval
         sub[["source", "sde", "sampler", "striding", "nfe_budget", "nfe", "value", "ci_low", "ci_high", "n"]].to_csv(
@@ -227,6 +277,14 @@ def build_report(study_path: str | Path, results: str | Path, out: str | Path) -
     if not sweep.empty:
         sweep.to_csv(out / "sscs_sigma_sweep.csv", index=False)
     cost_table(results).to_csv(out / "cost.csv", index=False)
+    if not conditional.empty:
+        from cldsgm.report.conditional import guidance_steps, guided_table, inpaint_table
+
+        for name, table in (("conditional_guided", guided_table(conditional)),
+                            ("conditional_guidance_steps", guidance_steps(conditional)),
+                            ("conditional_inpaint", inpaint_table(conditional))):
+            if not table.empty:
+                table.to_csv(out / f"{name}.csv", index=False)
     if not every.empty:  # long format, every record
         every.drop(columns=["path", "replicates", "exact", "variance"]).to_csv(out / "records.csv", index=False)
     plots = out / "plots"

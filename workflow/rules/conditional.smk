@@ -1,0 +1,81 @@
+# Conditional generation ([17/18], the study's `conditional` section): noise-conditioned classifiers trained like
+# the score models (`cldsgm train-classifier`), then one job per conditional sample set (a class-conditional set
+# guided by a classifier, `cldsgm sample --classifier`, or an inpainted set, `cldsgm inpaint`), then one job per
+# set scoring it: class accuracy (and the known pixels' error of inpainted sets), plus per-class FD-digits / sliced
+# W2 of guided sets and FD-digits / sliced W2 of completions against the held-out split. The sets and their flags
+# come from cldsgm.study.conditional_table (TABLE["conditional"]); the functions mapping them to flags are in
+# common.smk.
+
+rule train_classifier:
+    input:
+        data=lambda wc: data_file(CLASSIFIERS[wc.classifier]["data"], "train"),
+        config=lambda wc: CLASSIFIERS[wc.classifier]["config"],
+        parent=parent_run(),
+    output:
+        done=f"{RESULTS}/classifiers/{{classifier}}/done.json",
+    wildcard_constraints:
+        classifier=one_of(CLASSIFIERS),
+    params:
+        flags=lambda wc, input: set_flags({**(CLASSIFIERS[wc.classifier].get("overrides") or {}),
+                                           "data.path": input.data, "seed": STUDY["seed"]}),
+        tracking=parent_flag,
+        run_dir=f"{RESULTS}/classifiers/{{classifier}}",
+    threads: 1
+    priority: 1
+    log:
+        f"{LOGS}/train_classifier/{{classifier}}.log",
+    benchmark:
+        f"{BENCH}/train_classifier/{{classifier}}.tsv"
+    conda:
+        "../envs/cldsgm.yaml"
+    shell:
+        "cldsgm train-classifier --config {input.config:q} --run-dir {params.run_dir:q} {params.flags} "
+        "{params.tracking} --done {output.done:q} > {log:q} 2>&1"
+
+
+rule conditional_sample:
+    input:
+        conditional_inputs,
+    output:
+        done=f"{RESULTS}/conditional/{{source}}/{{crow}}/done.json",
+    wildcard_constraints:
+        crow=r"(guided|inpaint)-[A-Za-z0-9_.-]+",
+    params:
+        args=conditional_args,
+    threads: 1
+    resources:
+        gpu=SAMPLING["gpus"],
+    log:
+        f"{LOGS}/conditional/{{source}}/{{crow}}.log",
+    benchmark:
+        f"{BENCH}/conditional/{{source}}/{{crow}}.tsv"
+    conda:
+        "../envs/cldsgm.yaml"
+    shell:
+        "cldsgm {params.args} --done {output.done:q} > {log:q} 2>&1"
+
+
+rule conditional_eval:
+    input:
+        conditional_eval_inputs,
+    output:
+        done=f"{RESULTS}/records/conditional/{{source}}/{{crow}}/eval.done",
+    wildcard_constraints:
+        crow=r"(guided|inpaint)-[A-Za-z0-9_.-]+",
+    params:
+        samples=conditional_dir,
+        out=lambda wc, output: os.path.dirname(output.done),
+        judge=conditional_judge,
+        distance=conditional_distance,
+        bootstrap=EVALUATION["bootstrap"],
+    threads: 1
+    log:
+        f"{LOGS}/conditional_eval/{{source}}/{{crow}}.log",
+    benchmark:
+        f"{BENCH}/conditional_eval/{{source}}/{{crow}}.tsv"
+    conda:
+        "../envs/cldsgm.yaml"
+    shell:
+        "(cldsgm class-accuracy --samples {params.samples:q} --classifier {params.judge:q} --out {params.out:q} "
+        "--bootstrap {params.bootstrap:q} && cldsgm {params.distance}) > {log:q} 2>&1 "
+        "&& echo complete > {output.done:q}"
