@@ -71,7 +71,9 @@ def test_dry_run_of_every_study(tmp_path, study):
     if study.startswith("cifar10"):
         assert jobs["fid"] > jobs["sample"] and jobs["sample_part"] == 10 * jobs["sample"]
     if study == "conditional":  # [17/18]: classifiers, then a sampling and an evaluation job per conditional set
-        assert jobs["train_classifier"] == 4 and jobs["conditional_sample"] == jobs["conditional_eval"] == 50, jobs
+        # an evaluation job per source and guided class (5 x 2) or per source's inpainted sets (4)
+        assert jobs["train_classifier"] == 4 and jobs["conditional_sample"] == 50, jobs
+        assert jobs["conditional_eval"] == 5 * 2 + 4, jobs
     else:
         assert "conditional_sample" not in jobs and "train_classifier" not in jobs, jobs
     if study == "config":  # the default study: one sampling job per source, under 60 jobs in all ([15/18])

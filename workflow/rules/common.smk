@@ -329,44 +329,73 @@ def conditional_args(wildcards):
                      flag("--mask-kind", spec["mask"]), *common])
 
 
+def conditional_group(spec):
+    """The evaluation job a set belongs to: every set of a source that one class-accuracy and one distance call can
+    score together (guided: one classifier and class, as the per-class distance takes one --class; inpainted: all)."""
+    return f"guided-{spec['classifier']}-k{spec['class']}" if spec["kind"] == "guided" else "inpaint"
+
+
+def grouped_sets(sets):
+    """'<source>/<group>' -> its sets, in the study's order."""
+    groups = {}
+    for spec in sets:
+        groups.setdefault(f"{spec['source']}/{conditional_group(spec)}", []).append(spec)
+    return groups
+
+
+CONDITIONAL_GROUPS = grouped_sets(CONDITIONAL["sets"])
+
+
+def group_sets(wildcards):
+    return CONDITIONAL_GROUPS[f"{wildcards.source}/{wildcards.group}"]
+
+
 def conditional_judge(wildcards):
-    """The classifier that judges a set's class: the FD-digits network for digits, the mixture's component for
+    """The classifier that judges a group's class: the FD-digits network for digits, the mixture's component for
     2-D data with an exact law."""
-    spec = conditional_set(wildcards)
-    if spec["data"] == "digits":
+    data = group_sets(wildcards)[0]["data"]
+    if data == "digits":
         return rules.digits_classifier.output.classifier
-    return f"oracle:{catalog.DATASETS[spec['data']].oracle}"
+    return f"oracle:{catalog.DATASETS[data].oracle}"
 
 
 def conditional_eval_inputs(wildcards):
-    spec = conditional_set(wildcards)
-    out = [f"{conditional_dir(wildcards)}/done.json", data_file(spec["data"], "test")]
-    if spec["data"] == "digits":
+    sets = group_sets(wildcards)
+    out = [f"{RESULTS}/conditional/{s['source']}/{s['row']}/done.json" for s in sets]
+    out.append(data_file(sets[0]["data"], "test"))
+    if sets[0]["data"] == "digits":
         out += [rules.digits_classifier.output.classifier, data_file("digits", "train")]
     return out
 
 
+def conditional_pairs(wildcards):
+    """--samples DIR --out DIR for every set of the group (one process scores them all)."""
+    pairs = []
+    for spec in group_sets(wildcards):
+        pairs += [flag("--samples", f"{RESULTS}/conditional/{spec['source']}/{spec['row']}"),
+                  flag("--out", f"{RESULTS}/records/conditional/{spec['source']}/{spec['row']}")]
+    return " ".join(pairs)
+
+
 def conditional_distance(wildcards):
-    """The distance verb of a set: guided sets against their class (digits: the training split's images of it, the
-    larger; 2-D: the law's component), completions against the held-out split."""
-    spec = conditional_set(wildcards)
-    pair = [flag("--samples", conditional_dir(wildcards)),
-            flag("--out", f"{RESULTS}/records/conditional/{wildcards.source}/{wildcards.crow}"),
-            flag("--bootstrap", EVALUATION["bootstrap"])]
+    """The distance verb of a group: guided sets against their class (digits: the training split's images of it,
+    the larger; 2-D: the law's component), completions against the held-out split."""
+    spec = group_sets(wildcards)[0]
+    args = [conditional_pairs(wildcards), flag("--bootstrap", EVALUATION["bootstrap"])]
     per_class = [flag("--class", spec["class"])] if spec["kind"] == "guided" else []
     if spec["data"] == "digits":
         split = "train" if spec["kind"] == "guided" else "test"
-        return " ".join(["fd-digits", *pair, flag("--classifier", rules.digits_classifier.output.classifier),
+        return " ".join(["fd-digits", *args, flag("--classifier", rules.digits_classifier.output.classifier),
                          flag("--data", data_file("digits", split)), *per_class])
     law = catalog.DATASETS[spec["data"]].oracle
     reference = flag("--oracle", law) if spec["kind"] == "guided" else \
         f"{flag('--data', data_file(spec['data'], 'test'))} {flag('--oracle', law)}"
-    return " ".join(["sample-distance", *pair, reference, *per_class])
+    return " ".join(["sample-distance", *args, reference, *per_class])
 
 
 def conditional_records():
-    """Every conditional set's evaluation marker (the report waits for them)."""
-    return [f"{RESULTS}/records/conditional/{key}/eval.done" for key in CONDITIONAL_SETS]
+    """Every conditional group's evaluation marker (the report waits for them)."""
+    return [f"{RESULTS}/records/conditional/{key}.done" for key in CONDITIONAL_GROUPS]
 
 
 # -- used by report.smk ------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 # Conditional generation ([17/18], the study's `conditional` section): noise-conditioned classifiers trained like
 # the score models (`cldsgm train-classifier`), then one job per conditional sample set (a class-conditional set
 # guided by a classifier, `cldsgm sample --classifier`, or an inpainted set, `cldsgm inpaint`), then one job per
-# set scoring it: class accuracy (and the known pixels' error of inpainted sets), plus per-class FD-digits / sliced
-# W2 of guided sets and FD-digits / sliced W2 of completions against the held-out split. The sets and their flags
+# group of sets scoring them: class accuracy (and the known pixels' error of inpainted sets), plus per-class
+# FD-digits / sliced W2 of guided sets and FD-digits / sliced W2 of completions against the held-out split. The sets
 # come from cldsgm.study.conditional_table (TABLE["conditional"]); the functions mapping them to flags are in
 # common.smk.
 
@@ -55,27 +55,27 @@ rule conditional_sample:
         "cldsgm {params.args} --done {output.done:q} > {log:q} 2>&1"
 
 
+# one evaluation job per group of sets (conditional_group: a source's guided sets of one classifier and class, or its
+# inpainted sets): one process and one torch import for several sets, the records in each set's own folder
 rule conditional_eval:
     input:
         conditional_eval_inputs,
     output:
-        done=f"{RESULTS}/records/conditional/{{source}}/{{crow}}/eval.done",
+        done=f"{RESULTS}/records/conditional/{{source}}/{{group}}.done",
     wildcard_constraints:
-        crow=r"(guided|inpaint)-[A-Za-z0-9_.-]+",
+        group=r"guided-[A-Za-z0-9_]+-k[0-9]+|inpaint",
     params:
-        samples=conditional_dir,
-        out=lambda wc, output: os.path.dirname(output.done),
+        pairs=conditional_pairs,
         judge=conditional_judge,
         distance=conditional_distance,
         bootstrap=EVALUATION["bootstrap"],
     threads: 1
     log:
-        f"{LOGS}/conditional_eval/{{source}}/{{crow}}.log",
+        f"{LOGS}/conditional_eval/{{source}}/{{group}}.log",
     benchmark:
-        f"{BENCH}/conditional_eval/{{source}}/{{crow}}.tsv"
+        f"{BENCH}/conditional_eval/{{source}}/{{group}}.tsv"
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "(cldsgm class-accuracy --samples {params.samples:q} --classifier {params.judge:q} --out {params.out:q} "
-        "--bootstrap {params.bootstrap:q} && cldsgm {params.distance}) > {log:q} 2>&1 "
-        "&& echo complete > {output.done:q}"
+        "(cldsgm class-accuracy {params.pairs} --classifier {params.judge:q} --bootstrap {params.bootstrap:q} "
+        "&& cldsgm {params.distance}) > {log:q} 2>&1 && echo complete > {output.done:q}"
