@@ -291,8 +291,13 @@ def conditional_set(wildcards):
     return CONDITIONAL_SETS[f"{wildcards.source}/{wildcards.crow}"]
 
 
+def set_dir(spec, under="conditional"):
+    """A conditional set's sample directory (under='conditional') or its records' (under='records/conditional')."""
+    return f"{RESULTS}/{under}/{spec['source']}/{spec['row']}"
+
+
 def conditional_dir(wildcards):
-    return f"{RESULTS}/conditional/{wildcards.source}/{wildcards.crow}"
+    return set_dir(conditional_set(wildcards))
 
 
 def conditional_inputs(wildcards):
@@ -361,7 +366,7 @@ def conditional_judge(wildcards):
 
 def conditional_eval_inputs(wildcards):
     sets = group_sets(wildcards)
-    out = [f"{RESULTS}/conditional/{s['source']}/{s['row']}/done.json" for s in sets]
+    out = [f"{set_dir(s)}/done.json" for s in sets]
     out.append(data_file(sets[0]["data"], "test"))
     if sets[0]["data"] == "digits":
         out += [rules.digits_classifier.output.classifier, data_file("digits", "train")]
@@ -372,8 +377,7 @@ def conditional_pairs(wildcards):
     """--samples DIR --out DIR for every set of the group (one process scores them all)."""
     pairs = []
     for spec in group_sets(wildcards):
-        pairs += [flag("--samples", f"{RESULTS}/conditional/{spec['source']}/{spec['row']}"),
-                  flag("--out", f"{RESULTS}/records/conditional/{spec['source']}/{spec['row']}")]
+        pairs += [flag("--samples", set_dir(spec)), flag("--out", set_dir(spec, "records/conditional"))]
     return " ".join(pairs)
 
 

@@ -164,6 +164,16 @@ def digits_classifier_command(train_path, test_path, epochs, seed, out_path, rec
     click.echo(f"digits classifier: test accuracy {acc:.4f} ({len(x_test)} images, {wall:.1f} s) -> {out_path}")
 
 
+def _of_class(data, labels, label: int | None, path, items: str, measure: str):
+    """The items of a prepared split labelled `label` (all of them for None): a per-class reference. ValueError
+    naming the `items` and the `measure` where the split has fewer than two of them (no covariance, no distance)."""
+    if label is None:
+        return data
+    if labels is None or not (labels == label).sum() > 1:
+        raise ValueError(f"{path} has fewer than two {items} of class {label}: no per-class {measure}")
+    return data[labels == label]
+
+
 def _pairs(samples_dirs, out_dirs) -> list[tuple[str, str]]:
     """--samples / --out given in pairs (several sample sets in one process: one torch import, not one each)."""
     if len(samples_dirs) != len(out_dirs):
@@ -197,11 +207,7 @@ def fd_digits_command(samples_dirs, classifier, data_path, out_dirs, class_label
     _check_resamples(resamples)
     try:
         model, meta = load_classifier(classifier)
-        reference, reference_labels, _ = load_prepared(data_path)
-        if class_label is not None:
-            if reference_labels is None or not (reference_labels == class_label).sum() > 1:
-                raise ValueError(f"{data_path} has fewer than two images of class {class_label}: no per-class FD")
-            reference = reference[reference_labels == class_label]
+        reference = _of_class(*load_prepared(data_path)[:2], class_label, data_path, "images", "FD")
         ref = digits_features(model, reference)
         for samples_dir, out_dir in pairs:
             images, manifest = load_samples(samples_dir)
@@ -294,14 +300,8 @@ def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs, cla
     _check_resamples(resamples)
     try:
         mixture = oracle_law(oracle) if oracle else None
-        reference = None
-        if data_path is not None:
-            reference, labels, _ = load_prepared(data_path)
-            if class_label is not None:
-                if labels is None or not (labels == class_label).sum() > 1:
-                    raise ValueError(f"{data_path} has fewer than two points of class {class_label}: no per-class "
-                                     "distance")
-                reference = reference[labels == class_label]
+        reference = (_of_class(*load_prepared(data_path)[:2], class_label, data_path, "points", "distance")
+                     if data_path is not None else None)
         if class_label is not None and mixture is not None:
             mixture = mixture.component(class_label)  # ValueError for a component the law lacks
         modes = mixture if class_label is None else None  # one component: no mode coverage to measure

@@ -10,7 +10,6 @@ error and the completions' distance to the held-out split; a grid of originals, 
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,15 @@ __all__ = ["CONDITIONAL_KINDS", "MISSING_RGB", "guidance_figure", "guidance_step
 CONDITIONAL_KINDS = ("guided", "inpaint")
 
 
+def _classifier_name(identity: dict | None) -> str | None:
+    """A guidance block's classifier as the report names it: 'oracle:<law>', or its run directory's name."""
+    if identity is None:
+        return None
+    if identity.get("oracle"):
+        return f"oracle:{identity['oracle']}"
+    return Path(str(identity.get("checkpoint", "?"))).parent.name
+
+
 def split_conditional(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(the unconditional records, the conditional ones with columns classifier, class, scale and mask from each
     record's condition block)."""
@@ -36,9 +44,7 @@ def split_conditional(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     def field(block: str, key: str):
         return [(c or {}).get(block, {}).get(key) if isinstance(c, dict) else None for c in cond["condition"]]
 
-    classifiers = field("guidance", "classifier")
-    cond["classifier"] = [None if c is None else c.get("oracle") and f"oracle:{c['oracle']}" or
-                          Path(str(c.get("checkpoint", "?"))).parent.name for c in classifiers]
+    cond["classifier"] = [_classifier_name(c) for c in field("guidance", "classifier")]
     cond["class"] = field("guidance", "class")
     cond["scale"] = field("guidance", "scale")
     cond["mask"] = [None if m is None else m.get("kind") or Path(str(m.get("file"))).name
@@ -63,11 +69,13 @@ def guided_table(cond: pd.DataFrame) -> pd.DataFrame:
     """One row per guided set: source, classifier, class, scale W, sampler, NFE (score evaluations; each also costs
     one classifier gradient where W > 0), the class accuracy and the class's distance, each with its interval."""
     keys = ["source", "classifier", "class", "scale"]
-    accuracy = _metric(cond[cond["kind"] == "guided"], "class_accuracy")
+    guided = cond[cond["kind"] == "guided"]
+    accuracy = _metric(guided, "class_accuracy")
+    distances = {metric: _keyed(guided, metric, keys) for metric in {_distance(d) for d in accuracy["data"]}}
     rows = []
     for _, row in accuracy.sort_values(keys).iterrows():
         metric = _distance(row["data"])
-        distance = _keyed(cond[cond["kind"] == "guided"], metric, keys).get(tuple(row[k] for k in keys))
+        distance = distances[metric].get(tuple(row[k] for k in keys))
         rows.append({"source": row["source"], "classifier": row["classifier"], "class": int(row["class"]),
                      "W": row["scale"], "sampler": row["sampler"], "NFE": row["nfe"],
                      "class accuracy [95 %]": with_interval(row["value"], row["ci_low"], row["ci_high"]),
@@ -110,6 +118,8 @@ def inpaint_table(cond: pd.DataFrame) -> pd.DataFrame:
     accuracy = _metric(sets, "class_accuracy")
     baseline = {row["source"]: row for _, row in accuracy[accuracy["mask"] == "none"].iterrows()}
     errors = _keyed(sets, "known_pixel_error", ["source", "mask"])
+    distances = {metric: _keyed(sets, metric, ["source", "mask"])
+                 for metric in {_distance(d) for d in accuracy["data"]}}
     rows = []
     for _, row in accuracy.sort_values(["source", "mask"]).iterrows():
         base = baseline.get(row["source"])
@@ -118,7 +128,7 @@ def inpaint_table(cond: pd.DataFrame) -> pd.DataFrame:
         else:
             difference, said = _paired(row, base)
         metric = _distance(row["data"])
-        distance = _keyed(sets, metric, ["source", "mask"]).get((row["source"], row["mask"]))
+        distance = distances[metric].get((row["source"], row["mask"]))
         error = errors.get((row["source"], row["mask"]))
         rows.append({"source": row["source"], "mask": row["mask"], "sampler": row["sampler"], "NFE": row["nfe"],
                      "classified as the original [95 %]": with_interval(row["value"], row["ci_low"], row["ci_high"]),
@@ -132,20 +142,11 @@ def inpaint_table(cond: pd.DataFrame) -> pd.DataFrame:
                                        "distance to held-out [95 %]", "n"])
 
 
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
 def guidance_figure(cond: pd.DataFrame) -> bytes:
     """Against the guidance scale, one column per dataset: the class accuracy (top) and the class's own distance
     (bottom, log scale: per-class FD-digits or sliced W2 to the component); one line per source and class, the 95 %
     intervals as error bars (dodged a little sideways so that they do not hide each other)."""
-    from cldsgm.report.figures import _pyplot
+    from cldsgm.report.figures import _png, _pyplot
 
     plt = _pyplot()
     guided = cond[cond["kind"] == "guided"]
@@ -192,7 +193,7 @@ def inpaint_figure(samples_dir: str | Path, images: str | Path, count: int = 12,
     """Three rows of `count` images: the originals, what the sampler was given (missing pixels blue), and the
     completions; None where the set is not of images or its files (the shards, mask.npy, the images) are missing."""
     from cldsgm.data.prepared import load_prepared
-    from cldsgm.report.figures import _pyplot
+    from cldsgm.report.figures import _png, _pyplot
     from cldsgm.shards import load_samples
 
     mask_file = Path(samples_dir) / "mask.npy"
