@@ -1,6 +1,7 @@
 # cldsgm: one study as a DAG. Plain `snakemake` runs the embedded default study (params/config.yaml);
 # `snakemake --configfile params/<study>.yaml` runs another. Every rule is one `cldsgm <verb>` call.
 #   data -> train -> sample (SDE x sampler x striding x NFE, + exact-score oracle rows) -> evaluate -> report
+#   beside them: each metric's floor, the scores' smoothness, the objectives' variance, the approach to equilibrium
 #   and, for a study's `conditional` section: train classifiers -> guided / inpainted sets -> their evaluation
 
 
@@ -9,6 +10,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/properties.smk"
 include: "workflow/rules/conditional.smk"
 include: "workflow/rules/report.smk"
 

@@ -94,8 +94,9 @@ def test_fid_and_kid_through_clean_fid_match_direct_formulas(standin, digits_run
     mu, sigma, ref_feats, meta = fidlib.load_stats(reference)
     assert meta["mode"] == "clean" and ref_feats.shape == (48, 2048)
     direct = _fd_eigh(feats.mean(0), np.cov(feats, rowvar=False), mu, sigma)
-    assert record["value"] == pytest.approx(direct, rel=1e-6)
-    assert kid_record["value"] == pytest.approx(_kid_unbiased(feats, ref_feats), rel=1e-9, abs=1e-12)
+    assert record["plug_in"] == pytest.approx(direct, rel=1e-6)  # FID's value: bias-corrected, inside its interval
+    assert record["ci_low"] <= record["value"] <= record["ci_high"] and record["value"] < record["plug_in"]
+    assert kid_record["value"] == pytest.approx(_kid_unbiased(feats, ref_feats), rel=1e-9, abs=1e-12)  # unbiased
 
 
 def test_a_set_against_its_own_statistics_is_at_zero():
@@ -276,3 +277,79 @@ def test_records_are_validated_on_write_and_read(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(RecordError, match="colour"):
         read_record(tmp_path / "bad.json")
+
+
+def test_nll_of_points_takes_the_exact_divergence_and_resamples_its_items(toy_run, diamond_data, tmp_path):
+    """--probes auto: the exact divergence for a 4-D phase-space state; --bootstrap: an interval over the items,
+    resampled alike for every model on the same items and seed (paired), its value inside it."""
+    common = ["--data", diamond_data, "--n", 60, "--batch-size", 60, "--rtol", 1e-3, "--atol", 1e-3, "--device", "cpu",
+              "--no-progress", "--bootstrap", 100, "--exact-law", "diamond"]
+    _invoke("nll", "--run-dir", toy_run, *common, "--out", tmp_path / "model")
+    _invoke("nll", "--oracle", "diamond", *common, "--out", tmp_path / "oracle")
+    model, oracle = (read_record(tmp_path / d / "nll_nats.json") for d in ("model", "oracle"))
+    assert model["options"]["probes"] == "exact" and model["options"]["n_probes"] == 0
+    assert model["ci_low"] <= model["value"] <= model["ci_high"] and model["bootstrap"]["resamples"] == 100
+    assert model["plug_in"] == model["value"]  # a mean: no bias to correct
+    # the exact score's NLL bound is above the law's own NLL by the velocity's ELBO gap only
+    assert oracle["exact"]["gap"] > 0 and model["exact"]["value"] == oracle["exact"]["value"]
+
+
+def test_the_floor_is_real_data_scored_like_a_sample_set(diamond_data, digits_data, tmp_path):
+    from cldsgm.data import prepare
+
+    prepare("diamond", "test", tmp_path, n=2000, seed=1)
+    result = _invoke("sample-distance", "--real", diamond_data, "--n", 1000, "--data", tmp_path / "diamond_test.npz",
+                     "--oracle", "diamond", "--out", tmp_path / "floor", "--label", "source=floor-diamond",
+                     "--bootstrap", 100)
+    assert "sliced W2" in result.output
+    w2 = read_record(tmp_path / "floor" / "sliced_w2.json")
+    assert w2["labels"] == {"kind": "floor", "source": "floor-diamond"} and w2["n"] == 1000
+    assert w2["ci_low"] <= w2["value"] <= w2["ci_high"] < 0.1 and w2["value"] < w2["plug_in"]  # bias-corrected
+    assert w2["extra"]["real"]["split"] == "train"
+    _invoke("digits-classifier", "--train", digits_data[0], "--test", digits_data[1], "--epochs", 2,
+            "--out", tmp_path / "cls.pt")
+    _invoke("fd-digits", "--real", digits_data[0], "--n", 200, "--classifier", tmp_path / "cls.pt", "--data",
+            digits_data[1], "--out", tmp_path / "fd", "--bootstrap", 100)
+    fd = read_record(tmp_path / "fd" / "fd_digits.json")
+    assert fd["labels"]["kind"] == "floor" and fd["ci_low"] <= fd["value"] <= fd["ci_high"]
+    assert fd["value"] < fd["plug_in"]
+    for extra, message in ((["--samples", tmp_path / "s"], "--real takes one --out and no --samples"),
+                           ([], "--real needs --n")):
+        refused = CliRunner().invoke(main, [str(a) for a in ["sample-distance", "--real", diamond_data, *extra,
+                                                             "--oracle", "diamond", "--out", tmp_path / "x"]])
+        assert refused.exit_code == 2 and message in refused.output
+    too_many = CliRunner().invoke(main, ["sample-distance", "--real", str(diamond_data), "--n", "99999", "--oracle",
+                                         "diamond", "--out", str(tmp_path / "x")])
+    assert too_many.exit_code == 1 and "fewer than --n 99999" in too_many.output
+
+
+def test_the_property_verbs_write_one_record_each(toy_run, diamond_data, tmp_path):
+    result = _invoke("score-jacobian", "--run-dir", toy_run, "--data", diamond_data, "--n", 64, "--bootstrap", 100,
+                     "--out", tmp_path / "jac", "--label", "source=toy")
+    jac = read_record(tmp_path / "jac" / "score_jacobian.json")
+    assert len(jac["extra"]["per_time"]) == 10 and jac["ci_low"] <= jac["value"] <= jac["ci_high"]
+    assert "score Jacobian" in result.output
+    _invoke("objective-variance", "--run-dir", toy_run, "--data", diamond_data, "--n", 16, "--bootstrap", 100,
+            "--out", tmp_path / "grad", "--label", "source=toy")
+    hsm, dsm = (read_record(tmp_path / "grad" / k / "grad_variance.json") for k in ("hsm", "dsm"))
+    assert hsm["labels"] == {"source": "toy", "row": "grad-hsm", "estimator": "hsm"}
+    assert dsm["extra"]["objective"] == "dsm"
+    assert hsm["value"] > 0 and dsm["value"] > 0 and hsm["bootstrap"]["seed"] == dsm["bootstrap"]["seed"]
+    _invoke("equilibrium", "--oracle", "diamond", "--sde", "cld", "--n", 2000, "--times", 10, "--bootstrap", 100,
+            "--out", tmp_path / "eq")
+    eq = read_record(tmp_path / "eq" / "prior_kl.json")
+    kl = [p["kl"] for p in eq["extra"]["per_time"]]
+    assert kl[0] > 0.1 > kl[-1] and 0.1 < eq["value"] < 1 and eq["ci_low"] <= eq["value"] <= eq["ci_high"]
+    refused = CliRunner().invoke(main, ["equilibrium", "--oracle", "diamond", "--sde", "cld", "--sde-param",
+                                        "m_inv=-1", "--out", str(tmp_path / "bad")])
+    assert refused.exit_code == 1 and refused.output.startswith("Error: ") and len(refused.output.splitlines()) == 1
+    wrong = CliRunner().invoke(main, ["objective-variance", "--run-dir", str(toy_run), "--data",
+                                      str(digits_data_path(tmp_path)), "--out", str(tmp_path / "bad2")])
+    assert wrong.exit_code == 1 and "the model takes points data" in wrong.output
+
+
+def digits_data_path(tmp_path):
+    from cldsgm.data import prepare
+
+    prepare("digits", "test", tmp_path)
+    return tmp_path / "digits_test.npz"

@@ -14,7 +14,7 @@ PACKAGE = ROOT / "src" / "cldsgm"
 
 # lowest first: a module may import its own layer and those below, never one above
 LAYERS = [
-    ["cldsgm", "cldsgm.utils", "cldsgm.catalog"],
+    ["cldsgm", "cldsgm.utils", "cldsgm.catalog", "cldsgm.claims"],
     ["cldsgm.config", "cldsgm.sde"],
     ["cldsgm.records", "cldsgm.oracles", "cldsgm.models", "cldsgm.losses", "cldsgm.samplers", "cldsgm.data",
      "cldsgm.shards", "cldsgm.tracking"],

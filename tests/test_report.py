@@ -21,22 +21,29 @@ from cldsgm.report.analysis import best_samplers as build_best
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _record(records: Path, source, row, metric, value, *, sampler="em", striding="uniform", budget=6, data="diamond",
-            kind="model", variant=None, sde="cld", samples=None, spread=0.01, model=None):
+def _record(records: Path, source, row, metric, value, *, sampler="em", striding="quadratic", budget=50,
+            data="diamond", kind="model", variant=None, sde="cld", samples=None, spread=0.01, model=None, seed=0,
+            options=None):
     fields = {}
     if spread is not None:
         replicates = value + spread * np.random.default_rng(len(list(records.glob("*.json")))).normal(size=150)
         fields = stats.interval_fields(value, replicates, seed=0)
+        value = fields.pop("value")
+    labels = {"source": source, "row": row, "variant": variant or sampler, "data": data, "kind": kind,
+              "model": model or source, "seed": str(seed)}
     record = make_record(metric, value, n=100, seed=0, wall_s=0.1, device="cpu", sampler=sampler, striding=striding,
-                         nfe_budget=budget, nfe=float(budget or 40), sde=sde, samples=samples,
+                         nfe_budget=budget, nfe=float(budget or 40), sde=sde, samples=samples, options=options or {},
                          source={"oracle": "diamond"} if kind == "oracle" else {"checkpoint": "x.pt"},
-                         labels={"source": source, "row": row, "variant": variant or sampler, "data": data,
-                                 "kind": kind, "model": model or source}, **fields)
+                         labels=labels if kind == "model" else {k: v for k, v in labels.items() if k != "seed"},
+                         **fields)
     # the directory names mean nothing: the record says where it belongs
     write_record(records / f"r{len(list(records.glob('*.json')))}.json", record)
 
 
-def _results(tmp_path: Path) -> Path:
+PAPER_SSCS = {"score_time": "start", "score_step": "euler", "second_half": "reference"}
+
+
+def _results(tmp_path: Path, cld_seeds=(0,)) -> Path:
     results = tmp_path / "results"
     records = results / "records"
     records.mkdir(parents=True)
@@ -45,13 +52,15 @@ def _results(tmp_path: Path) -> Path:
     from PIL import Image
 
     Image.new("RGB", (8, 8)).save(samples / "grid.png")
-    for sampler, value in (("em", 0.3), ("sscs", 0.2)):
-        for striding in ("uniform", "quadratic"):
-            _record(records, "diamond_cld", f"{sampler}-{striding}-nfe6", "sliced_w2", value, sampler=sampler,
-                    striding=striding, samples=str(samples))
+    for seed in cld_seeds:
+        name = "diamond_cld" + ("" if seed == 0 else f"-seed{seed}")
+        for variant, value in (("em", 0.3), ("sscsref", 0.2)):
+            _record(records, name, f"{variant}-quadratic-nfe50", "sliced_w2", value + 0.01 * seed, samples=str(samples),
+                    sampler="sscs" if variant == "sscsref" else "em", variant=variant, model="diamond_cld", seed=seed,
+                    options=PAPER_SSCS if variant == "sscsref" else None)
     for seed, value in ((0, 0.5), (1, 0.48)):  # two training replicas of the baseline
-        _record(records, "diamond_vpsde" + ("" if seed == 0 else f"-seed{seed}"), "em-uniform-nfe6", "sliced_w2",
-                value, sde="vpsde", model="diamond_vpsde")
+        _record(records, "diamond_vpsde" + ("" if seed == 0 else f"-seed{seed}"), "em-quadratic-nfe50", "sliced_w2",
+                value, sde="vpsde", model="diamond_vpsde", seed=seed)
     _record(records, "oracle-diamond-cld", "ode-adaptive", "sliced_w2", 0.02, sampler="ode", striding=None,
             budget=None, kind="oracle")
     _record(records, "diamond_cld", "nll", "nll_nats", 1.5, sampler="ode", striding=None, budget=None, spread=None)
@@ -61,13 +70,18 @@ def _results(tmp_path: Path) -> Path:
     return results
 
 
-def _study(tmp_path: Path) -> Path:
+def _study(tmp_path: Path, cld_seeds=(0,), claims=None) -> Path:
     study = {"study": "rep", "description": "a report test", "data": {"diamond": {}},
-             "models": {"diamond_cld": {"data": "diamond", "config": "params/train/toy_cld.yaml"},
-                        "diamond_vpsde": {"data": "diamond", "config": "params/train/toy_vpsde.yaml"}},
-             "sampling": {"num_samples": {"diamond": 100}, "nfe": [6], "stridings": ["uniform", "quadratic"],
-                          "samplers": {"cld": ["em", "sscs", "ode"], "vpsde": ["em"]}},
-             "evaluation": {}}
+             "models": {"diamond_cld": {"data": "diamond", "config": "params/train/toy_cld.yaml",
+                                        "seeds": list(cld_seeds)},
+                        "diamond_vpsde": {"data": "diamond", "config": "params/train/toy_vpsde.yaml", "seeds": [0, 1]}},
+             "sampling": {"num_samples": {"diamond": 100}, "nfe": [50], "stridings": ["quadratic"],
+                          "samplers": {"cld": ["em", "sscsref", "ode"], "vpsde": ["em"]},
+                          "variants": {"sscsref": {"sampler": "sscs", "options": PAPER_SSCS}},
+                          "oracle": {"data": ["diamond"], "sdes": ["cld"]}},
+             "evaluation": {"nll": {"num_samples": 16}}}
+    if claims is not None:
+        study["claims"] = claims
     path = tmp_path / "rep.yaml"
     path.write_text(yaml.safe_dump(study))
     return path
@@ -83,28 +97,32 @@ def test_html_and_markdown_have_the_same_sections(tmp_path):
     assert {"Quality against NFE", "Negative log-likelihood", "What this study shows: the papers' claims",
             "Best sampler per NFE budget", "Training loss", "Samples", "Not computed"} <= set(md_headings)
     # what a reader came for first: the claims, then the best sampler per budget, before any quality plot
-    assert md_headings[1:4] == ["What this study shows: the papers' claims", "Best sampler per NFE budget",
-                               "Quality against NFE"]
+    assert md_headings[1:5] == ["What this study shows: the papers' claims", "Claims this study does not decide",
+                               "Best sampler per NFE budget", "Quality against NFE"]
     assert page.index("What this study shows") < page.index("data:image/png;base64,")
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
         assert (out / link).is_file(), link
     assert metrics["figures"] == 3  # quality, loss, one sample grid
-    quality = metrics["quality"]["diamond/diamond_cld/sscs-quadratic-nfe6/sliced_w2"]
-    assert quality["value"] == 0.2 and quality["ci_low"] < 0.2 < quality["ci_high"]
+    quality = metrics["quality"]["diamond/diamond_cld/sscsref-quadratic-nfe50/sliced_w2"]
+    assert quality["ci_low"] <= quality["value"] <= quality["ci_high"]  # bias-corrected: inside its interval
     assert all(q["ci_low"] is not None and q["ci_high"] is not None for q in metrics["quality"].values())
     assert metrics["nll"]["diamond_cld/nll_nats"]["value"] == 1.5
-    sscs = metrics["claims"]["SSCS beats Euler-Maruyama at low NFE (CLD paper) [diamond_cld, quadratic, NFE 6, "
-                             "sliced_w2]"]
+    sscs = metrics["claims"]["cld-sscs-em diamond_cld nfe50"]
     assert sscs["verdict"] == "holds" and sscs["ci_high"] < 0  # 0.2 against 0.3, intervals of about 0.02
-    cld = next(v for k, v in metrics["claims"].items() if k.startswith("CLD beats the VPSDE baseline"))
-    assert cld["verdict"] == "holds" and cld["difference"] == pytest.approx(0.2 - 0.49)
+    # a method claim from one CLD seed: never "holds", whatever its sampling interval says
+    cld = metrics["claims"]["cld-vpsde-em diamond nfe50"]
+    assert cld["verdict"] == "inconclusive (one training seed)" and cld["ci_high"] < 0
+    assert cld["seeds (A/B)"] == "1/2" and cld["detectable"].startswith("≥ ")
     claims = pd.read_csv(out / "claims.csv")
-    assert claims.loc[claims["claim"].str.startswith("CLD beats"), "seeds (A/B)"].item() == "1/2"
+    assert set(claims["claim"]) == {"cld-sscs-em", "cld-vpsde-em"}
+    undecided = pd.read_csv(out / "claims_undecided.csv").set_index("claim")
+    assert "objective dsm" in undecided.loc["hsm-dsm-quality", "what the study lacks"]
+    assert "evaluation.smoothness" in undecided.loc["cld-smooth", "what the study lacks"]
     assert "within noise" not in page and "[" in page  # no 10 % rule; intervals in the tables
     assert "Regime: data diamond" in page and "<details>" in page  # the regime sentence; long tables folded
     best = pd.DataFrame(build_best(records_frame(results / "records")))
-    row = best[(best["source"] == "diamond_cld") & (best["NFE"] == 6)].iloc[0]
-    assert row["best"].startswith("sscs") and row["runner-up"].startswith("sscs") and row["verdict"] == "tied"
+    row = best[(best["source"] == "diamond_cld") & (best["NFE"] == 50)].iloc[0]
+    assert row["best"].startswith("sscs ") and row["runner-up"].startswith("em") and row["verdict"] == "best"
 
 
 def _many_rows(n_samplers: int) -> pd.DataFrame:
@@ -196,14 +214,57 @@ def test_metrics_json_is_the_headline_and_plots_are_one_per_dataset_and_metric(t
     summary = build_report(_study(tmp_path), results, out)
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
     headline = json.loads((out / "metrics.json").read_text())
-    tested = [c for c in summary["claims"].values() if c["difference"] is not None]
-    assert {k for k in headline if k not in ("holds", "does not hold", "inconclusive")} == {c["key"] for c in tested}
-    assert headline["sscs-em diamond_cld quadratic"] == pytest.approx(
-        summary["claims"]["SSCS beats Euler-Maruyama at low NFE (CLD paper) [diamond_cld, quadratic, NFE 6, "
-                          "sliced_w2]"]["difference"], abs=1e-6)
+    tested = {k: c for k, c in summary["claims"].items() if c["difference"] is not None}
+    assert {k for k in headline if k not in ("holds", "does not hold", "inconclusive")} == set(tested)
+    assert headline["cld-sscs-em diamond_cld nfe50"] == pytest.approx(
+        summary["claims"]["cld-sscs-em diamond_cld nfe50"]["difference"], abs=1e-6)
     assert sum(headline[v] for v in ("holds", "does not hold", "inconclusive")) == len(tested)
     assert len(json.dumps(headline)) < 400  # the nested sentences made a 3,825-character line
     table = pd.read_csv(out / "plots" / "diamond_sliced_w2.csv")
     assert list(table.columns) == ["nfe", "value", "ci_low", "ci_high", "series"]
-    assert "diamond_cld sscs quadratic" in set(table["series"]) and table["nfe"].notna().all()
+    assert "diamond_cld sscsref quadratic" in set(table["series"]) and table["nfe"].notna().all()
     assert not table["series"].str.startswith("oracle-").any()
+
+
+def test_a_method_claim_with_seeds_on_both_sides_is_decided_by_the_seeds(tmp_path):
+    """Two training seeds per side: the t interval over the seeds' values decides (CLD 0.30, 0.31 against the
+    VPSDE's 0.50, 0.48: the difference holds though 2 seeds give 1 degree of freedom)."""
+    results, out = _results(tmp_path, cld_seeds=(0, 1)), tmp_path / "report"
+    metrics = build_report(_study(tmp_path, cld_seeds=(0, 1)), results, out)
+    cld = metrics["claims"]["cld-vpsde-em diamond nfe50"]
+    assert cld["seeds (A/B)"] == "2/2" and cld["verdict"] == "holds"
+    assert cld["difference"] == pytest.approx(0.305 - 0.49, abs=0.01) and cld["ci_low"] < cld["difference"] < 0
+    assert not cld["detectable"].startswith("≥")
+    # the sampler claim on a model with two replicas: paired by seed
+    assert metrics["claims"]["cld-sscs-em diamond_cld nfe50"]["seeds (A/B)"] == "2/2"
+
+
+def test_a_claim_registered_and_listed_by_a_study_is_decided_in_the_report(tmp_path):
+    """No claim lives in report code: a throwaway claim, registered at run time and listed by the study, appears
+    in the report with its verdict; a study listing an unknown claim is refused before anything runs."""
+    from cldsgm import claims
+    from cldsgm.study import StudyError, load_study
+
+    throwaway = claims.Claim("test-em-worse", "ours", "EM is worse than SSCS (a test claim)", "—",
+                             claims.Side("EM", {"sde": "cld"}, {"sampler": "em"}),
+                             claims.Side("SSCS", {"sde": "cld"}, {"sampler": "sscs"}), compare="within",
+                             lower_is_better=False, nfe=(50,), striding="quadratic")
+    claims.register(throwaway)
+    try:
+        out = tmp_path / "report"
+        metrics = build_report(_study(tmp_path, claims=["test-em-worse"]), _results(tmp_path), out)
+        assert list(metrics["claims"]) == ["test-em-worse diamond_cld nfe50"]
+        assert metrics["claims"]["test-em-worse diamond_cld nfe50"]["verdict"] == "holds"  # 0.3 > 0.2
+        assert "EM is worse than SSCS (a test claim)" in (out / "index.html").read_text()
+    finally:
+        claims.unregister("test-em-worse")
+    with pytest.raises(StudyError, match=r"claims lists \['test-em-worse'\], which are no claims"):
+        load_study(yaml.safe_load(_study(tmp_path, claims=["test-em-worse"]).read_text()), "rep.yaml")
+
+
+def test_no_claim_statement_lives_in_report_code():
+    from cldsgm.claims import CLAIMS
+
+    code = "".join(path.read_text() for path in (ROOT / "src" / "cldsgm" / "report").glob("*.py"))
+    for claim in CLAIMS.values():
+        assert claim.statement not in code and claim.figure not in code or claim.figure == "—", claim.id

@@ -13,9 +13,10 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DATASETS", "DEVICES", "FID_MODES", "ODE_METHODS", "ORACLES", "PRECISIONS", "PROBES", "SAMPLERS", "SDES",
-           "STRIDINGS", "DatasetSpec", "Option", "SDESpec", "SamplerSpec", "bench_presets", "dataset",
-           "largest_budget", "load", "register", "sampler", "sde_name", "steps_for", "unregister"]
+__all__ = ["DATASETS", "DEVICES", "EXACT_DIVERGENCE_DIMS", "FID_MODES", "NLL_PROBES", "ODE_METHODS", "ORACLES",
+           "PRECISIONS", "PROBES", "SAMPLERS", "SDES", "STRIDINGS", "DatasetSpec", "Option", "SDESpec", "SamplerSpec",
+           "bench_presets", "dataset", "largest_budget", "load", "register", "sampler", "sde_name", "steps_for",
+           "unregister"]
 
 STRIDINGS = ("uniform", "quadratic")  # the time grids of fixed-step samplers (cldsgm.samplers.grids)
 PRECISIONS = ("fp32", "bf16", "fp16")  # autocast of the network only; the samplers' arithmetic stays float32
@@ -24,6 +25,10 @@ DEVICES = ("auto", "cpu", "cuda")
 # on the data's device
 ODE_METHODS = ("scipy_rk45", "dopri5", "bosh3", "adaptive_heun")
 PROBES = ("rademacher", "gaussian", "exact")  # divergence estimators of the likelihood ODE
+# what `nll` and a study take: auto is the exact divergence up to EXACT_DIVERGENCE_DIMS state dimensions, else
+# rademacher
+NLL_PROBES = ("auto", *PROBES)
+EXACT_DIVERGENCE_DIMS = 16  # a backward pass per state dimension: cheap for 2-D points in phase space (4)
 FID_MODES = ("clean", "legacy_tensorflow")
 # exact-score laws: name -> 'module:function() -> GaussianMixture' (cldsgm.oracles); the CLI's --oracle names
 ORACLES = {"diamond": "cldsgm.oracles:diamond", "gaussian": "cldsgm.oracles:standard_gaussian",

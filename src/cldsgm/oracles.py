@@ -90,16 +90,18 @@ class GaussianMixture:
     def _responsibilities(self, log_comp: Tensor) -> Tensor:
         return torch.softmax(torch.log(self.weights)[:, None] + log_comp.sum(-1).T, dim=0).T  # [B, K]
 
-    def _vp_score(self, sde: VPSDE, u: Tensor, t: Tensor) -> Tensor:
+    def _vp_terms(self, sde: VPSDE, u: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(log_comp [B, K, d]: each component's log-density per coordinate at u, the precision times the
+        difference [B, K, d]) of the perturbed law p_t under the VPSDE."""
         t = as_time(t).to(u.device).reshape(-1, 1, 1)
         mean = sde.mean_coeff(t) * self.means
         var = sde.var(t, self.stds**2)
         diff = u.to(torch.float64)[:, None, :] - mean  # [B, K, d]
-        log_comp = -0.5 * (diff**2 / var + torch.log(2 * math.pi * var))
-        weights = self._responsibilities(log_comp)
-        return (weights[:, :, None] * (-diff / var)).sum(1).to(u.dtype)
+        return -0.5 * (diff**2 / var + torch.log(2 * math.pi * var)), diff / var
 
-    def _phase_score(self, sde: PhaseSpaceSDE, u: Tensor, t: Tensor) -> Tensor:
+    def _phase_terms(self, sde: PhaseSpaceSDE, u: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(log_comp [B, K, d] per coordinate pair (x_j, v_j), precision x difference of the x and v blocks) of the
+        perturbed law p_t in phase space (v0 ~ N(0, gamma M), the HSM law)."""
         t = as_time(t).to(u.device).reshape(-1, 1, 1)
         phi_xx, _, phi_vx, _ = sde.transition(sde.clock(t))
         cov = sde.cov(t, self.stds**2, sde.init_v_var)  # entries [B or 1, K, d]
@@ -107,8 +109,28 @@ class GaussianMixture:
         diff_x, diff_v = x[:, None, :] - phi_xx * self.means, v[:, None, :] - phi_vx * self.means
         prec_x, prec_v = cov.solve(diff_x, diff_v)
         log_comp = -0.5 * (diff_x * prec_x + diff_v * prec_v + torch.log(cov.det()) + 2 * math.log(2 * math.pi))
+        return log_comp, prec_x, prec_v
+
+    def _vp_score(self, sde: VPSDE, u: Tensor, t: Tensor) -> Tensor:
+        log_comp, prec_diff = self._vp_terms(sde, u, t)
+        weights = self._responsibilities(log_comp)
+        return (weights[:, :, None] * (-prec_diff)).sum(1).to(u.dtype)
+
+    def _phase_score(self, sde: PhaseSpaceSDE, u: Tensor, t: Tensor) -> Tensor:
+        log_comp, prec_x, prec_v = self._phase_terms(sde, u, t)
         weights = self._responsibilities(log_comp)[:, :, None]
         return sde.join(-(weights * prec_x).sum(1), -(weights * prec_v).sum(1)).to(u.dtype)
+
+    def marginal_log_prob(self, sde, u: Tensor, t: Tensor) -> Tensor:
+        """log p_t(u) of the perturbed data law under `sde` (phase space: of the state (x, v), v0 ~ N(0, gamma M)),
+        [B] float64; u: [B, state_channels], t: float64 [] or [B]."""
+        if isinstance(sde, VPSDE):
+            log_comp = self._vp_terms(sde, u, t)[0]
+        elif isinstance(sde, PhaseSpaceSDE):
+            log_comp = self._phase_terms(sde, u, t)[0]
+        else:
+            raise TypeError(f"no marginal law for {type(sde).__name__}")
+        return torch.logsumexp(torch.log(self.weights)[None, :] + log_comp.sum(-1), dim=1)
 
 
 def diamond(std: float = 0.04) -> GaussianMixture:

@@ -19,8 +19,9 @@ from cldsgm import __version__
 from cldsgm.config import first_error
 from cldsgm.utils.io import atomic_write_json
 
-__all__ = ["METRICS", "RECORD_SCHEMA", "RecordError", "dataset_fields", "make_record", "read_record", "records_frame",
-           "sample_set_fields", "write_metric", "write_record"]
+__all__ = ["BIASED", "METRICS", "NONNEGATIVE", "RECORD_SCHEMA", "RecordError", "dataset_fields", "make_record",
+           "measured", "read_record", "records_frame", "sample_set_fields", "write_measured", "write_metric",
+           "write_record"]
 
 # metric name -> what it is (the report's column captions come from here)
 METRICS = {
@@ -36,7 +37,19 @@ METRICS = {
     "class_accuracy": "share of conditional samples a classifier assigns to the class asked for (guided sampling: "
                       "the class; inpainting: the original image's)",
     "known_pixel_error": "largest absolute difference of an inpainted set's known pixels from the image's (0: kept)",
+    "score_jacobian": "the score's Jacobian norm relative to the prior score's: mean over t of log10 (0: as smooth "
+                      "as the prior)",
+    "grad_variance": "trace of the covariance of per-example gradients of the score-matching loss (HSM or DSM, "
+                     "likelihood weighting) at one network",
+    "prior_kl": "the time at which KL(p_t || prior) of the forward process's marginal falls below 0.01 nats (exact "
+                "law, Monte Carlo; lower: a faster approach to equilibrium)",
 }
+# metrics whose plug-in estimate is biased upwards at finite n (a distance between n draws and a reference is
+# positive even for draws of the reference's law): their records report the bias-corrected estimate
+BIASED = frozenset({"fid", "fd_digits", "sliced_w2", "energy", "mode_tv"})
+# metrics that cannot be negative: value and interval stop at 0 (KID's unbiased estimate can be negative)
+NONNEGATIVE = frozenset({"fid", "fd_digits", "sliced_w2", "energy", "mode_tv", "class_accuracy", "known_pixel_error",
+                         "grad_variance", "prior_kl"})
 
 _NUM = {"type": "number"}
 _OPT_STR = {"type": ["string", "null"]}
@@ -49,6 +62,8 @@ RECORD_SCHEMA = {
         "format": {"const": "cldsgm-record-v1"},
         "metric": {"enum": sorted(METRICS)},
         "value": {"type": ["number", "null"]},
+        # the plug-in estimate, where the value is another (bias-corrected: BIASED)
+        "plug_in": {"type": ["number", "null"]},
         "stderr": {"type": ["number", "null"]},
         "nfe": {"type": ["number", "null"], "minimum": 0},
         "nfe_budget": {"type": ["integer", "null"], "minimum": 0},
@@ -127,6 +142,27 @@ def write_metric(out_dir: str | Path, metric: str, value, **fields) -> Path:
     return write_record(Path(out_dir) / f"{metric}.json", make_record(metric, value, **fields))
 
 
+def measured(metric: str, estimate: float, replicates, seed: int, **kw) -> dict:
+    """The record fields of a metric's value with its bootstrap interval (cldsgm.stats.interval_fields): value
+    (bias-corrected for BIASED metrics), plug_in, ci_low, ci_high, ci_method, bootstrap; without replicates only
+    the value. kw: method, upper."""
+    from cldsgm.stats import interval_fields
+
+    if replicates is None:
+        return {"value": float(estimate)}
+    return interval_fields(estimate, replicates, seed, biased=metric in BIASED, nonnegative=metric in NONNEGATIVE,
+                           **kw)
+
+
+def write_measured(out_dir: str | Path, metric: str, estimate: float, replicates, resample_seed: int, *,
+                   method: str | None = None, upper: float | None = None, **fields) -> Path:
+    """write_metric of a value with its interval (`measured`; resample_seed: the seed the replicates' resampling
+    was drawn from)."""
+    kw = {"upper": upper, **({"method": method} if method else {})}
+    values = measured(metric, estimate, replicates, resample_seed, **kw)
+    return write_metric(out_dir, metric, values.pop("value"), **values, **fields)
+
+
 def sample_set_fields(manifest: dict, samples_dir: str | Path) -> dict:
     """Record fields describing a sample directory from its manifest (cldsgm.shards): what produced the samples,
     the NFE actually spent (the mean over its shards), where they are and what the study calls them."""
@@ -162,10 +198,10 @@ def read_record(path: str | Path) -> dict:
 
 
 # the columns of records_frame, in order
-FRAME_COLUMNS = ["source", "row", "variant", "data", "kind", "model", "train_seed", "metric", "value", "stderr",
-                 "ci_low", "ci_high", "replicates", "nfe", "nfe_budget", "sampler", "options", "striding", "sde",
-                 "network", "n", "seed", "wall_s", "samples", "bound", "exact", "variance", "path", "train_step",
-                 "condition"]
+FRAME_COLUMNS = ["source", "row", "variant", "data", "kind", "model", "train_seed", "metric", "value", "plug_in",
+                 "stderr", "ci_low", "ci_high", "replicates", "nfe", "nfe_budget", "sampler", "options", "striding",
+                 "sde", "network", "n", "seed", "wall_s", "samples", "bound", "exact", "variance", "path", "train_step",
+                 "condition", "extra"]
 
 
 def _described(record: dict) -> dict:
@@ -200,6 +236,7 @@ def records_frame(records_dir: str | Path):
     for path in sorted(Path(records_dir).rglob("*.json")):
         record = read_record(path)
         rows.append({**{k: record.get(k) for k in FRAME_COLUMNS}, **_described(record),
+                     "plug_in": record.get("plug_in", record.get("value")),
                      "options": json.dumps(record.get("options") or {}, sort_keys=True), "path": str(path),
                      "replicates": (record.get("bootstrap") or {}).get("replicates")})
     return pd.DataFrame(rows, columns=FRAME_COLUMNS)

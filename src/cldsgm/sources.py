@@ -19,7 +19,7 @@ from cldsgm.oracles import GaussianMixture, oracle_law
 from cldsgm.sde import build_sde
 from cldsgm.utils.io import file_sha256
 
-__all__ = ["FixedRowsNet", "ScoreSource", "checkpoint_source", "oracle_source"]
+__all__ = ["FixedRowsNet", "ScoreSource", "checkpoint_source", "load_network", "oracle_source"]
 
 
 class FixedRowsNet(nn.Module):
@@ -86,15 +86,13 @@ class ScoreSource:
         return (scale_images(x) if self.kind == "image" else x).to(torch.float64)
 
 
-def checkpoint_source(path: str | Path, *, raw_weights: bool = False, precision: str = "fp32", device="cpu",
-                      net_batch: int = 256) -> ScoreSource:
-    """The score model of a training checkpoint (EMA weights unless raw_weights), on `device`, in eval mode.
-
-    path: a checkpoint.pt or the run directory holding it. Raises FileNotFoundError, UnsafeCheckpointError or
-    ValueError (not a cldsgm checkpoint, or weights that do not fit the recorded network).
-    """
+def load_network(path: str | Path, *, raw_weights: bool = False, device="cpu", trainable: bool = False):
+    """(checkpoint path, its state, the network with its EMA (or raw) weights in eval mode, the SDE, {kind, shape}
+    of its data) of a training checkpoint or the run directory holding one; parameters frozen unless trainable.
+    Raises FileNotFoundError, UnsafeCheckpointError or ValueError (not a cldsgm checkpoint, or weights that do not
+    fit the recorded network)."""
     from cldsgm.models.registry import build_network
-    from cldsgm.models.score import ScoreParameterisation, check_network_fits
+    from cldsgm.models.score import check_network_fits
     from cldsgm.training.checkpoint import load_checkpoint
 
     path = Path(path)
@@ -113,8 +111,21 @@ def checkpoint_source(path: str | Path, *, raw_weights: bool = False, precision:
                          f"({str(err).splitlines()[0]})") from None
     net = net.to(device).eval()
     for p in net.parameters():
-        p.requires_grad_(False)
+        p.requires_grad_(trainable)
     check_network_fits(net, sde, data["shape"], device=device, what=f"checkpoint {path}")
+    return path, state, net, sde, data
+
+
+def checkpoint_source(path: str | Path, *, raw_weights: bool = False, precision: str = "fp32", device="cpu",
+                      net_batch: int = 256) -> ScoreSource:
+    """The score model of a training checkpoint (EMA weights unless raw_weights), on `device`, in eval mode.
+
+    path: a checkpoint.pt or the run directory holding it (errors: load_network).
+    """
+    from cldsgm.models.score import ScoreParameterisation
+
+    path, state, net, sde, data = load_network(path, raw_weights=raw_weights, device=device)
+    config = state["config"]
     param = ScoreParameterisation(sde, objective=config["loss"]["objective"], mixed_score=config["loss"]["mixed_score"])
     wrapped = FixedRowsNet(net, net_batch, precision)
     identity = {"checkpoint": str(path.absolute()), "sha256": file_sha256(path), "step": int(state["step"]),

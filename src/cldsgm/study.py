@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import os
 import re
 from pathlib import Path
@@ -24,8 +25,9 @@ import yaml
 from cldsgm import catalog
 from cldsgm.config import ConfigError, apply_overrides, first_error, resolve_config
 
-__all__ = ["StudyError", "conditional_table", "job_table", "load_study", "model_sde", "oracle_source", "sample_rows",
-           "schema", "snapshot_steps", "training_config", "validate_study"]
+__all__ = ["StudyError", "conditional_table", "job_table", "load_study", "model_sde", "nll_items", "oracle_source",
+           "sample_rows", "schema", "snapshot_steps", "study_claims", "study_units", "training_config",
+           "units_of_models", "validate_study"]
 
 SCHEMA_PATH = Path("workflow") / "schemas" / "study.schema.yaml"
 
@@ -75,7 +77,7 @@ def schema(path: str | Path = SCHEMA_PATH) -> dict:
     defs["sde"]["enum"] = list(catalog.SDES)
     defs["striding"]["enum"] = list(catalog.STRIDINGS)
     defs["precision"]["enum"] = list(catalog.PRECISIONS)
-    defs["probes"]["enum"] = list(catalog.PROBES)
+    defs["probes"]["enum"] = list(catalog.NLL_PROBES)
     defs["fid_mode"]["enum"] = list(catalog.FID_MODES)
     sampling = out["properties"]["sampling"]["properties"]
     sampling["samplers"]["properties"] = {name: {"type": "array", "items": {"$ref": "#/$defs/sampler_or_variant"}}
@@ -237,9 +239,96 @@ def _check_semantics(study: dict, source: str, check_files: bool = True) -> None
     for name in study["data"]:
         if catalog.DATASETS[name].kind != "points" and name not in study["sampling"]["num_samples"]:
             raise StudyError(f"{source}: sampling.num_samples has no entry for dataset {name!r}")
+    _check_claims(study, source)
     if check_files:
         _check_files(study, source)
         _check_conditional(study, source)
+
+
+def _check_claims(study: dict, source: str) -> None:
+    """Every claim a study lists is one of cldsgm.claims (whether the study can serve it, the report says)."""
+    from cldsgm.claims import CLAIMS
+
+    unknown = [c for c in study.get("claims") or [] if c not in CLAIMS]
+    if unknown:
+        raise StudyError(f"{source}: claims lists {unknown}, which are no claims of cldsgm.claims (`cldsgm claims` "
+                         f"lists them: {', '.join(CLAIMS)})")
+
+
+def _network(config: dict) -> str:
+    """The architecture and its options, less the channel counts (which the SDE's state sets: x for the VPSDE,
+    (x, v) for CLD/PSLD)."""
+    model = config.get("model") or {}
+    options = {k: v for k, v in (model.get("options") or {}).items() if k not in ("in_channels", "out_channels")}
+    return json.dumps({"name": model.get("name"), "options": options}, sort_keys=True)
+
+
+def units_of_models(study: dict, source: str = "study") -> dict[str, dict]:
+    """model name -> the attributes claims select on: sde, objective, mixed_score, data, budget (steps x batch),
+    network (its name and options), kind 'model'. From each model's training config as `train` resolves it."""
+    out = {}
+    for name, model in study["models"].items():
+        try:
+            config = training_config(name, model, source)
+        except Exception:  # a study read without its files (a report elsewhere): what the study itself says
+            config = {"sde": {"name": model_sde(model)}}
+        loss, train = config.get("loss") or {}, config.get("train") or {}
+        out[name] = {"sde": config["sde"]["name"], "objective": loss.get("objective"),
+                     "mixed_score": loss.get("mixed_score"), "data": model["data"], "kind": "model",
+                     "budget": None if model.get("checkpoint") else f"{train.get('steps')} x {train.get('batch_size')}",
+                     "network": _network(config)}
+    return out
+
+
+def study_units(study: dict, table: dict, source: str = "study") -> list[dict]:
+    """Every unit a (validated) study will record, from its job table (cldsgm.study.job_table): one per sample set
+    and metric, NLL, score Jacobian and objective variance of each model, prior KL of each data law and SDE."""
+    models = units_of_models(study, source)
+    out = []
+
+    def source_attributes(name: str) -> dict:
+        src = table["sources"][name]
+        if src["kind"] == "model":
+            return {**models[src["model"]], "model": src["model"], "seed": src["train_seed"], "source": name}
+        return {"sde": src["sde"], "data": src["data"], "kind": "oracle", "model": name, "seed": None,
+                "source": name}
+
+    for row in table["rows"]:
+        if row["variant"] == "curve":
+            continue
+        for metric in table["sources"][row["source"]]["metrics"]:
+            out.append({**source_attributes(row["source"]), "metric": metric, "row": row["row"],
+                        "sampler": row["sampler"], "options": row["options"], "variant": row["variant"],
+                        "nfe": row["nfe"] or None, "striding": row["striding"]})
+    for run, metric in table["nll"].items():
+        out.append({**source_attributes(run), "metric": metric, "row": "nll"})
+    for name in table.get("smoothness", []):
+        out.append({**source_attributes(name), "metric": "score_jacobian", "row": "smoothness"})
+    for run in table.get("loss_variance", []):
+        for estimator in ("hsm", "dsm"):
+            out.append({**source_attributes(run), "metric": "grad_variance", "row": f"grad-{estimator}",
+                        "estimator": estimator})
+    for law in table.get("equilibrium", {}).values():
+        out.append({"sde": law["sde"], "data": law["data"], "kind": "law", "model": law["name"], "seed": None,
+                    "source": law["name"], "metric": "prior_kl", "row": "equilibrium"})
+    return out
+
+
+def study_claims(study: dict, table: dict | None = None, source: str = "study") -> tuple[list, list]:
+    """(the instances the study decides, [(claim, what it lacks)] for the claims it lists but cannot serve): the
+    claims of `claims:`, or every claim the study's units serve (cldsgm.claims)."""
+    from cldsgm import claims
+
+    units = study_units(study, table or job_table(study), source)
+    listed = study.get("claims")
+    decided, lacking = [], []
+    for claim_id in listed if listed is not None else claims.CLAIMS:
+        claim = claims.CLAIMS[claim_id]
+        found = claims.instances(claim, units)
+        decided += found
+        if not found:
+            lacking.append((claim, claims.missing(claim, units)))
+    return decided, lacking
 
 
 def load_study(config: dict, source: str, schema_path: str | Path = SCHEMA_PATH, *, check_files: bool = True) -> dict:
@@ -478,7 +567,9 @@ def job_table(study: dict) -> dict:
     rows: sample_rows, each with its `num_samples`. sources: name -> {kind, data, sde, oracle, evaluation (the verb
     scoring its sets, or None), metrics (of that verb), modes (the law to measure mode coverage against, or None),
     model and train_seed (a training replica's model and seed)}. replicas: run name -> {model, seed}. nll: run
-    name -> NLL metric (empty when evaluation.nll is null). trained / imported: run names.
+    name -> NLL metric (empty when evaluation.nll is null). trained / imported: run names. smoothness: the sources
+    whose score Jacobian is measured; loss_variance: the runs whose HSM and DSM gradients are; equilibrium: the
+    data laws (_laws); floors: dataset -> n, the real items each floor is measured on.
     """
     rows = [{**row, "num_samples": study["sampling"]["num_samples"][row["data"]]} for row in sample_rows(study)]
     sources = {}
@@ -488,8 +579,42 @@ def job_table(study: dict) -> dict:
         sources[src["source"]] = {**src, "evaluation": evaluation, "metrics": list(spec.metrics) if evaluation else [],
                                   "modes": spec.oracle if spec.modes else None}
     runs = replicas(study)
+    evaluation = study["evaluation"]
     nll = ({name: catalog.DATASETS[study["models"][r["model"]]["data"]].nll_metric for name, r in runs.items()}
-           if study["evaluation"].get("nll") else {})
+           if evaluation.get("nll") else {})
     imported = sorted(name for name, r in runs.items() if study["models"][r["model"]].get("checkpoint"))
+    loss_variance = evaluation.get("loss_variance")
     return {"rows": rows, "sources": sources, "nll": nll, "imported": imported, "replicas": runs,
-            "trained": sorted(name for name in runs if name not in imported), "conditional": conditional_table(study)}
+            "trained": sorted(name for name in runs if name not in imported), "conditional": conditional_table(study),
+            "smoothness": list(sources) if evaluation.get("smoothness") else [],
+            "loss_variance": [name for name, src in sources.items() if loss_variance and src["kind"] == "model"
+                              and src["sde"] in loss_variance["sdes"]],
+            "equilibrium": _laws(study) if evaluation.get("equilibrium") else {},
+            "floors": {data: study["sampling"]["num_samples"][data] for data in study["data"]
+                       if evaluation.get("floor") and _evaluation(study, data) in ("fd_digits", "sample_distance")
+                       and data in study["sampling"]["num_samples"]}}
+
+
+def _laws(study: dict) -> dict:
+    """The data laws whose approach to the prior the study measures: 'law-<data>-<sde>' -> {name, data, sde, oracle,
+    sde_params (those of the dataset's first model of that SDE)} for each dataset drawn from an exact law and each
+    SDE of its models."""
+    out = {}
+    for name, model in study["models"].items():
+        spec = catalog.DATASETS[model["data"]]
+        if not spec.exact_law:
+            continue
+        sde = model_sde(model)
+        key = f"law-{model['data']}-{sde}"
+        if key not in out:
+            params = training_config(name, model, "study")["sde"].get("params") or {}
+            # numerical_eps is the training kernel's jitter, no part of the process whose law is measured
+            out[key] = {"name": key, "data": model["data"], "sde": sde, "oracle": spec.oracle,
+                        "sde_params": {k: v for k, v in params.items() if k != "numerical_eps"}}
+    return out
+
+
+def nll_items(study: dict, data: str) -> int | None:
+    """evaluation.nll.num_samples for a dataset (a number for all, or a mapping per dataset); None: every item."""
+    size = (study["evaluation"].get("nll") or {}).get("num_samples")
+    return size.get(data) if isinstance(size, dict) else size

@@ -9,7 +9,7 @@ import yaml
 
 from cldsgm import catalog
 from cldsgm.config import override_argument
-from cldsgm.study import StudyError, job_table, load_study
+from cldsgm.study import StudyError, job_table, load_study, nll_items
 from cldsgm.tracking.store import sqlite_path, tracking_uri
 
 DEFAULT_STUDY = "params/config.yaml"
@@ -44,6 +44,7 @@ wildcard_constraints:
     source=r"[A-Za-z0-9_-]+",
     row=r"[a-z][a-z0-9_]*-[a-z]+(-nfe[0-9]+)?(-step[0-9]+)?",
     part=r"[0-9]+",
+    law=r"law-[a-z0-9_]+-[a-z0-9]+",
 
 
 def model_of(run):
@@ -244,9 +245,12 @@ def fid_data():
 
 
 def nll_flags(wildcards):
-    keys = {"num_samples": "--num-samples", "probes": "--probes", "n_probes": "--n-probes", "rtol": "--rtol",
-            "atol": "--atol", "batch_size": "--batch-size"}
-    return " ".join(flag(name, NLL[key]) for key, name in keys.items() if key in NLL)
+    keys = {"probes": "--probes", "n_probes": "--n-probes", "rtol": "--rtol", "atol": "--atol",
+            "batch_size": "--batch-size"}
+    items = nll_items(STUDY, model_of(wildcards.model)["data"])
+    sized = [flag("--num-samples", items)] if items else []
+    return " ".join([*sized, *(flag(name, NLL[key]) for key, name in keys.items() if key in NLL),
+                     flag("--bootstrap", EVALUATION["bootstrap"])])
 
 
 def nll_exact(wildcards):
@@ -273,7 +277,54 @@ def records():
     if "digits" in STUDY["data"] and EVALUATION.get("fd_digits") is not None:
         out.append(rules.digits_classifier.output.record)
     out += [f"{RESULTS}/records/{model}/nll/{metric}.json" for model, metric in TABLE["nll"].items()]
-    return out + conditional_records()
+    return out + conditional_records() + property_records()
+
+
+# -- used by properties.smk --------------------------------------------------------------------------------------
+
+
+def floor_verb(wildcards):
+    """The verb scoring a dataset's sample sets, with its reference flags (the floor is scored the same way)."""
+    if SOURCES_BY_DATA_EVALUATION[wildcards.data] == "fd_digits":
+        return f"fd-digits {flag('--classifier', rules.digits_classifier.output.classifier)}"
+    law = catalog.DATASETS[wildcards.data].oracle if catalog.DATASETS[wildcards.data].modes else None
+    return "sample-distance" + (f" {flag('--oracle', law)}" if law else "")
+
+
+SOURCES_BY_DATA_EVALUATION = {s["data"]: s["evaluation"] for s in SOURCES.values()}
+
+
+def property_source(wildcards):
+    """--run-dir of a trained source, or --oracle and --sde of an exact score."""
+    src = SOURCES[wildcards.source]
+    if src["kind"] == "model":
+        return flag("--run-dir", f"{RESULTS}/runs/{wildcards.source}")
+    return f"{flag('--oracle', src['oracle'])} {flag('--sde', src['sde'])}"
+
+
+def property_labels(source, row=None):
+    """What a property's record says it is of: the source (and its model and seed for a training replica)."""
+    src = SOURCES[source]
+    labels = {"source": source, "data": src["data"], "kind": src["kind"]}
+    if src["kind"] == "model":
+        labels.update(model=src["model"], seed=src["train_seed"])
+    return label_flags(**labels, **({"row": row} if row else {}))
+
+
+def equilibrium_flags(wildcards):
+    law = TABLE["equilibrium"][wildcards.law]
+    params = [flag("--sde-param", f"{k}={v}") for k, v in law["sde_params"].items()]
+    return " ".join([flag("--oracle", law["oracle"]), flag("--sde", law["sde"]), *params,
+                     label_flags(source=law["name"], row="equilibrium", data=law["data"], kind="law")])
+
+
+def property_records():
+    """The floors, score Jacobians, objective variances and equilibria of the study (the report waits for them)."""
+    out = [f"{RESULTS}/records/floor-{data}/floor.done" for data in TABLE["floors"]]
+    out += [f"{RESULTS}/records/{source}/smoothness/score_jacobian.json" for source in TABLE["smoothness"]]
+    out += [f"{RESULTS}/records/{run}/grad/{objective}/grad_variance.json" for run in TABLE["loss_variance"]
+            for objective in ("hsm", "dsm")]
+    return out + [f"{RESULTS}/records/{law}/equilibrium/prior_kl.json" for law in TABLE["equilibrium"]]
 
 
 # -- used by conditional.smk -------------------------------------------------------------------------------------

@@ -19,4 +19,4 @@ def main() -> None:
     """cldsgm: reproduce and compare CLD, PSLD and VPSDE score-based generative models."""
 
 
-from cldsgm.cli import bench, catalog, data, evaluate, imports, report, sample, train  # noqa: E402, F401  (registers)
+from cldsgm.cli import bench, catalog, data, evaluate, imports, properties, report, sample, train  # noqa: E402, F401, I001

@@ -32,7 +32,7 @@ def catalog_choice(what: str) -> CatalogChoice:
     tables = {"samplers": lambda: catalog.SAMPLERS, "sdes": lambda: catalog.SDES, "datasets": lambda: catalog.DATASETS,
               "oracles": lambda: catalog.ORACLES, "stridings": lambda: catalog.STRIDINGS,
               "precisions": lambda: catalog.PRECISIONS, "devices": lambda: catalog.DEVICES,
-              "ode_methods": lambda: catalog.ODE_METHODS, "probes": lambda: catalog.PROBES,
+              "ode_methods": lambda: catalog.ODE_METHODS, "probes": lambda: catalog.NLL_PROBES,
               "fid_modes": lambda: catalog.FID_MODES}
     return CatalogChoice(tables[what])
 

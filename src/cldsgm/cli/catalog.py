@@ -32,3 +32,32 @@ def catalog_command():
                          ("ode methods", catalog.ODE_METHODS), ("likelihood probes", catalog.PROBES),
                          ("oracles", tuple(catalog.ORACLES)), ("fid modes", catalog.FID_MODES)):
         click.echo(f"{name}: {', '.join(values)}")
+
+
+@main.command("claims")
+@click.option("--study", "study_path", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Also say which of them this study decides, and what it lacks for the others.")
+def claims_command(study_path):
+    """List the papers' claims (cldsgm.claims) a study can decide: id, paper, statement, the paper's figure and what
+    each side selects; with --study, which comparisons that study makes."""
+    from cldsgm import claims
+
+    for claim in claims.CLAIMS.values():
+        click.echo(f"{claim.id:<24} [{claim.paper}] {claim.statement}")
+        click.echo(f"{'':<26}{claims.describe(claim)}; metric {claim.metric}; paper: {claim.figure}")
+    if study_path is None:
+        return
+    import yaml
+
+    from cldsgm.study import StudyError, load_study, study_claims
+
+    try:
+        study = load_study(yaml.safe_load(open(study_path)), study_path)
+    except StudyError as err:
+        raise click.ClickException(str(err)) from None
+    decided, lacking = study_claims(study)
+    click.echo(f"\n{study_path} decides {len(decided)} comparisons:")
+    for inst in decided:
+        click.echo(f"  {inst.claim.id:<24} {inst.data}: {inst.setting}")
+    for claim, why in lacking:
+        click.echo(f"  {claim.id:<24} not decided: {why}")

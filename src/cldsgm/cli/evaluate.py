@@ -43,13 +43,11 @@ def _check_resamples(resamples: int) -> None:
                                  param_hint="--bootstrap")
 
 
-def _interval(value, replicates, manifest, **kw) -> dict:
-    """Record fields of the value's interval (none without replicates)."""
-    from cldsgm.stats import interval_fields
+def _record(out_dir, metric: str, estimate: float, replicates, resample_seed: int, **fields) -> None:
+    """One record: the value with its interval (bias-corrected for a biased metric; cldsgm.records.measured)."""
+    from cldsgm.records import write_measured
 
-    if replicates is None:
-        return {}
-    return interval_fields(value, replicates, manifest["identity"]["seed"], **kw)
+    write_measured(out_dir, metric, estimate, replicates, resample_seed, **fields)
 
 
 @main.command("fid-stats")
@@ -112,13 +110,12 @@ def fid_command(samples_dir, stats_path, inception, mode, batch_size, device, ki
         common = {"n": scores["n"], "mode": mode, "backbone": scores["backbone"], "device": str(torch_device),
                   "dataset": reference["dataset"], "wall_s": scores["wall_s"],
                   **sample_set_fields(manifest, samples_dir)}
-        write_metric(out_dir, "fid", scores["fid"], **common,
-                     **_interval(scores["fid"], scores.get("fid_replicates"), manifest))
+        seed = manifest["identity"]["seed"]
+        _record(out_dir, "fid", scores["fid"], scores.get("fid_replicates"), seed, **common)
         line = f"FID ({mode}) {scores['fid']:.4g}"
         if scores["kid"] is not None:
-            write_metric(out_dir, "kid", scores["kid"], **common, **_interval(
-                scores["kid"], scores.get("kid_replicates"), manifest, nonnegative=False,
-                method="bootstrap over KID's subsets of the samples"))
+            _record(out_dir, "kid", scores["kid"], scores.get("kid_replicates"), seed,
+                    method="bootstrap over KID's subsets of the samples", **common)
             line += f", KID {scores['kid']:.4g}"
         elif kid:
             line += " (no KID: the statistics file holds no features)"
@@ -174,15 +171,57 @@ def _of_class(data, labels, label: int | None, path, items: str, measure: str):
     return data[labels == label]
 
 
-def _pairs(samples_dirs, out_dirs) -> list[tuple[str, str]]:
-    """--samples / --out given in pairs (several sample sets in one process: one torch import, not one each)."""
+def _pairs(samples_dirs, out_dirs, real=None) -> list[tuple[str, str]]:
+    """--samples / --out given in pairs (several sample sets in one process: one torch import, not one each), or
+    --real with one --out (the floor)."""
+    if real is not None:
+        if samples_dirs or len(out_dirs) != 1:
+            raise click.UsageError("--real takes one --out and no --samples")
+        return [(None, out_dirs[0])]
+    if not samples_dirs:
+        raise click.UsageError("give --samples (a sample directory, with --out) or --real (a real split: the floor)")
     if len(samples_dirs) != len(out_dirs):
         raise click.UsageError(f"give one --out per --samples ({len(samples_dirs)} --samples, {len(out_dirs)} --out)")
     return list(zip(samples_dirs, out_dirs, strict=True))
 
 
+def _evaluated(samples_dir, real, n, labels):
+    """(items, the seed their resampling is drawn from, their record fields) of a sample directory, or of n items
+    drawn from a real split (--real: the floor, what the metric gives data of the law itself at that n)."""
+    from cldsgm.data.prepared import load_prepared
+    from cldsgm.shards import load_samples
+
+    if samples_dir is not None:
+        items, manifest = load_samples(samples_dir)
+        return items, manifest["identity"]["seed"], sample_set_fields(manifest, samples_dir)
+    import numpy as np
+
+    if n is None:
+        raise click.UsageError("--real needs --n, the size of the sample sets it is the floor of")
+    items = load_prepared(real)[0]
+    if len(items) < n:
+        raise ValueError(f"--real {real} has {len(items)} items, fewer than --n {n}")
+    # n items drawn without replacement (seed 0), in split order: a split need not be shuffled (the digits' first
+    # 200 training images, a few writers, are at FD-digits 36.8 from the held-out split; random 200 at 12.3 +- 2.9)
+    pick = np.sort(np.random.default_rng(0).permutation(len(items))[:n])
+    return items[pick], 0, {"seed": 0, "extra": {"real": dataset_fields(real), "pick": "random, seed 0"},
+                            "labels": {"kind": "floor", **parse_labels(labels)}}
+
+
+def _floor_options(f):
+    """--real SPLIT --n N (instead of --samples): the metric of n real items, the floor of sample sets of that size."""
+    for decorator in reversed([
+        click.option("--real", type=click.Path(dir_okay=False), default=None,
+                     help="Instead of --samples: --n items drawn from this prepared split of real data (seed 0), "
+                          "scored like a sample set (the metric's floor at that n; a split other than --data's)."),
+        click.option("--n", "n", type=int, default=None, help="With --real: how many items."),
+        label_option]):
+        f = decorator(f)
+    return f
+
+
 @main.command("fd-digits")
-@click.option("--samples", "samples_dirs", type=click.Path(file_okay=False), required=True, multiple=True,
+@click.option("--samples", "samples_dirs", type=click.Path(file_okay=False), multiple=True,
               help="A complete sample directory; repeat with --out for several.")
 @click.option("--classifier", type=click.Path(dir_okay=False), required=True, help="From `digits-classifier`.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), required=True,
@@ -191,8 +230,9 @@ def _pairs(samples_dirs, out_dirs) -> list[tuple[str, str]]:
               help="Where the record fd_digits.json of the matching --samples goes.")
 @click.option("--class", "class_label", type=int, default=None,
               help="Per-class FD: only the reference images of this class (for class-conditional sets).")
+@_floor_options
 @bootstrap_option
-def fd_digits_command(samples_dirs, classifier, data_path, out_dirs, class_label, resamples):
+def fd_digits_command(samples_dirs, classifier, data_path, out_dirs, class_label, real, n, labels, resamples):
     """FD-digits of complete sample directories of 8x8 digits against the held-out split (not FID); with --class,
     against that class's images only."""
     import numpy as np
@@ -200,30 +240,28 @@ def fd_digits_command(samples_dirs, classifier, data_path, out_dirs, class_label
     from cldsgm.data.prepared import load_prepared
     from cldsgm.eval.bootstrap import frechet_replicates
     from cldsgm.eval.digits import digits_features, fd_digits, load_classifier
-    from cldsgm.shards import load_samples
     from cldsgm.stats import resample_counts
 
-    pairs = _pairs(samples_dirs, out_dirs)
+    pairs = _pairs(samples_dirs, out_dirs, real)
     _check_resamples(resamples)
     try:
         model, meta = load_classifier(classifier)
         reference = _of_class(*load_prepared(data_path)[:2], class_label, data_path, "images", "FD")
         ref = digits_features(model, reference)
         for samples_dir, out_dir in pairs:
-            images, manifest = load_samples(samples_dir)
+            images, seed, fields = _evaluated(samples_dir, real, n, labels)
             start = time.perf_counter()
             value = fd_digits(model, images, reference)
             replicates = None
             if resamples:
-                counts = resample_counts(len(images), resamples, manifest["identity"]["seed"])
+                counts = resample_counts(len(images), resamples, seed)
                 replicates = frechet_replicates(digits_features(model, images), ref.mean(0),
                                                 np.cov(ref, rowvar=False), counts)
-            write_metric(out_dir, "fd_digits", value, n=len(images), wall_s=time.perf_counter() - start,
-                         device="cpu", dataset=dataset_fields(data_path),
-                         extra={"classifier_accuracy": meta["test_accuracy"],
-                                **({"class": class_label} if class_label is not None else {})},
-                         **_interval(value, replicates, manifest), **sample_set_fields(manifest, samples_dir))
-            click.echo(f"FD-digits {value:.4g} over {len(images)} samples of {samples_dir} -> {out_dir}")
+            extra = {**fields.pop("extra", {}), "classifier_accuracy": meta["test_accuracy"],
+                     **({"class": class_label} if class_label is not None else {})}
+            _record(out_dir, "fd_digits", value, replicates, seed, n=len(images), wall_s=time.perf_counter() - start,
+                    device="cpu", dataset=dataset_fields(data_path), extra=extra, **fields)
+            click.echo(f"FD-digits {value:.4g} over {len(images)} samples of {samples_dir or real} -> {out_dir}")
     except (ValueError, OSError) as err:
         raise click_error(err) from err
 
@@ -257,8 +295,8 @@ def class_accuracy_command(samples_dirs, classifier, out_dirs, resamples):
                 replicates = counts @ correct / len(samples)
             common = {"n": len(samples), "wall_s": time.perf_counter() - start, "device": "cpu",
                       **sample_set_fields(manifest, samples_dir)}
-            write_metric(out_dir, "class_accuracy", value, extra={"classifier": classifier}, **common,
-                         **_interval(value, replicates, manifest, upper=1.0))  # a share: at most 1
+            _record(out_dir, "class_accuracy", value, replicates, manifest["identity"]["seed"], upper=1.0,
+                    extra={"classifier": classifier}, **common)  # a share: at most 1
             line = f"class accuracy {value:.4g}"
             if "inpaint" in manifest["identity"]:
                 error = known_pixel_error(samples, manifest)
@@ -270,7 +308,7 @@ def class_accuracy_command(samples_dirs, classifier, out_dirs, resamples):
 
 
 @main.command("sample-distance")
-@click.option("--samples", "samples_dirs", type=click.Path(file_okay=False), required=True, multiple=True,
+@click.option("--samples", "samples_dirs", type=click.Path(file_okay=False), multiple=True,
               help="A complete sample directory of points; repeat with --out for several.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), default=None,
               help="Fresh data: a prepared split of points (default: draws from --oracle's law).")
@@ -282,8 +320,9 @@ def class_accuracy_command(samples_dirs, classifier, out_dirs, resamples):
 @click.option("--class", "class_label", type=int, default=None,
               help="Per-class distances of a class-conditional set: the reference narrowed to this class (the data's "
                    "points labelled K, or the oracle's component K); no mode coverage.")
+@_floor_options
 @bootstrap_option
-def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs, class_label, resamples):
+def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs, class_label, real, n, labels, resamples):
     """Sliced W2, energy distance and mode coverage of 2-D samples against fresh data; with --class, against one
     class (mixture component) only."""
     import numpy as np
@@ -292,11 +331,10 @@ def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs, cla
     from cldsgm.data.prepared import load_prepared
     from cldsgm.eval.points import point_distances
     from cldsgm.oracles import oracle_law
-    from cldsgm.shards import load_samples
 
     if data_path is None and oracle is None:
         raise click.UsageError("give --data (a prepared split) and/or --oracle (the data law)")
-    pairs = _pairs(samples_dirs, out_dirs)
+    pairs = _pairs(samples_dirs, out_dirs, real)
     _check_resamples(resamples)
     try:
         mixture = oracle_law(oracle) if oracle else None
@@ -306,9 +344,9 @@ def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs, cla
             mixture = mixture.component(class_label)  # ValueError for a component the law lacks
         modes = mixture if class_label is None else None  # one component: no mode coverage to measure
         for samples_dir, out_dir in pairs:
-            points, manifest = load_samples(samples_dir)
-            if manifest["kind"] != "points":
-                raise ValueError(f"{samples_dir} holds {manifest['kind']}; sample-distance is for 2-D points")
+            points, resample_seed, fields = _evaluated(samples_dir, real, n, labels)
+            if points.dtype == np.uint8 or points.ndim != 2:
+                raise ValueError(f"{samples_dir or real} holds images; sample-distance is for 2-D points")
             if data_path is not None:
                 dataset = dataset_fields(data_path)
                 ref = reference
@@ -319,19 +357,20 @@ def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs, cla
                 dataset = {**dataset, "class": class_label}
             start = time.perf_counter()
             result = point_distances(points, np.asarray(ref), mixture=modes, resamples=resamples,
-                                     resample_seed=manifest["identity"]["seed"])
+                                     resample_seed=resample_seed)
+            extra = fields.pop("extra", {})
             common = {"n": result["n"], "wall_s": time.perf_counter() - start, "device": "cpu", "dataset": dataset,
-                      **sample_set_fields(manifest, samples_dir)}
+                      **fields}
             replicates = result.get("replicates", {})
             for metric in ("sliced_w2", "energy"):
-                write_metric(out_dir, metric, result[metric], **common,
-                             **_interval(result[metric], replicates.get(metric), manifest))
+                _record(out_dir, metric, result[metric], replicates.get(metric), resample_seed,
+                        **({"extra": extra} if extra else {}), **common)
             if "mode_tv" in result:
-                write_metric(out_dir, "mode_tv", result["mode_tv"], extra={"mode_weights": result["mode_weights"]},
-                             **common, **_interval(result["mode_tv"], replicates.get("mode_tv"), manifest))
-            extra = f", mode TV {result['mode_tv']:.3g}" if "mode_tv" in result else ""
-            click.echo(f"sliced W2 {result['sliced_w2']:.4g}, energy {result['energy']:.4g}{extra} of {samples_dir} "
-                       f"-> {out_dir}")
+                _record(out_dir, "mode_tv", result["mode_tv"], replicates.get("mode_tv"), resample_seed,
+                        extra={**extra, "mode_weights": result["mode_weights"]}, **common)
+            modes_line = f", mode TV {result['mode_tv']:.3g}" if "mode_tv" in result else ""
+            click.echo(f"sliced W2 {result['sliced_w2']:.4g}, energy {result['energy']:.4g}{modes_line} of "
+                       f"{samples_dir or real} -> {out_dir}")
     except (ValueError, OSError) as err:
         raise click_error(err) from err
 
@@ -343,8 +382,9 @@ def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs, cla
               help="Only the first n items (under torchrun write --num-samples).")
 @click.option("--first", type=int, default=0, show_default=True)
 @click.option("--count", type=int, default=None)
-@click.option("--probes", type=catalog_choice("probes"), default="rademacher",
-              show_default=True, help="Hutchinson probes, or the exact divergence (low dimension).")
+@click.option("--probes", type=catalog_choice("probes"), default="auto", show_default=True,
+              help="Hutchinson probes, or the exact divergence; auto: exact up to 16 state dimensions (2-D points, "
+                   "phase space included), Rademacher probes above.")
 @click.option("--n-probes", type=int, default=1, show_default=True)
 @click.option("--rtol", type=float, default=1e-5, show_default=True)
 @click.option("--atol", type=float, default=1e-5, show_default=True)
@@ -368,11 +408,15 @@ def sample_distance_command(samples_dirs, data_path, oracle, seed, out_dirs, cla
 @label_option
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="a bar on a terminal; in a log file a line at least every $CLDSGM_PROGRESS_EVERY seconds (30)")
+@click.option("--bootstrap", "resamples", type=int, default=0, show_default=True,
+              help="Bootstrap resamples of the items behind the record's interval, resampled alike for every model "
+                   "evaluated on the same items and seed (paired comparisons); 0: a normal interval.")
 def nll_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, data_path, n, first, count, probes,
                 n_probes, rtol, atol, ode_method, t_min, seed, batch_size, net_batch, shard_size, precision, device,
-                out_dir, record_dir, done_path, exact_law, labels, progress):
+                out_dir, record_dir, done_path, exact_law, labels, progress, resamples):
     """NLL (bits/dim for images, nats for points) of a prepared split through the probability-flow ODE."""
     source_args = resolve_source_args(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights)
+    _check_resamples(resamples)
     writable_dir(out_dir, "--out")
     here = launch()
     from cldsgm.data.prepared import load_prepared
@@ -397,7 +441,15 @@ def nll_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, d
         result = nll_summary(out_dir, data=data, exact_law=oracle_law(exact_law) if exact_law else None)
         ident = result["identity"]
         extra = {"exact": result["exact"]} if "exact" in result else {}
-        if result["stderr"] is not None:  # over the items (data and probes together): a normal 95 % interval
+        if resamples:  # over the items, resampled by (seed, n): paired with every model on the same items
+            from cldsgm.records import measured
+            from cldsgm.stats import resample_counts
+
+            replicates = resample_counts(result["n"], resamples, seed) @ result["items"] / result["n"]
+            extra.update(measured(result["metric"], result["value"], replicates, seed,
+                                  method=f"basic bootstrap over the {result['n']} items"))
+            extra.pop("value")
+        elif result["stderr"] is not None:  # over the items (data and probes together): a normal 95 % interval
             extra.update({"ci_low": result["value"] - 1.96 * result["stderr"],
                           "ci_high": result["value"] + 1.96 * result["stderr"],
                           "ci_method": f"normal, 1.96 standard errors over {result['n']} items"})
@@ -406,7 +458,7 @@ def nll_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, d
                      nfe=result["nfe"], n=result["n"], seed=seed, wall_s=shard_wall, device=str(torch_device),
                      sde=ident["sde"], sde_params=ident["sde_params"], network=ident["network"], source=ident["source"],
                      dataset=ident["dataset"], t_min=t_min, sampler="ode", labels=parse_labels(labels) or None,
-                     options={"probes": probes, "n_probes": ident["n_probes"], "rtol": rtol, "atol": atol,
+                     options={"probes": ident["probes"], "n_probes": ident["n_probes"], "rtol": rtol, "atol": atol,
                               "method": ode_method}, variance=result["variance"],
                      bound=catalog.SDES[ident["sde"]].phase_space, **extra)
     except (ValueError, OSError) as err:

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cldsgm.catalog import PROBES
+from cldsgm.catalog import EXACT_DIVERGENCE_DIMS, NLL_PROBES, PROBES
 from cldsgm.eval.likelihood import dequantize, ode_likelihood
 from cldsgm.samplers.grids import check_t_min
 from cldsgm.samplers.noise import PerSampleNoise, sample_seeds
+from cldsgm.sde import PhaseSpaceSDE
 from cldsgm.shards import ShardPlan, batch_edges, check_slice, fill_shards, load_samples
 from cldsgm.sources import ScoreSource
 
@@ -42,6 +43,7 @@ def nll_to_dir(source: ScoreSource, data: np.ndarray, dataset: dict, out_dir: st
                seed: int = 0, batch_size: int = 64, shard_size: int = 1000, rank: int = 0, world: int = 1,
                device="cpu", progress: bool = True) -> dict:
     """Per-item NLL of data[first : first + count] (of the first n items) into shards of out_dir; resumes.
+    probes: catalog.NLL_PROBES ('auto': exact up to catalog.EXACT_DIVERGENCE_DIMS state dimensions, else rademacher).
 
     data: uint8 images [N, C, H, W] or float32 points [N, d] (its kind must match the source's).
     dataset: identity of the data (path, sha256, split) for the manifest.
@@ -50,8 +52,11 @@ def nll_to_dir(source: ScoreSource, data: np.ndarray, dataset: dict, out_dir: st
     if kind != source.kind or tuple(data.shape[1:]) != tuple(source.data_shape):
         raise ValueError(f"the model takes {source.kind} data of shape {list(source.data_shape)}, the split holds "
                          f"{kind} data of shape {list(data.shape[1:])}")
+    if probes == "auto":  # the exact divergence costs a backward pass per state dimension: low dimension only
+        state_dims = math.prod(data.shape[1:]) * (2 if isinstance(source.sde, PhaseSpaceSDE) else 1)
+        probes = "exact" if state_dims <= EXACT_DIVERGENCE_DIMS else "rademacher"
     if probes not in PROBES:
-        raise ValueError(f"probes must be one of {PROBES}, got {probes!r}")
+        raise ValueError(f"probes must be one of {NLL_PROBES}, got {probes!r}")
     check_t_min(t_min)
     n = len(data) if n is None else n
     if n > len(data):
@@ -89,8 +94,8 @@ def nll_to_dir(source: ScoreSource, data: np.ndarray, dataset: dict, out_dir: st
 
 
 def nll_summary(out_dir: str | Path, *, data: np.ndarray | None = None, exact_law=None) -> dict:
-    """{'metric', 'value', 'stderr', 'nfe', 'n', 'identity', 'variance', 'exact'} of a complete NLL directory
-    (bits/dim for images, nats for points).
+    """{'metric', 'value', 'stderr', 'nfe', 'n', 'identity', 'variance', 'exact', 'items'} of a complete NLL
+    directory (bits/dim for images, nats for points; items: [n] each item's value).
 
     variance: {'between_items'} (the variance of the items' estimates) and, where each item had 2 or more probes,
     'probes' (the part the Hutchinson probes add to it: the mean over items of their probe variance / probes), and
@@ -109,7 +114,8 @@ def nll_summary(out_dir: str | Path, *, data: np.ndarray | None = None, exact_la
         probe_part = float(values[:, 3].mean() / probes)  # column 3 is in the metric's unit
         variance.update({"probes": probe_part, "data": between - probe_part})
     out = {"metric": "nll_bpd" if images else "nll_nats", "value": float(column.mean()), "stderr": stderr,
-           "nfe": float(values[:, 2].mean()), "n": n, "identity": manifest["identity"], "variance": variance}
+           "nfe": float(values[:, 2].mean()), "n": n, "identity": manifest["identity"], "variance": variance,
+           "items": column}
     if exact_law is not None and data is not None and not images:
         exact = -exact_law.log_prob(torch.from_numpy(np.asarray(data[:n], np.float64))).numpy()
         gap = values[:, 0] - exact

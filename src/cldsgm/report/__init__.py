@@ -19,7 +19,6 @@ import pandas as pd
 from cldsgm.report.analysis import (
     best_samplers,
     budgets,
-    claims,
     cost_summary,
     cost_table,
     grid_paths,
@@ -31,13 +30,14 @@ from cldsgm.report.analysis import (
     quality_tables,
     sample_metrics,
     sigma_sweep,
+    with_interval,
     worse_with_nfe,
 )
 from cldsgm.report.conditional import split_conditional
 from cldsgm.report.render import Figure, Section, figure_name, render_html, render_markdown, write_figures
 from cldsgm.utils.io import atomic_path, atomic_write_json, atomic_write_text
 
-__all__ = ["build_report", "claims", "published_match", "read_study", "sections", "sigma_sweep"]
+__all__ = ["build_report", "published_match", "read_study", "sections", "sigma_sweep"]
 
 
 def read_study(study_path: str | Path) -> dict:
@@ -67,24 +67,41 @@ def _regime(study: dict, found: dict) -> str:
     seeds = sorted({len(m.get("seeds") or [study["seed"]]) for m in study["models"].values()})
     same = "the same budget for every SDE of a dataset" if len(trained) <= len(study["data"]) else "budgets differ"
     budget = "; ".join(f"{s} steps x batch {b}" for s, b in trained) or "imported"
-    over_seeds = " and over seeds" if max(seeds) > 1 else ""
     return (f"Regime: data {data}; training {budget} ({same}); {'/'.join(map(str, seeds))} training seed(s) per "
-            f"model; intervals: a basic bootstrap over the generated samples ({study['evaluation']['bootstrap']} "
-            f"resamples){over_seeds}.")
+            f"model; {study['evaluation']['bootstrap']} bootstrap resamples of the samples.")
 
 
-def _claims_section(study: dict, df: pd.DataFrame, results: Path) -> tuple[Section, list[dict]]:
+_CLAIMS_TEXT = (
+    "Each claim compares A with B in the setting its paper states it at (lower is better unless the statement says "
+    "otherwise). Values are bias-corrected estimates with their 95 % intervals; A - B is the bias-corrected "
+    "difference with its interval: a basic bootstrap over the samples (paired where the two sets share their seed) "
+    "for one training seed per side, a t interval over the seeds' values for several. The claim holds where the "
+    "interval lies on A's side of 0, does not hold where it lies on B's, and is inconclusive where it holds 0. A "
+    "claim about a method (two trained models) from one training seed per side reads 'inconclusive (one training "
+    "seed)': the interval holds the samples' variation only. 'Detectable': the smallest true difference this study "
+    "finds with 80 % power (≥: with one seed, the seed-to-seed spread would raise it). ")
+
+
+def _claims_sections(study: dict, table: dict, df: pd.DataFrame, results: Path) -> tuple[list[Section], list, list]:
+    """The papers' claims, ours, and the claims the study does not decide (with what each lacks)."""
+    from cldsgm.report.claims import COLUMNS, claim_rows
     from cldsgm.study import replicas
 
-    found = budgets(results, replicas(study))
-    claim_rows = claims(df, found)
-    shown = ["claim", "setting", "A", "B", "A - B [95 %]", "seeds (A/B)", "budget (A; B)", "verdict"]
-    return Section("What this study shows: the papers' claims", text=(
-        "Each claim compares A with B (lower is better). The interval of A - B is a basic bootstrap interval over the "
-        "generated samples (paired where the two sets share their seeds) and, for models trained with several seeds, "
-        "over the seeds too: the claim holds where it lies below 0, does not hold where it lies above 0, and is "
-        "inconclusive where it holds 0. " + _regime(study, found)),
-        table=pd.DataFrame(claim_rows, columns=[*shown, "difference", "ci_low", "ci_high"])[shown]), claim_rows
+    rows, missing = claim_rows(study, table, df)
+    frame = pd.DataFrame(rows, columns=[*COLUMNS, "key", "difference", "ci_low", "ci_high"])
+    paper, ours = frame[frame["paper"] != "ours"], frame[frame["paper"] == "ours"]
+    shown = [c for c in COLUMNS if c != "paper's figure"]
+    out = [Section("What this study shows: the papers' claims", table=paper[[*COLUMNS]].reset_index(drop=True),
+                   text=_CLAIMS_TEXT + _regime(study, budgets(results, replicas(study))))]
+    if not ours.empty:
+        out.append(Section("What this project adds: our claims", level=3, table=ours[shown].reset_index(drop=True),
+                           text="Claims of this project (not of the papers), decided the same way."))
+    if missing:
+        out.append(Section("Claims this study does not decide", level=3, table=pd.DataFrame(missing), folded=True,
+                           text=(
+            "Every claim of the catalogue (`cldsgm claims`) that this study lists or could list, with what it would "
+            "need: params/claims.yaml decides the model claims with three training seeds per model.")))
+    return out, rows, missing
 
 
 def split_curve(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -139,20 +156,22 @@ def _conditional_sections(cond: pd.DataFrame, metrics: dict) -> list[Section]:
 
 
 def sections(study: dict, df: pd.DataFrame, results: Path, curve: pd.DataFrame | None = None,
-             conditional: pd.DataFrame | None = None) -> tuple[list[Section], dict]:
+             conditional: pd.DataFrame | None = None, floors: pd.DataFrame | None = None) -> tuple[list[Section], dict]:
     """The report's sections, in order, and the content of metrics.json (every value with its interval). First what
     the study shows (the claims, the best sampler per budget, conditional generation), then the plots, then the long
-    tables, folded. df: the records without the learning-curve rows, which come as `curve` (split_curve), and
-    without the conditional sets, which come as `conditional` (report.conditional.split_conditional)."""
+    tables, folded. df: the records without the learning-curve rows, which come as `curve` (split_curve), without
+    the conditional sets, which come as `conditional` (report.conditional.split_conditional), and without the
+    floors (real data scored like a sample set), which come as `floors`."""
     from cldsgm.report.figures import learning_curve_figure, loss_figure, quality_figure, sampler_colours
+    from cldsgm.study import job_table
 
     metrics = {"study": study["study"], "quality": {}, "nll": {}}
     curve = curve if curve is not None else df.iloc[:0]
-    claims_section, claim_rows = _claims_section(study, df, results)
-    metrics["claims"] = {f"{c['claim']} [{c['setting']}]": {k: c[k] for k in ("key", "verdict", "difference",
-                                                                                 "ci_low", "ci_high")}
+    claims_parts, claim_rows, _ = _claims_sections(study, job_table(study), df, results)
+    metrics["claims"] = {c["key"]: {k: c[k] for k in ("claim", "setting", "verdict", "difference", "ci_low",
+                                                        "ci_high", "seeds (A/B)", "detectable")}
                          for c in claim_rows}
-    out = [claims_section, Section("Best sampler per NFE budget", table=best_samplers(df), text=(
+    out = [*claims_parts, Section("Best sampler per NFE budget", table=best_samplers(df), text=(
         "Per source and NFE budget, the row with the lowest headline metric and the runner-up, with the paired "
         "difference (runner-up minus best) and its 95 % interval: 'best' where the interval lies above 0, 'tied' "
         "where it holds 0 (then either may be used)."))]
@@ -169,12 +188,20 @@ def sections(study: dict, df: pd.DataFrame, results: Path, curve: pd.DataFrame |
             "intervals): a model whose curve still falls at its last step is under-trained for the claims above.")))
     colours = sampler_colours(sample_metrics(df)["sampler"]) if not df.empty else {}
     plots, tables = [], []
+    floor_of = {(r["data"], r["metric"]): r for _, r in floors.iterrows()} if floors is not None else {}
     for data, metric, sub, table in quality_tables(df):
         title = f"{data}: {metric} against NFE"
+        floor = floor_of.get((data, metric))
         if metric == headline_metrics().get(data):
-            plots.append(Figure(figure_name("quality", data, metric), title,
-                                quality_figure(sub, data, metric, colours)))
-        tables.append(Section(title, level=3, table=table, folded=True))
+            plots.append(Figure(figure_name("quality", data, metric), title, quality_figure(
+                sub, data, metric, colours, None if floor is None else float(floor["value"]))))
+        note = "" if floor is None else (
+            f"Floor: {with_interval(floor['value'], floor['ci_low'], floor['ci_high'])}, the {metric} of {floor['n']} "
+            "real training items against the same reference: a set near it is as close to the reference as data "
+            "of the law itself at that n.")
+        tables.append(Section(title, level=3, table=table, folded=True, text=note))
+        if floor is not None:
+            metrics.setdefault("floor", {})[f"{data}/{metric}"] = _interval_entry(floor)
         for _, row in sub.iterrows():
             metrics["quality"][f"{data}/{row['source']}/{row['row']}/{metric}"] = _interval_entry(row)
     out.append(Section("Quality against NFE", figures=plots, text=(
@@ -188,6 +215,9 @@ def sections(study: dict, df: pd.DataFrame, results: Path, curve: pd.DataFrame |
         "the difference (the sets share their seed, so the comparison is paired), with what the study can say about "
         "why. A one-sided 97.5 % bound flags about 1 in 40 pairs by chance alone; an empty table means that no row "
         "gets worse beyond its interval.")))
+    from cldsgm.report.properties import property_sections
+
+    out += property_sections(df)
     nll_records = df[df["metric"].str.startswith("nll")] if not df.empty else df
     for _, row in nll_records.iterrows():
         metrics["nll"][f"{row['source']}/{row['metric']}"] = {
@@ -205,7 +235,8 @@ def sections(study: dict, df: pd.DataFrame, results: Path, curve: pd.DataFrame |
             "The exponential score step with the precision of N(m, sigma_d^2) data; 0 is the point mass (first "
             "order). The best value per source is marked.")))
     if conditional is not None and not conditional.empty:  # after what the study shows, before the long tables
-        out[2:2] = _conditional_sections(conditional, metrics)
+        at = len(claims_parts) + 1
+        out[at:at] = _conditional_sections(conditional, metrics)
     if "cifar10" in study["data"]:
         out.append(Section("Published numbers (CIFAR-10)", table=published_table(df)))
     if not study["evaluation"].get("fid"):
@@ -225,12 +256,13 @@ def sections(study: dict, df: pd.DataFrame, results: Path, curve: pd.DataFrame |
 
 def headline(summary: dict) -> dict:
     """metrics.json: the few figures `dvc metrics show` / `diff` should put side by side (summary.json and the CSVs
-    hold the rest): per tested claim its difference A - B (negative: A better), keyed short ('sscs-em diamond_cld
-    quadratic', 'cld-vpsde digits'), and how many claims hold, do not hold, are inconclusive."""
-    tested = [c for c in summary["claims"].values() if c.get("key") and c["difference"] is not None]
-    out = {c["key"]: round(float(c["difference"]), 6) for c in tested}
+    hold the rest): per decided comparison its difference A - B (negative: A lower), keyed by the claim and its
+    setting ('cld-sscs-em diamond_cld nfe50', 'cld-vpsde-ode digits'), and how many comparisons hold, do not hold,
+    are inconclusive (one training seed included)."""
+    tested = {key: c for key, c in summary["claims"].items() if c["difference"] is not None}
+    out = {key: round(float(c["difference"]), 6) for key, c in tested.items()}
     for verdict in ("holds", "does not hold", "inconclusive"):
-        out[verdict] = sum(c["verdict"] == verdict for c in tested)
+        out[verdict] = sum(c["verdict"].startswith(verdict) for c in tested.values())
     return out
 
 
@@ -268,7 +300,9 @@ def build_report(study_path: str | Path, results: str | Path, out: str | Path) -
     every = df
     df, conditional = split_conditional(df)  # guided and inpainted sets: their own section
     df, curve = split_curve(df)  # the tables, CSVs and claims are of the trained models, as the page
-    parts, metrics = sections(study, df, results, curve, conditional)
+    floors = df[df["kind"] == "floor"]
+    df = df[df["kind"] != "floor"]
+    parts, metrics = sections(study, df, results, curve, conditional, floors)
     out.mkdir(parents=True, exist_ok=True)
     for data, metric, sub, _ in quality_tables(df):  # long: one row per value, with its interval
         sub[["source", "sde", "sampler", "striding", "nfe_budget", "nfe", "value", "ci_low", "ci_high", "n"]].to_csv(
@@ -286,16 +320,20 @@ def build_report(study_path: str | Path, results: str | Path, out: str | Path) -
             if not table.empty:
                 table.to_csv(out / f"{name}.csv", index=False)
     if not every.empty:  # long format, every record
-        every.drop(columns=["path", "replicates", "exact", "variance"]).to_csv(out / "records.csv", index=False)
+        every.drop(columns=["path", "replicates", "exact", "variance", "extra"]).to_csv(out / "records.csv",
+                                                                                       index=False)
     plots = out / "plots"
     if plots.is_dir():  # only this run's tables: a dataset or metric dropped from the study goes
         shutil.rmtree(plots)
     plots.mkdir()
     for name, table in plot_tables(df).items():
         table.to_csv(plots / f"{name}.csv", index=False)
-    from cldsgm.study import replicas
+    from cldsgm.report.claims import claim_rows
+    from cldsgm.study import job_table
 
-    pd.DataFrame(claims(df, budgets(results, replicas(study)))).to_csv(out / "claims.csv", index=False)
+    decided, undecided = claim_rows(study, job_table(study), df)
+    pd.DataFrame(decided).drop(columns=["metric"], errors="ignore").to_csv(out / "claims.csv", index=False)
+    pd.DataFrame(undecided).to_csv(out / "claims_undecided.csv", index=False)
     nll = nll_table(df)
     if not nll.empty:
         nll.to_csv(out / "nll.csv", index=False)

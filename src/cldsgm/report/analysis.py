@@ -8,21 +8,20 @@ from point values alone.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from cldsgm import catalog, stats
 
-__all__ = ["SAMPLE_METRICS", "budgets", "claims", "cost_table", "grid_paths", "headline_metrics", "loss_histories",
-           "nll_table", "published_match", "published_table", "quality_tables", "sigma_sweep", "with_interval",
+__all__ = ["SAMPLE_METRICS", "budgets", "cost_table", "grid_paths", "headline_metrics", "loss_histories", "nll_table",
+           "paired", "published_match", "published_table", "quality_tables", "sigma_sweep", "with_interval",
            "worse_with_nfe"]
 
 # the metrics of sample sets (one per dataset's evaluation), as opposed to NLL and the classifier's accuracy
 SAMPLE_METRICS = tuple(dict.fromkeys(m for spec in catalog.DATASETS.values() for m in spec.metrics))
-_SIDE_SEED = 20_13  # the draws of training replicas in the bootstrap over seeds (fixed: the report is reproducible)
 
 
 def headline_metrics() -> dict[str, str]:
@@ -32,6 +31,16 @@ def headline_metrics() -> dict[str, str]:
 
 def sample_metrics(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["metric"].isin(SAMPLE_METRICS)] if not df.empty else df
+
+
+def paired(a, b) -> dict:
+    """A - B of two records (rows of records_frame) from their plug-in estimates and replicates (cldsgm.stats.compare:
+    the bias-corrected difference and its basic interval; paired where the sets share their seed)."""
+    def plug_in(row):  # frames made by hand may lack the column: a record's plug-in is its value then
+        value = row.get("plug_in")
+        return row["value"] if value is None or value != value else value
+
+    return stats.compare(plug_in(a), a["replicates"], plug_in(b), b["replicates"])
 
 
 def with_interval(value, low, high) -> str:
@@ -63,119 +72,39 @@ def quality_tables(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame, pd.Da
     return out
 
 
+def _gap_check(exact: dict | None, n) -> str:
+    """Whether the NLL's gap to the exact NLL is known to 5 %: the paired gap's standard error (the model's and the
+    law's NLL on the same items, so the items' own spread cancels) against 5 % of the gap; else the items it needs."""
+    if not exact or not exact.get("gap") or exact.get("gap_stderr") is None:
+        return "—"
+    target = 0.05 * abs(exact["gap"])
+    if exact["gap_stderr"] < target:
+        return "yes"
+    needed = math.ceil(int(n) * (exact["gap_stderr"] / target) ** 2)
+    return f"no: about {needed} items would be needed"
+
+
 def nll_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per NLL record: the estimate with its interval, whether it bounds the NLL from above, the exact NLL of
-    the data law on the same points where it is known, the gap and whether the estimate's standard error is under
-    5 % of it, and how the items' variance splits between the data and the Hutchinson probes."""
+    the data law on the same points where it is known, the gap and whether its standard error is under 5 % of it,
+    the divergence estimator and how the items' variance splits between the data and the Hutchinson probes."""
     nll = df[df["metric"].str.startswith("nll")] if not df.empty else df
     rows = []
     for _, r in nll.iterrows():
         exact = r["exact"] if isinstance(r["exact"], dict) else None
         variance = r["variance"] if isinstance(r["variance"], dict) else {}
-        gap_ok = "—"
-        if exact and r["stderr"] == r["stderr"] and exact.get("gap"):
-            gap_ok = "yes" if r["stderr"] < 0.05 * abs(exact["gap"]) else "no: more points needed"
+        options = json.loads(r["options"]) if isinstance(r["options"], str) else {}
         split = (f"data {variance['data']:.3g}, probes {variance['probes']:.3g}" if "probes" in variance
+                 else "exact divergence: data only" if options.get("probes") == "exact"
                  else "one probe per item: not separated")
         rows.append({"model": r["source"], "sde": r["sde"], "metric": r["metric"],
                      "estimate [95 %]": with_interval(r["value"], r["ci_low"], r["ci_high"]),
                      "kind": "upper bound" if r["bound"] is True else "estimate", "n": r["n"],
+                     "divergence": options.get("probes", "—"),
                      "exact NLL of the data law": f"{exact['value']:.4g} ± {exact['stderr']:.2g}" if exact else "—",
                      "gap (estimate - exact)": f"{exact['gap']:.4g} ± {exact['gap_stderr']:.2g}" if exact else "—",
-                     "se < 5 % of gap": gap_ok, "variance (data, probes)": split})
+                     "gap se < 5 % of gap": _gap_check(exact, r["n"]), "variance (data, probes)": split})
     return pd.DataFrame(rows)
-
-
-def _side(rows: pd.DataFrame, rng: np.random.Generator) -> tuple[float, np.ndarray] | None:
-    """One side of a claim, a row of one model over its training replicas: (the mean of their values, [B] bootstrap
-    replicates of that mean: per resample b, replicas drawn with replacement, their replicate b averaged), or None
-    where a replica has no replicates."""
-    reps = [r for r in rows["replicates"] if isinstance(r, list)]
-    if len(reps) != len(rows) or len({len(r) for r in reps}) != 1:
-        return None
-    matrix = np.asarray(reps, np.float64)  # [R, B]
-    if len(matrix) == 1:
-        return float(rows["value"].iloc[0]), matrix[0]
-    picks = rng.integers(0, len(matrix), size=(matrix.shape[1], len(matrix)))  # [B, R]
-    return float(rows["value"].mean()), matrix[picks, np.arange(matrix.shape[1])[:, None]].mean(1)
-
-
-def _budget(budgets: dict, model: str) -> str:
-    b = budgets.get(model)
-    if not b:
-        return "—"
-    params = f"{b['n_parameters'] / 1e6:.3g}M params" if b.get("n_parameters") else "params ?"
-    seconds = f"{b['train_seconds']:.0f} s" if b.get("train_seconds") is not None else "time ?"
-    return f"{b['steps']} steps x batch {b['batch_size']}, {params}, {seconds}"
-
-
-def _claim(claim: str, setting: str, a_name: str, a_rows, b_name: str, b_rows, rng, budgets: dict,
-           key: str) -> dict:
-    """A claim 'A beats B' (lower is better) from the two sides' replicates: both figures with their intervals, the
-    difference A - B with its interval, the replicas on each side, and the verdict (none without intervals).
-    key: a short name of the claim and its setting (metrics.json's key, e.g. 'sscs-em diamond_cld quadratic')."""
-    a, b = _side(a_rows, rng), _side(b_rows, rng)
-    row = {"claim": claim, "setting": setting, "key": key,
-           "A": f"{a_name} {with_interval(a_rows['value'].mean(), *_ci(a))}",
-           "B": f"{b_name} {with_interval(b_rows['value'].mean(), *_ci(b))}",
-           "seeds (A/B)": f"{len(a_rows)}/{len(b_rows)}",
-           "budget (A; B)": f"{_budget(budgets, a_rows['model'].iloc[0])}; {_budget(budgets, b_rows['model'].iloc[0])}"}
-    if a is None or b is None:
-        return {**row, "A - B [95 %]": "—", "verdict": "not computed (no interval)", "difference": None,
-                "ci_low": None, "ci_high": None}
-    diff = stats.compare(a[0], a[1], b[0], b[1])
-    return {**row, "A - B [95 %]": with_interval(diff["difference"], diff["ci_low"], diff["ci_high"]),
-            "verdict": stats.verdict(diff["ci_low"], diff["ci_high"]), **diff}
-
-
-def _ci(side) -> tuple:
-    if side is None:
-        return None, None
-    return stats.basic_interval(side[0], side[1])
-
-
-def claims(df: pd.DataFrame, budgets: dict | None = None) -> list[dict]:
-    """The paper claims this study can test, each a comparison with an interval and a verdict (cldsgm.stats): holds
-    where the interval of A - B excludes 0 in the claimed direction, does not hold where it excludes 0 the other
-    way, inconclusive otherwise. Training replicas of a model (models.<m>.seeds) are averaged, their seed-to-seed
-    variation drawn into the interval."""
-    budgets = budgets or {}
-    rng = np.random.default_rng(_SIDE_SEED)
-    out = []
-    if df.empty:
-        return out
-    for data, metric in headline_metrics().items():
-        sub = df[(df["data"] == data) & (df["metric"] == metric)]
-        if sub.empty:
-            continue
-        low = sub[sub["sampler"].isin(["em", "sscs"])]["nfe_budget"].min()
-        at_low = sub[sub["nfe_budget"] == low]
-        for (model, striding), group in at_low.groupby(["model", "striding"]):
-            em, sscs = group[group["sampler"] == "em"], group[group["sampler"] == "sscs"]
-            if len(em) and len(sscs):
-                out.append(_claim("SSCS beats Euler-Maruyama at low NFE (CLD paper)",
-                                  f"{model}, {striding}, NFE {int(low)}, {metric}", "SSCS", sscs, "EM", em, rng,
-                                  budgets, f"sscs-em {model} {striding}"))
-        trained = sub[sub["kind"] == "model"]
-        best = {}
-        for sde, rows in trained.groupby("sde"):  # the best row (mean over replicas) of each SDE
-            means = rows.groupby(["model", "sampler", "striding", "nfe_budget"], dropna=False)["value"].mean()
-            best[sde] = rows.set_index(["model", "sampler", "striding", "nfe_budget"]).loc[[means.idxmin()]]
-            best[sde] = best[sde].reset_index()
-        for first, second, claim in (("cld", "vpsde", "CLD beats the VPSDE baseline (CLD paper)"),
-                                     ("psld", "cld", "PSLD beats CLD (PSLD paper)")):
-            if first in best and second in best:
-                a, b = best[first], best[second]
-                setting = (f"{data}, each side's best {metric} over samplers and NFE: {a['model'].iloc[0]} "
-                           f"{a['sampler'].iloc[0]} vs {b['model'].iloc[0]} {b['sampler'].iloc[0]}")
-                out.append(_claim(claim, setting, first.upper(), a, second.upper(), b, rng, budgets,
-                                  f"{first}-{second} {data}"))
-    for claim in ("HSM has lower loss variance than DSM (CLD paper)", "The mixed score helps (CLD paper)"):
-        out.append({"claim": claim, "setting": "needs models that differ only in that choice", "key": None,
-                    "A": "—", "B": "—",
-                    "seeds (A/B)": "—", "budget (A; B)": "—", "A - B [95 %]": "—", "verdict": "not tested",
-                    "difference": None, "ci_low": None, "ci_high": None})
-    return out
 
 
 def _rises(group: pd.DataFrame) -> list[tuple]:
@@ -187,7 +116,7 @@ def _rises(group: pd.DataFrame) -> list[tuple]:
         if not (isinstance(lo["replicates"], list) and isinstance(hi["replicates"], list)
                 and len(lo["replicates"]) == len(hi["replicates"])):
             continue
-        diff = stats.compare(hi["value"], hi["replicates"], lo["value"], lo["replicates"])
+        diff = paired(hi, lo)
         if diff["ci_low"] > 0:
             out.append((lo, hi, diff))
     return out
@@ -368,7 +297,7 @@ def best_samplers(df: pd.DataFrame) -> pd.DataFrame:
                                 f"{with_interval(second['value'], second['ci_low'], second['ci_high'])}")
             if isinstance(best["replicates"], list) and isinstance(second["replicates"], list) and \
                     len(best["replicates"]) == len(second["replicates"]):
-                diff = stats.compare(second["value"], second["replicates"], best["value"], best["replicates"])
+                diff = paired(second, best)
                 row["runner-up - best [95 %]"] = with_interval(diff["difference"], diff["ci_low"], diff["ci_high"])
                 row["verdict"] = "best" if diff["ci_low"] > 0 else "tied"
             else:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cldsgm.report.analysis import headline_metrics, with_interval
-from cldsgm.stats import compare, verdict
+from cldsgm.report.analysis import headline_metrics, paired, with_interval
+from cldsgm.stats import verdict
 
 __all__ = ["CONDITIONAL_KINDS", "MISSING_RGB", "guidance_figure", "guidance_steps", "guided_table", "inpaint_figure",
            "inpaint_table", "split_conditional"]
@@ -90,7 +90,7 @@ def _paired(a, b, higher_is_better: bool = True) -> tuple[str, str]:
     """'difference [low, high]' of A - B and its verdict (A better than B), from the records' replicates."""
     if a["replicates"] is None or b["replicates"] is None:
         return with_interval(a["value"] - b["value"], None, None), "not computed"
-    result = compare(a["value"], a["replicates"], b["value"], b["replicates"])
+    result = paired(a, b)
     return (with_interval(result["difference"], result["ci_low"], result["ci_high"]),
             verdict(result["ci_low"], result["ci_high"], lower_is_better=not higher_is_better))
 

@@ -13,8 +13,8 @@ import pandas as pd
 
 from cldsgm.records import METRICS
 
-__all__ = ["MAX_LINES", "learning_curve_figure", "loss_figure", "quality_axes", "quality_figure", "quality_panels",
-           "sampler_colours"]
+__all__ = ["MAX_LINES", "curves_figure", "learning_curve_figure", "loss_figure", "quality_axes", "quality_figure",
+           "quality_panels", "sampler_colours"]
 
 MAX_LINES = 10  # lines per panel: more cannot be told apart
 
@@ -74,7 +74,8 @@ def _series(ax, group: pd.DataFrame, colour, label: str, log_y: bool = False) ->
     if log_y:
         low = low.where(low > 0, group["value"] / 10)
     if group["striding"].iloc[0] == "adaptive":
-        # a basic bootstrap interval need not contain its estimate (README, "Evidence"): clip the bars at it
+        # a value lies inside its interval (a biased metric's is bias-corrected); older records' plug-in values may
+        # not: the bars stop at the value
         bars = [(group["value"] - low).clip(lower=0), (high - group["value"]).clip(lower=0)]
         ax.errorbar(group["nfe"], group["value"], yerr=bars, color=colour,
                     marker="*", markersize=9, linestyle="none", label=label)
@@ -84,8 +85,9 @@ def _series(ax, group: pd.DataFrame, colour, label: str, log_y: bool = False) ->
     ax.fill_between(group["nfe"], low, high, color=colour, alpha=0.18, linewidth=0)
 
 
-def quality_axes(df: pd.DataFrame, data: str, metric: str, colours: dict | None = None):
-    """The faceted figure (matplotlib Figure) of quality_figure."""
+def quality_axes(df: pd.DataFrame, data: str, metric: str, colours: dict | None = None, floor: float | None = None):
+    """The faceted figure (matplotlib Figure) of quality_figure; floor: the metric of real data at the sets' n, a
+    grey dotted line on every panel."""
     plt = _pyplot()
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
@@ -99,6 +101,8 @@ def quality_axes(df: pd.DataFrame, data: str, metric: str, colours: dict | None 
         for (sampler, striding), group in part.groupby(["sampler", "striding"], sort=True):
             _series(ax, group, colours[sampler], sampler if striding != "uniform" else f"{sampler} (uniform)",
                     log_y=positive)
+        if floor is not None and (floor > 0 or not positive):
+            ax.axhline(floor, color="0.4", linestyle=":", linewidth=1.2, label="floor: real data at this n")
         ax.set_xscale("log")
         # ticks at 10, 20, 50, 100 ... written as numbers (matplotlib's default labels minor ticks 2x10^1, 3x10^1
         # ... on short ranges, which overlap)
@@ -128,9 +132,10 @@ def quality_axes(df: pd.DataFrame, data: str, metric: str, colours: dict | None 
     return fig
 
 
-def quality_figure(df: pd.DataFrame, data: str, metric: str, colours: dict | None = None) -> bytes:
-    """Quality against NFE, one panel per source (see the module docstring); log axes."""
-    return _png(quality_axes(df, data, metric, colours))
+def quality_figure(df: pd.DataFrame, data: str, metric: str, colours: dict | None = None,
+                   floor: float | None = None) -> bytes:
+    """Quality against NFE, one panel per source (see the module docstring); log axes; the floor dotted."""
+    return _png(quality_axes(df, data, metric, colours, floor))
 
 
 def learning_curve_axes(df: pd.DataFrame, metric: str):
@@ -165,4 +170,27 @@ def loss_figure(runs: dict[str, pd.DataFrame]) -> bytes:
     ax.set_ylabel("loss (per-sample mean)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def curves_figure(series: dict[str, tuple[list, list]], *, xlabel: str, ylabel: str, title: str, log_x: bool = False,
+                  log_y: bool = False, line: float | None = None, line_label: str = "") -> bytes:
+    """Lines y(x), one per label (series: label -> (x, y)); exact scores and data laws dashed (labels starting
+    'oracle-' or 'law-'); an optional horizontal reference line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for label, (x, y) in sorted(series.items()):
+        style = "--" if label.startswith(("oracle-", "law-")) else "-"
+        ax.plot(x, y, style, marker="o", markersize=2.5, label=label)
+    if line is not None:
+        ax.axhline(line, color="0.4", linestyle=":", linewidth=1.2, label=line_label)
+    if log_x:
+        ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2)
     return _png(fig)

@@ -67,11 +67,16 @@ def _step(row) -> int:
 
 def _group(row) -> tuple[str, dict]:
     """The child run a record belongs to, and that run's tags: one run per (source, variant, striding), so that the
-    UI draws each metric against NFE (step = NFE); one per model for NLL; one for the classifier."""
+    UI draws each metric against NFE (step = NFE); one per model for NLL; one for the classifier; one per floor and
+    per property measurement (score Jacobian, gradient variance, equilibrium)."""
     if row.metric == "classifier_accuracy":
         return "classifier", {"cldsgm.rule": "digits_classifier"}
     if row.metric.startswith("nll"):
         return f"{row.source}/nll", {"cldsgm.rule": "nll", "sde": str(row.sde), "model": row.source}
+    if row.kind == "floor" or row.metric in ("score_jacobian", "grad_variance", "prior_kl"):
+        # one run per measurement of a source: its row (floor-n200, smoothness, grad-hsm, equilibrium)
+        return f"{row.source}/{row.row}", {"cldsgm.rule": str(row.row).split("-")[0], "source": row.source,
+                                           "sde": str(row.sde), "kind": str(row.kind)}
     return f"{row.source}/{row.variant}-{row.striding}", {
         "cldsgm.rule": "sample", "source": row.source, "sde": str(row.sde), "sampler": str(row.sampler),
         "variant": str(row.variant), "striding": str(row.striding), "network": str(row.network), "kind": row.kind}
