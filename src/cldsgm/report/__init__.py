@@ -82,6 +82,26 @@ _CLAIMS_TEXT = (
     "finds with 80 % power (≥: with one seed, the seed-to-seed spread would raise it). ")
 
 
+def _verdict_count(frame: pd.DataFrame) -> str:
+    """'12 comparisons: 4 hold, 1 does not hold, 7 inconclusive (5 of them from one training seed). '"""
+    verdicts = frame["verdict"].value_counts()
+    one_seed = int(verdicts.get("inconclusive (one training seed)", 0))
+    inconclusive = int(verdicts.get("inconclusive", 0)) + one_seed
+    return (f"{len(frame)} comparisons: {int(verdicts.get('holds', 0))} hold, "
+            f"{int(verdicts.get('does not hold', 0))} do not hold, {inconclusive} inconclusive"
+            + (f" ({one_seed} of them from one training seed per side)" if one_seed else "") + ". ")
+
+
+def _once_per_claim(frame: pd.DataFrame) -> pd.DataFrame:
+    """The claims table as shown: a claim's id, paper, statement and figure on its first comparison only."""
+    shown = frame.reset_index(drop=True).copy()
+    repeat = shown["claim"].eq(shown["claim"].shift())
+    for column in ("claim", "paper", "statement", "paper's figure"):
+        if column in shown:
+            shown.loc[repeat, column] = ""
+    return shown
+
+
 def _claims_sections(study: dict, table: dict, df: pd.DataFrame, results: Path) -> tuple[list[Section], list, list]:
     """The papers' claims, ours, and the claims the study does not decide (with what each lacks)."""
     from cldsgm.report.claims import COLUMNS, claim_rows
@@ -91,11 +111,12 @@ def _claims_sections(study: dict, table: dict, df: pd.DataFrame, results: Path) 
     frame = pd.DataFrame(rows, columns=[*COLUMNS, "key", "difference", "ci_low", "ci_high"])
     paper, ours = frame[frame["paper"] != "ours"], frame[frame["paper"] == "ours"]
     shown = [c for c in COLUMNS if c != "paper's figure"]
-    out = [Section("What this study shows: the papers' claims", table=paper[[*COLUMNS]].reset_index(drop=True),
-                   text=_CLAIMS_TEXT + _regime(study, budgets(results, replicas(study))))]
+    out = [Section("What this study shows: the papers' claims", table=_once_per_claim(paper[COLUMNS]),
+                   text=_CLAIMS_TEXT + _verdict_count(paper) + _regime(study, budgets(results, replicas(study))))]
     if not ours.empty:
-        out.append(Section("What this project adds: our claims", level=3, table=ours[shown].reset_index(drop=True),
-                           text="Claims of this project (not of the papers), decided the same way."))
+        out.append(Section("What this project adds: our claims", level=3, table=_once_per_claim(ours[shown]),
+                           folded=True, text="Claims of this project (not of the papers), decided the same way: "
+                           + _verdict_count(ours)))
     if missing:
         out.append(Section("Claims this study does not decide", level=3, table=pd.DataFrame(missing), folded=True,
                            text=(
