@@ -306,7 +306,8 @@ def _between(claim: Claim, units: list[dict]) -> list[Instance]:
             kind = "exact score" if first_a["kind"] == "oracle" else "data law" if first_a["kind"] == "law" else ""
             who = f"{model_a} vs {model_b}" + (f" ({kind})" if kind else "")
             setting = ", ".join(p for p in (who, _setting(claim, nfe)) if p)
-            key = f"{claim.id} {data_a}" + (f" {kind.split()[-1]}" if kind else "") + (f" nfe{nfe}" if nfe else "")
+            tag = {"oracle": " exact", "law": " law"}.get(first_a["kind"], "")
+            key = f"{claim.id} {data_a}{tag}" + (f" nfe{nfe}" if nfe else "")
             out.append(Instance(claim, data_a, setting, key, list(a.values()), list(b.values()), False,
                                 (model_a, model_b)))
     # several candidate pairs on one dataset each get a key of their own

@@ -21,5 +21,6 @@ def report_command(study_path, results, out_dir):
         metrics = build_report(study_path, results, out_dir)
     except (RecordError, ValueError, OSError) as err:
         raise click_error(err) from err
-    click.echo(f"report of {metrics['study']}: {len(metrics['quality'])} quality figures, {metrics['figures']} plots "
-               f"-> {out_dir}/index.html")
+    verdicts = [c["verdict"] for c in metrics["claims"].values()]
+    click.echo(f"report of {metrics['study']}: {len(metrics['quality'])} quality values, {metrics['figures']} figures, "
+               f"{len(verdicts)} claim comparisons ({verdicts.count('holds')} hold) -> {out_dir}/index.html")

@@ -174,14 +174,19 @@ def loss_figure(runs: dict[str, pd.DataFrame]) -> bytes:
 
 
 def curves_figure(series: dict[str, tuple[list, list]], *, xlabel: str, ylabel: str, title: str, log_x: bool = False,
-                  log_y: bool = False, line: float | None = None, line_label: str = "") -> bytes:
-    """Lines y(x), one per label (series: label -> (x, y)); exact scores and data laws dashed (labels starting
+                  log_y: bool = False, line: float | None = None, line_label: str = "",
+                  groups: dict[str, str] | None = None) -> bytes:
+    """Lines y(x), one per label (series: label -> (x, y)), one colour per group (groups: label -> group, e.g. the
+    SDE, so that a trained network and its exact score share it); exact scores and data laws dashed (labels starting
     'oracle-' or 'law-'); an optional horizontal reference line."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    groups = groups or {label: label for label in series}
+    palette = plt.get_cmap("tab10").colors
+    colour = {g: palette[i % len(palette)] for i, g in enumerate(sorted(set(groups.values())))}
     for label, (x, y) in sorted(series.items()):
         style = "--" if label.startswith(("oracle-", "law-")) else "-"
-        ax.plot(x, y, style, marker="o", markersize=2.5, label=label)
+        ax.plot(x, y, style, marker="o", markersize=2.5, label=label, color=colour[groups.get(label, label)])
     if line is not None:
         ax.axhline(line, color="0.4", linestyle=":", linewidth=1.2, label=line_label)
     if log_x:

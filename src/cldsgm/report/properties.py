@@ -43,7 +43,7 @@ def property_sections(df: pd.DataFrame) -> list[Section]:
             Figure(figure_name("smoothness", data), f"{data}: score Jacobian", curves_figure(
                 _curves(rows, "ratio"), xlabel="t", ylabel="|J|^2 / |J_prior|^2", log_x=True, log_y=True,
                 title=f"{data}: mean squared Jacobian norm of the score relative to the prior's", line=1.0,
-                line_label="the prior's"))
+                line_label="the prior's", groups=dict(zip(rows["source"], rows["sde"], strict=True))))
             for data, rows in jac.groupby("data")], table=_table(jac), folded=False, text=(
             "The Jacobian of each score's noised blocks with respect to the state, its mean squared norm relative to "
             "the prior score's, at states u_t ~ p_t drawn around held-out data (Hutchinson, one probe per point). The "
@@ -56,7 +56,8 @@ def property_sections(df: pd.DataFrame) -> list[Section]:
         out.append(Section("Approach to equilibrium", figures=[
             Figure(figure_name("equilibrium", data), f"{data}: KL to the prior", curves_figure(
                 _curves(rows, "kl"), xlabel="t", ylabel="KL(p_t || prior), nats", log_y=True, line=eps,
-                line_label=f"{eps:g} nats", title=f"{data}: the forward marginal's distance to its prior"))
+                line_label=f"{eps:g} nats", title=f"{data}: the forward marginal's distance to its prior",
+                groups=dict(zip(rows["source"], rows["sde"], strict=True))))
             for data, rows in kl.groupby("data")], table=_table(kl), text=(
             f"KL(p_t || prior) of the data law's forward marginal under each SDE at its papers' parameters (exact "
             f"densities, Monte Carlo). The value is the time at which it falls below {eps:g} nats.")))
