@@ -55,7 +55,8 @@ class Claim:
     name. nfe: the fixed-step budgets it is stated at (one instance per budget the study has; None: no budget, e.g.
     the adaptive ODE or a model's metric); over_nfe: quality over the whole NFE sweep instead (the mean over log
     NFE, trapezoids). sources: unit kinds it is decided on (model: trained networks, oracle: exact scores, law: the
-    data law itself). same: between-claims, the model attributes both sides must share.
+    data law itself). same: between-claims, the model attributes both sides must share. ablation: decided on the
+    study's ablation models (models.<m>.ablation_of) beside their base; every other claim leaves them out.
     """
 
     id: str
@@ -72,6 +73,7 @@ class Claim:
     over_nfe: bool = False
     sources: tuple[str, ...] = ("model",)
     same: tuple[str, ...] = ("data", "budget", "network")
+    ablation: bool = False
     note: str = ""
 
     def __post_init__(self) -> None:
@@ -149,12 +151,12 @@ _BUILT_IN = (
     Claim("hsm-dsm-quality", "CLD", "A CLD model trained with HSM samples better than one trained with DSM",
           "qualitative (Sec. 3.2)", Side("HSM", {"sde": "cld", "objective": "hsm"}, {"sampler": "em"}),
           Side("DSM", {"sde": "cld", "objective": "dsm"}, {"sampler": "em"}), nfe=(50,), striding="quadratic",
-          same=("data", "budget", "network", "mixed_score")),
+          same=("data", "budget", "network", "mixed_score"), ablation=True),
     Claim("mixed-score", "CLD", "The mixed score improves sample quality",
           "CIFAR-10 FID of the ablation model: 3.14 with, 3.56 without (Sec. 5)",
           Side("mixed score", {"sde": "cld", "mixed_score": True}, {"sampler": "em"}),
           Side("no mixed score", {"sde": "cld", "mixed_score": False}, {"sampler": "em"}), nfe=(50,),
-          striding="quadratic", same=("data", "budget", "network", "objective")),
+          striding="quadratic", same=("data", "budget", "network", "objective"), ablation=True),
     Claim("vpsde-cld-nll", "CLD", "The VPSDE's NLL is below CLD's NLL bound",
           "CIFAR-10 bits/dim: CLD <= 3.31 (Table 1), VPSDE 3.13 (Score-SDE)", Side("VPSDE", {"sde": "vpsde"}),
           Side("CLD", {"sde": "cld", "objective": "hsm"}), metric="nll"),
@@ -284,7 +286,8 @@ def _within(claim: Claim, units: list[dict]) -> list[Instance]:
 
 def _between(claim: Claim, units: list[dict]) -> list[Instance]:
     out = []
-    models = _by_model(claim, units)
+    # trained models at the end of their budget only: a learning curve's snapshots are decided within (samplers)
+    models = _by_model(claim, [u for u in units if not u.get("step")])
     for (data_a, model_a), (data_b, model_b) in itertools.permutations(sorted(models), 2):
         group_a, group_b = models[(data_a, model_a)], models[(data_b, model_b)]
         first_a, first_b = group_a[0], group_b[0]
@@ -322,6 +325,7 @@ def instances(claim: Claim, units: list[dict]) -> list[Instance]:
     """The comparisons `claim` makes on these units (study_units before any job; the records' units in the
     report). Each side of an instance is a list over training seeds of [units] (one unit, or one per NFE budget for
     over_nfe claims)."""
+    units = [u for u in units if claim.ablation or not u.get("ablation")]
     return _within(claim, units) if claim.compare == "within" else _between(claim, units)
 
 

@@ -162,6 +162,16 @@ def _check_models(study: dict, source: str, check_files: bool) -> None:
         if model["data"] not in study["data"]:
             raise StudyError(f"{source}: models.{name}.data is {model['data']!r}, which the study does not prepare "
                              f"(data: {sorted(study['data'])})")
+        base = model.get("ablation_of")
+        if base is not None and (base not in study["models"] or study["models"][base]["data"] != model["data"]
+                                 or base == name):
+            raise StudyError(f"{source}: models.{name}.ablation_of {base!r} is no other study model of "
+                             f"{model['data']} ({sorted(m for m in study['models'] if m != name)})")
+        listed = study["sampling"]["samplers"].get(model_sde(model), [])
+        unknown = [s for s in model.get("samplers") or [] if s not in listed]
+        if unknown:
+            raise StudyError(f"{source}: models.{name}.samplers lists {unknown}, which sampling.samplers."
+                             f"{model_sde(model)} does not ({listed})")
         if not check_files:
             continue
         if not Path(model["config"]).is_file():
@@ -211,6 +221,10 @@ def _check_curve(study: dict, source: str) -> None:
     unknown = sorted(set(curve["data"]) - set(study["data"]))
     if unknown:
         raise StudyError(f"{source}: sampling.curve.data lists {unknown}, which the study does not prepare")
+    for entry in curve.get("compare", []):
+        if entry not in catalog.SAMPLERS and entry not in variants:
+            raise StudyError(f"{source}: sampling.curve.compare lists {entry!r}, which is neither a sampler nor a name "
+                             "in sampling.variants")
 
 
 def _check_files(study: dict, source: str) -> None:
@@ -275,6 +289,7 @@ def units_of_models(study: dict, source: str = "study") -> dict[str, dict]:
         loss, train = config.get("loss") or {}, config.get("train") or {}
         out[name] = {"sde": config["sde"]["name"], "objective": loss.get("objective"),
                      "mixed_score": loss.get("mixed_score"), "data": model["data"], "kind": "model",
+                     "ablation": bool(model.get("ablation_of")),
                      "budget": None if model.get("checkpoint") else f"{train.get('steps')} x {train.get('batch_size')}",
                      "network": _network(config)}
     return out
@@ -294,12 +309,13 @@ def study_units(study: dict, table: dict, source: str = "study") -> list[dict]:
                 "source": name}
 
     for row in table["rows"]:
-        if row["variant"] == "curve":
-            continue
+        attributes = source_attributes(row["source"])
+        if row.get("train_step"):  # a snapshot of the learning curve: a model of its own for within-claims
+            attributes.update(model=f"{attributes['model']} step {row['train_step']}", step=row["train_step"])
         for metric in table["sources"][row["source"]]["metrics"]:
-            out.append({**source_attributes(row["source"]), "metric": metric, "row": row["row"],
-                        "sampler": row["sampler"], "options": row["options"], "variant": row["variant"],
-                        "nfe": row["nfe"] or None, "striding": row["striding"]})
+            out.append({**attributes, "metric": metric, "row": row["row"], "sampler": row["sampler"],
+                        "options": row["options"], "variant": row["variant"], "nfe": row["nfe"] or None,
+                        "striding": row["striding"]})
     for run, metric in table["nll"].items():
         out.append({**source_attributes(run), "metric": metric, "row": "nll"})
     for name in table.get("smoothness", []):
@@ -505,9 +521,10 @@ def sample_rows(study: dict) -> list[dict]:
     rows = []
     for src in _sources(study):
         rows += _curve_rows(study, src)
+        only = study["models"][src["model"]].get("samplers") if src["kind"] == "model" else None
         for entry in sampling["samplers"].get(src["sde"], []):
             variant, sampler, options = _sampler_of(sampling, entry)
-            if variant.get("data") and src["data"] not in variant["data"]:
+            if variant.get("data") and src["data"] not in variant["data"] or only and entry not in only:
                 continue
             common = {**src, "sampler": sampler, "variant": entry, "options": options}
             if catalog.SAMPLERS[sampler].adaptive:
@@ -539,17 +556,29 @@ def _sampler_of(sampling: dict, entry: str) -> tuple[dict, str, dict]:
 
 
 def _curve_rows(study: dict, src: dict) -> list[dict]:
-    """The learning-curve rows of a trained source (sampling.curve): one per snapshot of its run."""
+    """The learning-curve rows of a trained source (sampling.curve): per snapshot of its run, the curve's sampler
+    (variant 'curve', rows curve-<striding>-nfe<k>-step<s>) and each `compare` entry its SDE can use (variant the
+    entry, rows curve-<entry>-<striding>-nfe<k>-step<s>), all at the curve's NFE."""
     curve = study["sampling"].get("curve")
     if not curve or src["kind"] != "model" or src["data"] not in curve["data"] or \
             study["models"][src["model"]].get("checkpoint"):
         return []
-    _, sampler, options = _sampler_of(study["sampling"], curve["sampler"])
-    nfe = None if catalog.SAMPLERS[sampler].adaptive else catalog.largest_budget(sampler, curve["nfe"], options)
-    striding = "adaptive" if nfe is None else curve["striding"]
-    return [{**src, "sampler": sampler, "variant": "curve", "options": options, "striding": striding,
-             "nfe": nfe or 0, "train_step": step, "row": f"curve-{striding}-nfe{nfe or 0}-step{step}"}
-            for step in snapshot_steps(src["model"], study["models"][src["model"]])]
+    rows = []
+    only = study["models"][src["model"]].get("samplers")
+    for entry in [curve["sampler"], *curve.get("compare", [])]:
+        _, sampler, options = _sampler_of(study["sampling"], entry)
+        lacking = src["sde"] not in catalog.SAMPLERS[sampler].sdes or only and entry not in only
+        if entry != curve["sampler"] and lacking:
+            continue  # a compare entry this SDE has not (SSCS for the VPSDE), or the model does not list
+        nfe = None if catalog.SAMPLERS[sampler].adaptive else catalog.largest_budget(sampler, curve["nfe"], options)
+        striding = "adaptive" if nfe is None else curve["striding"]
+        main = entry == curve["sampler"]
+        prefix = "curve" if main else f"curve-{entry}"
+        rows += [{**src, "sampler": sampler, "variant": "curve" if main else entry, "options": options,
+                  "striding": striding, "nfe": nfe or 0, "train_step": step,
+                  "row": f"{prefix}-{striding}-nfe{nfe or 0}-step{step}"}
+                 for step in snapshot_steps(src["model"], study["models"][src["model"]])]
+    return rows
 
 
 def _evaluation(study: dict, data: str) -> str | None:
@@ -580,19 +609,27 @@ def job_table(study: dict) -> dict:
                                   "modes": spec.oracle if spec.modes else None}
     runs = replicas(study)
     evaluation = study["evaluation"]
-    nll = ({name: catalog.DATASETS[study["models"][r["model"]]["data"]].nll_metric for name, r in runs.items()}
+    sizes = (evaluation.get("nll") or {}).get("num_samples")
+    nll = ({name: catalog.DATASETS[study["models"][r["model"]]["data"]].nll_metric for name, r in runs.items()
+            if not isinstance(sizes, dict) or study["models"][r["model"]]["data"] in sizes}
            if evaluation.get("nll") else {})
     imported = sorted(name for name, r in runs.items() if study["models"][r["model"]].get("checkpoint"))
     loss_variance = evaluation.get("loss_variance")
     return {"rows": rows, "sources": sources, "nll": nll, "imported": imported, "replicas": runs,
             "trained": sorted(name for name in runs if name not in imported), "conditional": conditional_table(study),
-            "smoothness": list(sources) if evaluation.get("smoothness") else [],
+            "smoothness": [name for name, src in sources.items() if evaluation.get("smoothness") and not _ablation(
+                study, src)],
             "loss_variance": [name for name, src in sources.items() if loss_variance and src["kind"] == "model"
-                              and src["sde"] in loss_variance["sdes"]],
+                              and src["sde"] in loss_variance["sdes"] and not _ablation(study, src)],
             "equilibrium": _laws(study) if evaluation.get("equilibrium") else {},
             "floors": {data: study["sampling"]["num_samples"][data] for data in study["data"]
                        if evaluation.get("floor") and _evaluation(study, data) in ("fd_digits", "sample_distance")
                        and data in study["sampling"]["num_samples"]}}
+
+
+def _ablation(study: dict, src: dict) -> bool:
+    """Whether a sample source is a training replica of an ablation model (models.<m>.ablation_of)."""
+    return src["kind"] == "model" and bool(study["models"][src["model"]].get("ablation_of"))
 
 
 def _laws(study: dict) -> dict:

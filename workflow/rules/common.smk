@@ -42,7 +42,7 @@ wildcard_constraints:
     split=r"train|test",
     model=r"[A-Za-z0-9_-]+",
     source=r"[A-Za-z0-9_-]+",
-    row=r"[a-z][a-z0-9_]*-[a-z]+(-nfe[0-9]+)?(-step[0-9]+)?",
+    row=r"[a-z][a-z0-9_]*(-[a-z][a-z0-9]*)?-[a-z]+(-nfe[0-9]+)?(-step[0-9]+)?",
     part=r"[0-9]+",
     law=r"law-[a-z0-9_]+-[a-z0-9]+",
 

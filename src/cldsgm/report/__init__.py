@@ -126,8 +126,9 @@ def _claims_sections(study: dict, table: dict, df: pd.DataFrame, results: Path) 
 
 
 def split_curve(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(the study's rows, its learning-curve rows): snapshots are not the trained models the claims are about."""
-    curve = df["variant"] == "curve"
+    """(the study's rows, its learning-curve rows: the snapshots' sets, curve-...): the quality tables are of the
+    trained models; the claims decide snapshots apart (each a model of its own)."""
+    curve = df["row"].astype(str).str.startswith("curve-")
     return df[~curve], df[curve]
 
 
@@ -188,7 +189,7 @@ def sections(study: dict, df: pd.DataFrame, results: Path, curve: pd.DataFrame |
 
     metrics = {"study": study["study"], "quality": {}, "nll": {}}
     curve = curve if curve is not None else df.iloc[:0]
-    claims_parts, claim_rows, _ = _claims_sections(study, job_table(study), df, results)
+    claims_parts, claim_rows, _ = _claims_sections(study, job_table(study), pd.concat([df, curve]), results)
     metrics["claims"] = {c["key"]: {k: c[k] for k in ("claim", "setting", "verdict", "difference", "ci_low",
                                                         "ci_high", "seeds (A/B)", "detectable")}
                          for c in claim_rows}
@@ -198,7 +199,7 @@ def sections(study: dict, df: pd.DataFrame, results: Path, curve: pd.DataFrame |
         "where it holds 0 (then either may be used)."))]
     if not curve.empty:
         figures = []
-        for (data, metric), sub in curve.groupby(["data", "metric"]):
+        for (data, metric), sub in curve[curve["variant"] == "curve"].groupby(["data", "metric"]):
             if metric != headline_metrics().get(data):
                 continue
             figures.append(Figure(figure_name("curve", data, metric), f"{data}: learning curve",
@@ -352,9 +353,10 @@ def build_report(study_path: str | Path, results: str | Path, out: str | Path) -
     from cldsgm.report.claims import claim_rows
     from cldsgm.study import job_table
 
-    decided, undecided = claim_rows(study, job_table(study), df)
+    decided, undecided = claim_rows(study, job_table(study), pd.concat([df, curve]))
     pd.DataFrame(decided).drop(columns=["metric"], errors="ignore").to_csv(out / "claims.csv", index=False)
-    pd.DataFrame(undecided).to_csv(out / "claims_undecided.csv", index=False)
+    pd.DataFrame(undecided, columns=["claim", "paper", "statement", "paper's figure", "what the study lacks"]).to_csv(
+        out / "claims_undecided.csv", index=False)
     nll = nll_table(df)
     if not nll.empty:
         nll.to_csv(out / "nll.csv", index=False)

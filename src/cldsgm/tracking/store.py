@@ -22,7 +22,7 @@ from filelock import Timeout as LockTimeout
 
 __all__ = ["COMMIT_TAG", "EXPERIMENT_KIND", "TrackingError", "client", "experiment_id", "finish_parent", "first_line",
            "git_commit", "init_store", "metric_key", "open_parent_run", "sqlite_path", "store_errors", "store_lock",
-           "tracking_uri"]
+           "tracking_uri", "claim_tags", "headline_metrics"]
 
 # MLflow's defaults retry for minutes (7 retries, backoff factor 2, 120 s timeout); a job waits seconds.
 _HTTP_BUDGET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -180,19 +180,33 @@ def _study_params(study: dict) -> dict:
     return {metric_key(k): str(v)[:500] for k, v in flatten(study).items()}
 
 
+# a verdict as a number the UI can chart and compare between two runs of a study: 1 holds, -1 does not hold, 0 not
+# decided (inconclusive, with one training seed or not)
+VERDICT_SIGN = {"holds": 1, "does not hold": -1}
+
+
+def claim_tags(summary: dict) -> dict:
+    """Tags of a study's parent run: claim/<key> -> the verdict in words, with the seeds per side (the UI's run
+    comparison shows them beside the claim/<key> metrics)."""
+    return {metric_key(f"claim/{c.get('key') or name}")[:220]: f"{c['verdict']} (seeds {c.get('seeds (A/B)', '?')})"
+            for name, c in (summary.get("claims") or {}).items()}
+
+
 def headline_metrics(summary: dict) -> dict:
-    """Metrics of a study's parent run from the report's summary.json: each tested claim's difference and interval
-    (claim/<key>, _ci_low, _ci_high; the claim's short key, e.g. 'sscs-em diamond_cld quadratic'), each model's
+    """Metrics of a study's parent run from the report's summary.json: each decided comparison's difference, interval
+    and verdict (claim/<key>, _ci_low, _ci_high, _verdict: 1 holds, -1 does not hold, 0 not decided; the key names
+    the claim and its setting, e.g. 'cld-sscs-em diamond_cld nfe50'), each model's
     NLL, and per source and metric the best row's value (best/<data>/<source>/<metric>; every sample metric is
     lower-is-better)."""
     out = {}
     for name, claim in (summary.get("claims") or {}).items():
         if claim.get("difference") is not None:
-            key = metric_key(f"claim/{claim.get('key') or name}")[:230]
+            key = metric_key(f"claim/{claim.get('key') or name}")[:220]
             out[key] = claim["difference"]
             for end in ("ci_low", "ci_high"):
                 if claim.get(end) is not None:
                     out[f"{key}_{end}"] = claim[end]
+            out[f"{key}_verdict"] = VERDICT_SIGN.get(claim.get("verdict"), 0)
     for name, nll in (summary.get("nll") or {}).items():
         if nll.get("value") is not None:
             out[metric_key(f"nll/{name}")] = nll["value"]
@@ -244,6 +258,11 @@ def finish_parent(parent: dict, artifacts: str | Path | None = None, study: dict
                 summary_path.read_text())).items()]
             for start in range(0, len(metrics), 900):  # log_batch takes at most 1000 metrics per call
                 mlflow_client.log_batch(run_id, metrics=metrics[start:start + 900])
+            from mlflow.entities import RunTag
+
+            tags = [RunTag(k, v) for k, v in claim_tags(json.loads(summary_path.read_text())).items()]
+            for start in range(0, len(tags), 100):
+                mlflow_client.log_batch(run_id, tags=tags[start:start + 100])
         if artifacts is not None and Path(artifacts).is_dir():
             mlflow_client.log_artifacts(run_id, str(artifacts), "report")
         mlflow_client.set_terminated(run_id, "FINISHED")
