@@ -82,23 +82,49 @@ def _two_stage_bootstrap(values_a, reps_a, values_b, reps_b, rng):
     return stats.basic_interval(d, side(reps_a) - side(reps_b))
 
 
+def _null_pair(rng, tau: float, sigma: float, shared: bool):
+    """Two sides of one method, 3 seeds each: (values, [3, 200] replicates) per side. shared: the replicas draw
+    their samples with one set of noise streams (as a study's do), so a side's sampling error is common to its seeds
+    and its replicates' resampling too."""
+    common = rng.normal(0, sigma)
+    sides = []
+    for _side in range(2):
+        seeds = rng.normal(0, tau, 3)
+        if shared:
+            error = 0.5 * common + math.sqrt(0.75) * rng.normal(0, sigma)
+            values = seeds + error + rng.normal(0, 0.05 * sigma, 3)
+            replicates = values[:, None] + rng.normal(0, sigma, 200)[None, :]
+        else:
+            values = seeds + rng.normal(0, sigma, 3)
+            replicates = values[:, None] + rng.normal(0, sigma, (3, 200))
+        sides += [values, replicates]
+    return sides
+
+
+def _holds_zero(found) -> bool:
+    return found["ci_low"] <= 0 <= found["ci_high"]
+
+
 def test_the_seed_interval_covers_a_null_difference_where_a_two_stage_bootstrap_does_not():
-    """Coverage with simulated training seeds: two methods with the same mean, 3 seeds each, seed-to-seed spread 1,
-    each seed's sampling noise 0.1 (the regime of trained networks: Bouthillier et al. 2021). The t interval over
-    the seeds holds 0 in >= 90 % of 200 pairs; resampling 3 seeds with replacement holds it far less often."""
+    """Coverage with simulated training seeds: two methods with the same mean, 3 seeds each. Seed-to-seed spread 1,
+    sampling noise 0.1, independent (the regime of Bouthillier et al. 2021): the t interval over the seeds holds 0
+    in >= 90 % of 200 pairs; resampling 3 seeds with replacement far less often. Sampling noise shared by the
+    replicas (a study's samples use one set of noise streams) and larger than the seeds' spread: the t interval over
+    the seeds alone fails; with the samples' bootstrap variance added (Satterthwaite) it holds 0 again."""
     rng = np.random.default_rng(7)
-    held_t = held_boot = 0
+    held_t = held_boot = held_shared = held_shared_t = 0
     for _ in range(200):
-        sides = []
-        for _side in range(2):
-            values = rng.normal(0, 1, 3) + rng.normal(0, 0.1, 3)
-            sides += [values, values[:, None] + rng.normal(0, 0.1, (3, 200))]
-        found = stats.seed_interval(sides[0], sides[2])
-        held_t += found["ci_low"] <= 0 <= found["ci_high"]
-        low, high = _two_stage_bootstrap(*sides, rng)
+        a, reps_a, b, reps_b = _null_pair(rng, 1.0, 0.1, shared=False)
+        held_t += _holds_zero(stats.seed_interval(a, b))
+        low, high = _two_stage_bootstrap(a, reps_a, b, reps_b, rng)
         held_boot += low <= 0 <= high
-    print(f"null held by the seed interval {held_t}/200, by the two-stage bootstrap {held_boot}/200")
-    assert held_t >= 180 and held_boot < 175
+        a, reps_a, b, reps_b = _null_pair(rng, 0.2, 1.0, shared=True)
+        sampling = float(np.var(reps_a.mean(0) - reps_b.mean(0), ddof=1))
+        held_shared += _holds_zero(stats.seed_interval(a, b, sampling_var=sampling))
+        held_shared_t += _holds_zero(stats.seed_interval(a, b))
+    print(f"null held: independent noise, seed interval {held_t}/200, two-stage bootstrap {held_boot}/200; shared "
+          f"noise, with the samples' variance {held_shared}/200, seeds alone {held_shared_t}/200")
+    assert held_t >= 180 and held_boot < 175 and held_shared >= 180 and held_shared_t < 120
 
 
 def test_the_seed_interval_finds_a_real_difference_and_pairs_shared_seeds():
@@ -234,3 +260,18 @@ def test_the_gradient_variance_is_the_trace_of_the_per_example_covariance():
     counts = stats.resample_counts(30, 100, 1)
     resampled = np.repeat(g, counts[5], axis=0)
     assert _trace_cov(g @ g.T, counts)[5] == pytest.approx(np.trace(np.cov(resampled, rowvar=False)), rel=1e-10)
+
+
+def test_the_parent_run_carries_each_verdict_as_a_number_and_in_words():
+    from cldsgm.tracking.store import claim_tags, headline_metrics
+
+    summary = {"claims": {"cld-sscs-em diamond_cld nfe50": {"verdict": "holds", "difference": -0.02, "ci_low": -0.04,
+                                                            "ci_high": -0.01, "seeds (A/B)": "1/1"},
+                          "cld-vpsde-em digits nfe50": {"verdict": "inconclusive (one training seed)",
+                                                        "difference": 7.8, "ci_low": -3.2, "ci_high": 21.1,
+                                                        "seeds (A/B)": "1/1"}}}
+    metrics = headline_metrics(summary)
+    assert metrics["claim/cld-sscs-em diamond_cld nfe50_verdict"] == 1
+    assert metrics["claim/cld-vpsde-em digits nfe50_verdict"] == 0
+    assert metrics["claim/cld-vpsde-em digits nfe50_ci_high"] == 21.1
+    assert claim_tags(summary)["claim/cld-vpsde-em digits nfe50"] == "inconclusive (one training seed) (seeds 1/1)"

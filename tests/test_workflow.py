@@ -307,6 +307,9 @@ def test_mlflow_runs_say_what_made_them(smoke):
     assert study_files == {"study/smoke.yaml", "study/resolved_study.yaml"}
     metrics = parent.data.metrics
     assert any(k.startswith("claim/") and k + "_ci_low" in metrics for k in metrics)
+    # each decided comparison's verdict, as a number to chart and as words with the seeds
+    assert metrics["claim/cld-equilibrium diamond law_verdict"] == 1
+    assert parent.data.tags["claim/cld-equilibrium diamond law"] == "holds (seeds 1/1)"
     assert metrics["best/diamond/oracle-diamond-cld/sliced_w2"] > 0 and "nll/diamond_cld/nll_nats" in metrics
     for name, run in children.items():  # every child run has params, evaluation runs the ones that made them
         assert run.data.params, name

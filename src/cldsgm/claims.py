@@ -267,9 +267,16 @@ def _by_model(claim: Claim, units: list[dict]) -> dict:
     return groups
 
 
+def _natural(key: tuple) -> tuple:
+    """A sort key in which 'digits_cld step 875' comes before 'digits_cld step 1750'."""
+    import re
+
+    return tuple(tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(k))) for k in key)
+
+
 def _within(claim: Claim, units: list[dict]) -> list[Instance]:
     out = []
-    for (data, model), group in sorted(_by_model(claim, units).items()):
+    for (data, model), group in sorted(_by_model(claim, units).items(), key=lambda kv: _natural(kv[0])):
         metric = _metric_of(claim, data)
         a_rows, b_rows = _rows_of(claim, claim.a, group, metric), _rows_of(claim, claim.b, group, metric)
         for nfe in _budgets(claim, a_rows, b_rows):

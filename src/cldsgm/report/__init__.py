@@ -75,7 +75,8 @@ _CLAIMS_TEXT = (
     "Each claim compares A with B in the setting its paper states it at (lower is better unless the statement says "
     "otherwise). Values are bias-corrected estimates with their 95 % intervals; A - B is the bias-corrected "
     "difference with its interval: a basic bootstrap over the samples (paired where the two sets share their seed) "
-    "for one training seed per side, a t interval over the seeds' values for several. The claim holds where the "
+    "for one training seed per side; for several, a t interval over the seeds' values with the samples' bootstrap "
+    "variance of their mean added (the replicas share their samples' noise streams). The claim holds where the "
     "interval lies on A's side of 0, does not hold where it lies on B's, and is inconclusive where it holds 0. A "
     "claim about a method (two trained models) from one training seed per side reads 'inconclusive (one training "
     "seed)': the interval holds the samples' variation only. 'Detectable': the smallest true difference this study "
@@ -193,7 +194,8 @@ def sections(study: dict, df: pd.DataFrame, results: Path, curve: pd.DataFrame |
     metrics["claims"] = {c["key"]: {k: c[k] for k in ("claim", "setting", "verdict", "difference", "ci_low",
                                                         "ci_high", "seeds (A/B)", "detectable")}
                          for c in claim_rows}
-    out = [*claims_parts, Section("Best sampler per NFE budget", table=best_samplers(df), text=(
+    best = best_samplers(df)
+    out = [*claims_parts, Section("Best sampler per NFE budget", table=best, folded=len(best) > 40, text=(
         "Per source and NFE budget, the row with the lowest headline metric and the runner-up, with the paired "
         "difference (runner-up minus best) and its 95 % interval: 'best' where the interval lies above 0, 'tied' "
         "where it holds 0 (then either may be used)."))]
@@ -206,8 +208,11 @@ def sections(study: dict, df: pd.DataFrame, results: Path, curve: pd.DataFrame |
                                   learning_curve_figure(sub, metric)))
         out.append(Section("Learning curves", figures=figures, text=(
             f"The headline metric of each model's training snapshots, sampled with "
-            f"{study['sampling']['curve']['sampler']} at NFE {study['sampling']['curve']['nfe']} (bands: 95 % "
-            "intervals): a model whose curve still falls at its last step is under-trained for the claims above.")))
+            f"{study['sampling']['curve']['sampler']} at NFE {study['sampling']['curve']['nfe']}, one line per "
+            "training seed (bands: 95 % intervals): a model whose curve still falls at its last step is under-trained "
+            "for the claims above."
+            + (" The samplers compared on every snapshot are decided in the claims tables ('<model> step <s>')."
+               if study["sampling"]["curve"].get("compare") else ""))))
     colours = sampler_colours(sample_metrics(df)["sampler"]) if not df.empty else {}
     plots, tables = [], []
     floor_of = {(r["data"], r["metric"]): r for _, r in floors.iterrows()} if floors is not None else {}

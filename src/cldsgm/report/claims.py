@@ -8,7 +8,8 @@ Intervals:
   difference; a claim between two *trained* models then reads "inconclusive (one training seed)", since it speaks
   for the method only through the seed-to-seed spread it cannot see;
 - several seeds per side: a t interval over the seeds' bias-corrected values (cldsgm.stats.seed_interval: Welch's
-  between models, paired within one model's replicas).
+  between models, paired within one model's replicas), its variance plus the bootstrap variance of the seeds' mean
+  over the samples (the replicas share their samples' noise streams, which the seeds' spread cannot show).
 Detectable: the smallest true difference the study finds with 80 % power at 5 % (cldsgm.stats.min_detectable); a
 "≥" where one seed hides the seed-to-seed spread, so that the true minimum is larger.
 """
@@ -79,8 +80,18 @@ def _side_text(label: str, metric: str, seeds: list[dict]) -> str:
     if len(seeds) == 1:
         low, high = stats.basic_interval(seeds[0]["plug_in"], seeds[0]["replicates"])
         return f"{label} {_clipped(metric, seeds[0]['value'], low, high)}"
-    found = stats.seed_interval([s["value"] for s in seeds])
+    found = stats.seed_interval([s["value"] for s in seeds], sampling_var=_sampling_var(seeds))
     return f"{label} {_clipped(metric, found['difference'], found['ci_low'], found['ci_high'])}"
+
+
+def _sampling_var(a: list[dict], b: list[dict] | None = None) -> float:
+    """The bootstrap variance over the samples of the seeds' mean (or of the difference of the two sides' means):
+    replicate r of every seed's set is drawn with the same counts, so replicate-wise means are the mean's
+    replicates."""
+    mean = np.mean([s["replicates"] for s in a], axis=0)
+    if b is not None:
+        mean = mean - np.mean([s["replicates"] for s in b], axis=0)
+    return float(np.var(mean, ddof=1))
 
 
 def _decide(inst: catalogue.Instance) -> dict:
@@ -97,7 +108,8 @@ def _decide(inst: catalogue.Instance) -> dict:
     row.update(A=_side_text(claim.a.label, metric, a), B=_side_text(claim.b.label, metric, b))
     trained = inst.a[0][0]["kind"] == "model"
     if len(a) >= 2 and len(b) >= 2:
-        found = stats.seed_interval([s["value"] for s in a], [s["value"] for s in b], paired=inst.paired)
+        found = stats.seed_interval([s["value"] for s in a], [s["value"] for s in b], paired=inst.paired,
+                                    sampling_var=_sampling_var(a, b))
         diff = {"difference": found["difference"], "ci_low": found["ci_low"], "ci_high": found["ci_high"]}
         detectable = f"{stats.min_detectable(found['se'], found['df']):.3g}"
         verdict = stats.verdict(diff["ci_low"], diff["ci_high"], claim.lower_is_better)

@@ -139,17 +139,25 @@ def quality_figure(df: pd.DataFrame, data: str, metric: str, colours: dict | Non
 
 
 def learning_curve_axes(df: pd.DataFrame, metric: str):
-    """The metric of each model's snapshots against its training step, intervals as bands (one line per model)."""
+    """The metric of each model's snapshots against its training step, intervals as bands: one colour per model,
+    one line per training replica (seed)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    for model, group in sorted(df.groupby("source")):
-        group = group.sort_values("train_step")
-        line, = ax.plot(group["train_step"], group["value"], marker="o", markersize=3, label=model)
-        ax.fill_between(group["train_step"], group["ci_low"].fillna(group["value"]),
-                        group["ci_high"].fillna(group["value"]), color=line.get_color(), alpha=0.18, linewidth=0)
+    palette = plt.get_cmap("tab10").colors
+    models = df["model"] if "model" in df else df["source"]
+    for i, (model, rows) in enumerate(sorted(df.groupby(models))):
+        colour = palette[i % len(palette)]
+        for k, (_, group) in enumerate(sorted(rows.groupby("source"))):
+            group = group.sort_values("train_step")
+            ax.plot(group["train_step"], group["value"], marker="o", markersize=3, color=colour,
+                    label=model if k == 0 else None, linewidth=1.5 if k == 0 else 1.0)
+            ax.fill_between(group["train_step"], group["ci_low"].fillna(group["value"]),
+                            group["ci_high"].fillna(group["value"]), color=colour, alpha=0.12, linewidth=0)
+    if (df["value"] > 0).all():  # a curve spans orders of magnitude early on
+        ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return fig
 
