@@ -76,13 +76,10 @@ class ScoreSource:
             return self.mixture.sample(n, generator=torch.Generator().manual_seed(seed))
         if self.data_path is None:
             raise ValueError("this score source has no data to draw a pilot batch from")
-        import numpy as np
-
-        from cldsgm.data.prepared import load_prepared, scale_images
+        from cldsgm.data.prepared import load_prepared, random_subset, scale_images
 
         data, _, _ = load_prepared(self.data_path)
-        pick = np.random.default_rng(seed).permutation(len(data))[:n]
-        x = torch.from_numpy(data[np.sort(pick)])
+        x = torch.from_numpy(random_subset(data, n, seed))
         return (scale_images(x) if self.kind == "image" else x).to(torch.float64)
 
 

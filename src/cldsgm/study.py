@@ -284,7 +284,7 @@ def units_of_models(study: dict, source: str = "study") -> dict[str, dict]:
     for name, model in study["models"].items():
         try:
             config = training_config(name, model, source)
-        except Exception:  # a study read without its files (a report elsewhere): what the study itself says
+        except (StudyError, OSError):  # a study read without its files (a report elsewhere): what it says itself
             config = {"sde": {"name": model_sde(model)}}
         loss, train = config.get("loss") or {}, config.get("train") or {}
         out[name] = {"sde": config["sde"]["name"], "objective": loss.get("objective"),
@@ -330,12 +330,13 @@ def study_units(study: dict, table: dict, source: str = "study") -> list[dict]:
     return out
 
 
-def study_claims(study: dict, table: dict | None = None, source: str = "study") -> tuple[list, list]:
+def study_claims(study: dict, table: dict | None = None, source: str = "study", *,
+                 units: list[dict] | None = None) -> tuple[list, list]:
     """(the instances the study decides, [(claim, what it lacks)] for the claims it lists but cannot serve): the
-    claims of `claims:`, or every claim the study's units serve (cldsgm.claims)."""
+    claims of `claims:`, or every claim the study's units (study_units, unless given) serve (cldsgm.claims)."""
     from cldsgm import claims
 
-    units = study_units(study, table or job_table(study), source)
+    units = units if units is not None else study_units(study, table or job_table(study), source)
     listed = study.get("claims")
     decided, lacking = [], []
     for claim_id in listed if listed is not None else claims.CLAIMS:

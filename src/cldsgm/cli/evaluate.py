@@ -188,23 +188,18 @@ def _pairs(samples_dirs, out_dirs, real=None) -> list[tuple[str, str]]:
 def _evaluated(samples_dir, real, n, labels):
     """(items, the seed their resampling is drawn from, their record fields) of a sample directory, or of n items
     drawn from a real split (--real: the floor, what the metric gives data of the law itself at that n)."""
-    from cldsgm.data.prepared import load_prepared
+    from cldsgm.data.prepared import load_prepared, random_subset
     from cldsgm.shards import load_samples
 
     if samples_dir is not None:
         items, manifest = load_samples(samples_dir)
         return items, manifest["identity"]["seed"], sample_set_fields(manifest, samples_dir)
-    import numpy as np
-
     if n is None:
         raise click.UsageError("--real needs --n, the size of the sample sets it is the floor of")
     items = load_prepared(real)[0]
     if len(items) < n:
         raise ValueError(f"--real {real} has {len(items)} items, fewer than --n {n}")
-    # n items drawn without replacement (seed 0), in split order: a split need not be shuffled (the digits' first
-    # 200 training images, a few writers, are at FD-digits 36.8 from the held-out split; random 200 at 12.3 +- 2.9)
-    pick = np.sort(np.random.default_rng(0).permutation(len(items))[:n])
-    return items[pick], 0, {"seed": 0, "extra": {"real": dataset_fields(real), "pick": "random, seed 0"},
+    return random_subset(items, n, 0), 0, {"seed": 0, "extra": {"real": dataset_fields(real), "pick": "random, seed 0"},
                             "labels": {"kind": "floor", **parse_labels(labels)}}
 
 

@@ -16,17 +16,16 @@ from cldsgm.cli.sample import load_source, resolve_source_args, source_options
 
 
 def _data_batch(data_path: str, n: int, kind: str, seed: int):
-    """n items drawn from a prepared split without replacement (by `seed`; a split need not be shuffled: the digits'
-    are in the order of their writers), as float data (images scaled to [-1, 1]); ValueError if too few."""
-    import numpy as np
+    """n items drawn from a prepared split (cldsgm.data.prepared.random_subset by `seed`), as float data (images
+    scaled to [-1, 1]); ValueError if too few."""
     import torch
 
-    from cldsgm.data.prepared import load_prepared, scale_images
+    from cldsgm.data.prepared import load_prepared, random_subset, scale_images
 
     data = load_prepared(data_path)[0]
     if len(data) < n:
         raise ValueError(f"{data_path} has {len(data)} items, fewer than --n {n}")
-    x = torch.from_numpy(data[np.sort(np.random.default_rng(seed).permutation(len(data))[:n])])
+    x = torch.from_numpy(random_subset(data, n, seed))
     split_kind = "image" if data.dtype.kind == "u" else "points"
     if split_kind != kind:
         raise ValueError(f"the model takes {kind} data, {data_path} holds {split_kind}")

@@ -17,12 +17,20 @@ import numpy as np
 from cldsgm import __version__
 from cldsgm.utils.io import atomic_path, atomic_write_json
 
-__all__ = ["array_sha256", "load_prepared", "prepared_paths", "read_manifest", "save_prepared", "scale_images"]
+__all__ = ["array_sha256", "load_prepared", "prepared_paths", "random_subset", "read_manifest", "save_prepared",
+           "scale_images"]
 
 
 def scale_images(images):
     """uint8 pixel values k (a torch tensor) -> float32 2 k / 255 - 1 in [-1, 1] (the references' centring)."""
     return images.float() * (2.0 / 255.0) - 1.0
+
+
+def random_subset(items: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """n of the items drawn without replacement by `seed`, in their split order: a split need not be shuffled (the
+    digits' are in the order of their writers: the first 200 training images are at FD-digits 36.8 from the
+    held-out split, random 200 at 12.3 +- 2.9)."""
+    return items[np.sort(np.random.default_rng(seed).permutation(len(items))[:n])]
 
 
 def array_sha256(array: np.ndarray) -> str:

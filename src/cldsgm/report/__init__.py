@@ -103,12 +103,12 @@ def _once_per_claim(frame: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
-def _claims_sections(study: dict, table: dict, df: pd.DataFrame, results: Path) -> tuple[list[Section], list, list]:
-    """The papers' claims, ours, and the claims the study does not decide (with what each lacks)."""
-    from cldsgm.report.claims import COLUMNS, claim_rows
+def _claims_sections(study: dict, rows: list[dict], missing: list[dict], results: Path) -> list[Section]:
+    """The papers' claims, ours, and the claims the study does not decide (with what each lacks), from
+    cldsgm.report.claims.claim_rows."""
+    from cldsgm.report.claims import COLUMNS
     from cldsgm.study import replicas
 
-    rows, missing = claim_rows(study, table, df)
     frame = pd.DataFrame(rows, columns=[*COLUMNS, "key", "difference", "ci_low", "ci_high"])
     paper, ours = frame[frame["paper"] != "ours"], frame[frame["paper"] == "ours"]
     shown = [c for c in COLUMNS if c != "paper's figure"]
@@ -123,7 +123,15 @@ def _claims_sections(study: dict, table: dict, df: pd.DataFrame, results: Path) 
                            text=(
             "Every claim of the catalogue (`cldsgm claims`) that this study lists or could list, with what it would "
             "need: params/claims.yaml decides the model claims with three training seeds per model.")))
-    return out, rows, missing
+    return out
+
+
+def _claim_rows(study: dict, df: pd.DataFrame, curve: pd.DataFrame) -> tuple[list, list]:
+    """cldsgm.report.claims.claim_rows on the study's records and its learning-curve snapshots."""
+    from cldsgm.report.claims import claim_rows
+    from cldsgm.study import job_table
+
+    return claim_rows(study, job_table(study), pd.concat([df, curve]))
 
 
 def split_curve(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -179,18 +187,20 @@ def _conditional_sections(cond: pd.DataFrame, metrics: dict) -> list[Section]:
 
 
 def sections(study: dict, df: pd.DataFrame, results: Path, curve: pd.DataFrame | None = None,
-             conditional: pd.DataFrame | None = None, floors: pd.DataFrame | None = None) -> tuple[list[Section], dict]:
+             conditional: pd.DataFrame | None = None, floors: pd.DataFrame | None = None,
+             claims: tuple[list, list] | None = None) -> tuple[list[Section], dict]:
     """The report's sections, in order, and the content of metrics.json (every value with its interval). First what
     the study shows (the claims, the best sampler per budget, conditional generation), then the plots, then the long
     tables, folded. df: the records without the learning-curve rows, which come as `curve` (split_curve), without
     the conditional sets, which come as `conditional` (report.conditional.split_conditional), and without the
-    floors (real data scored like a sample set), which come as `floors`."""
+    floors (real data scored like a sample set), which come as `floors`. claims: (rows, undecided) of
+    cldsgm.report.claims.claim_rows, where the caller has them."""
     from cldsgm.report.figures import learning_curve_figure, loss_figure, quality_figure, sampler_colours
-    from cldsgm.study import job_table
 
     metrics = {"study": study["study"], "quality": {}, "nll": {}}
     curve = curve if curve is not None else df.iloc[:0]
-    claims_parts, claim_rows, _ = _claims_sections(study, job_table(study), pd.concat([df, curve]), results)
+    claim_rows, undecided = claims if claims is not None else _claim_rows(study, df, curve)
+    claims_parts = _claims_sections(study, claim_rows, undecided, results)
     metrics["claims"] = {c["key"]: {k: c[k] for k in ("claim", "setting", "verdict", "difference", "ci_low",
                                                         "ci_high", "seeds (A/B)", "detectable")}
                          for c in claim_rows}
@@ -329,7 +339,8 @@ def build_report(study_path: str | Path, results: str | Path, out: str | Path) -
     df, curve = split_curve(df)  # the tables, CSVs and claims are of the trained models, as the page
     floors = df[df["kind"] == "floor"]
     df = df[df["kind"] != "floor"]
-    parts, metrics = sections(study, df, results, curve, conditional, floors)
+    decided, undecided = _claim_rows(study, df, curve)
+    parts, metrics = sections(study, df, results, curve, conditional, floors, (decided, undecided))
     out.mkdir(parents=True, exist_ok=True)
     for data, metric, sub, _ in quality_tables(df):  # long: one row per value, with its interval
         sub[["source", "sde", "sampler", "striding", "nfe_budget", "nfe", "value", "ci_low", "ci_high", "n"]].to_csv(
@@ -355,10 +366,6 @@ def build_report(study_path: str | Path, results: str | Path, out: str | Path) -
     plots.mkdir()
     for name, table in plot_tables(df).items():
         table.to_csv(plots / f"{name}.csv", index=False)
-    from cldsgm.report.claims import claim_rows
-    from cldsgm.study import job_table
-
-    decided, undecided = claim_rows(study, job_table(study), pd.concat([df, curve]))
     pd.DataFrame(decided).drop(columns=["metric"], errors="ignore").to_csv(out / "claims.csv", index=False)
     pd.DataFrame(undecided, columns=["claim", "paper", "statement", "paper's figure", "what the study lacks"]).to_csv(
         out / "claims_undecided.csv", index=False)

@@ -31,14 +31,14 @@ COLUMNS = ["claim", "paper", "statement", "paper's figure", "data", "setting", "
 ONE_SEED = "inconclusive (one training seed)"
 
 
-def record_units(study: dict, table: dict, df: pd.DataFrame) -> list[dict]:
-    """The study's units (cldsgm.study.study_units) that have a record, each with the record's numbers: value,
-    plug_in, ci_low, ci_high, replicates, n."""
+def record_units(study: dict, table: dict, df: pd.DataFrame, planned: list[dict] | None = None) -> list[dict]:
+    """The study's units (cldsgm.study.study_units, unless `planned` gives them) that have a record, each with the
+    record's numbers: value, plug_in, ci_low, ci_high, replicates, n."""
     from cldsgm.study import study_units
 
     by_key = {(r["source"], r["row"], r["metric"]): r for _, r in df.iterrows()}
     out = []
-    for unit in study_units(study, table):
+    for unit in planned if planned is not None else study_units(study, table):
         record = by_key.get((unit["source"], unit["row"], unit["metric"]))
         if record is not None:
             out.append({**unit, **{k: record[k] for k in ("value", "plug_in", "ci_low", "ci_high", "replicates", "n")}})
@@ -130,10 +130,11 @@ def claim_rows(study: dict, table: dict, df: pd.DataFrame) -> tuple[list[dict], 
     """(one row per comparison of the claims the study lists, in catalogue order; one row per listed claim the study
     does not decide, with what it lacks). df: the study's records (records_frame, curve and conditional sets
     apart)."""
-    from cldsgm.study import study_claims
+    from cldsgm.study import study_claims, study_units
 
-    units = record_units(study, table, df) if not df.empty else []
-    decided, lacking = study_claims(study, table)
+    planned = study_units(study, table)
+    units = record_units(study, table, df, planned) if not df.empty else []
+    decided, lacking = study_claims(study, table, units=planned)
     rows, seen = [], set()
     for inst in decided:
         if inst.claim.id in seen:
