@@ -13,13 +13,18 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DATASETS", "DEVICES", "EXACT_DIVERGENCE_DIMS", "FID_MODES", "NLL_PROBES", "ODE_METHODS", "ORACLES",
-           "PRECISIONS", "PROBES", "SAMPLERS", "SDES", "STRIDINGS", "DatasetSpec", "Option", "SDESpec", "SamplerSpec",
+__all__ = ["DATASETS", "DEVICES", "EXACT_DIVERGENCE_DIMS", "FID_MODES", "NETWORK_SPEEDUPS", "NLL_PROBES", "ODE_METHODS",
+           "ORACLES", "PRECISIONS", "PROBES", "SAMPLERS", "SDES", "STRIDINGS", "DatasetSpec", "Option", "SDESpec",
+           "SamplerSpec",
            "bench_presets", "dataset", "largest_budget", "load", "register", "sampler", "sde_name", "steps_for",
            "unregister"]
 
 STRIDINGS = ("uniform", "quadratic")  # the time grids of fixed-step samplers (cldsgm.samplers.grids)
 PRECISIONS = ("fp32", "bf16", "fp16")  # autocast of the network only; the samplers' arithmetic stays float32
+# how a sampling network runs faster (cldsgm.models.fast); none changes the sampler's arithmetic:
+# cast-weights: weights cast once to the precision's dtype instead of autocast (bf16/fp16 only);
+# compile-blocks: torch.compile (inductor) of each repeated block; cuda-graph: each network call replayed from a graph
+NETWORK_SPEEDUPS = ("cast-weights", "compile-blocks", "cuda-graph")
 DEVICES = ("auto", "cpu", "cuda")
 # 'scipy_rk45' is the references' solver (scipy's RK45 through torchdiffeq); the others are torchdiffeq's own,
 # on the data's device

@@ -40,6 +40,10 @@ SCHEMA = _obj({
                    "betas": {"type": "array", "items": _NUM, "minItems": 2, "maxItems": 2},
                    "eps": {"type": "number", "exclusiveMinimum": 0}, "warmup_steps": {"type": "integer", "minimum": 0},
                    "fused": _BOOL,
+                   # the batch-size rule: lr and warm-up are given for lr_reference_batch and scaled to
+                   # train.batch_size (sqrt: Adam's square-root rule; linear; none: as written)
+                   "lr_scaling": {"enum": ["none", "sqrt", "linear"]},
+                   "lr_reference_batch": {"type": "integer", "minimum": 1},
                    "grad_clip": {"type": ["number", "null"], "exclusiveMinimum": 0}}),
     "train": _obj({"steps": {"type": "integer", "minimum": 1}, "batch_size": {"type": "integer", "minimum": 1},
                    "ema_rate": {"type": "number", "minimum": 0, "maximum": 1}, "ema_warmup": _BOOL,
@@ -48,8 +52,12 @@ SCHEMA = _obj({
                    # keep a copy of the checkpoint every k steps (snapshots/step_<k>.pt) for learning curves; 0: none
                    "snapshot_every": {"type": "integer", "minimum": 0},
                    "log_every": {"type": "integer", "minimum": 1}, "device": {"enum": list(catalog.DEVICES)},
-                   # torch.compile of the network: true (inductor) or a backend name; channels-last memory format
-                   "compile": {"type": ["boolean", "string"]}, "channels_last": _BOOL}),
+                   # torch.compile: true (inductor, whole network), a backend name, "blocks" (inductor, each
+                   # repeated block once) or "blocks:BACKEND"; channels-last memory format
+                   "compile": {"type": ["boolean", "string"]},
+                   "channels_last": _BOOL,
+                   # GroupNorm under bf16/fp16 autocast: in float32 (autocast's rule) or in the compute dtype
+                   "norm_dtype": {"enum": ["fp32", "compute"]}}),
     "tracking": _obj({"enabled": _BOOL, "experiment": _STR, "run_name": {"type": ["string", "null"]},
                       "uri": {"type": ["string", "null"]}}),
 }, required=["data", "sde", "model"])
@@ -61,10 +69,11 @@ DEFAULTS = {  # no "task": absent means score (so a score run's config stays as 
     "loss": {"objective": "hsm", "weighting": "reweightedv2", "mixed_score": False, "t_min": 1e-5, "reduction": "sum"},
     "model": {"options": {}},
     "optim": {"optimizer": "adam", "lr": 2e-4, "weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8,
-              "warmup_steps": 0, "grad_clip": 1.0, "fused": False},
+              "warmup_steps": 0, "grad_clip": 1.0, "fused": False, "lr_scaling": "none", "lr_reference_batch": 128},
     "train": {"steps": 1000, "batch_size": 128, "ema_rate": 0.9999, "ema_warmup": True, "precision": "fp32",
               "checkpoint_every": 1000, "snapshot_every": 0,
-              "log_every": 50, "device": "auto", "compile": False, "channels_last": False},
+              "log_every": 50, "device": "auto", "compile": False, "channels_last": False,
+              "norm_dtype": "fp32"},
     "tracking": {"enabled": True, "experiment": "cldsgm", "run_name": None, "uri": None},
 }
 
@@ -73,7 +82,7 @@ DEFAULTS = {  # no "task": absent means score (so a score run's config stays as 
 # free to change on resume: how long, how often, where and how fast (not what is computed)
 RESUMABLE_KEYS = ("train.steps", "train.log_every", "train.checkpoint_every", "train.snapshot_every",
                   "train.device", "tracking.",
-                  "train.compile", "train.channels_last", "optim.fused")
+                  "train.compile", "train.channels_last", "train.norm_dtype", "optim.fused")
 
 
 def _hint(err: jsonschema.ValidationError) -> str:

@@ -152,6 +152,8 @@ def sample_to_dir(source: ScoreSource, out_dir: str | Path, *, sampler: str, nfe
     identity = {**_set_identity(source, sampler, options, nfe, None if adaptive else striding, t_min, seed, n,
                                 shard_size, denoise),
                 "precision": precision, "net_batch": net_batch, "ode_batch": batch_size if adaptive else None}
+    if source.speedups:  # absent when none: identities of sets made without them stay as they were
+        identity["speedups"] = list(source.speedups)
     if precision_estimate is not None:
         identity["precision_sigma_from"] = precision_estimate
     if guidance is not None:  # sigma_d above is the unguided model's: the classifier does not change the step

@@ -19,7 +19,7 @@ from cldsgm.oracles import GaussianMixture, oracle_law
 from cldsgm.sde import build_sde
 from cldsgm.utils.io import file_sha256
 
-__all__ = ["FixedRowsNet", "ScoreSource", "checkpoint_source", "load_network", "oracle_source"]
+__all__ = ["FixedRowsNet", "ScoreSource", "checkpoint_source", "fast_network", "load_network", "oracle_source"]
 
 
 class FixedRowsNet(nn.Module):
@@ -29,11 +29,13 @@ class FixedRowsNet(nn.Module):
     cast back to the input's dtype: autocast touches the network only, never the sampler's arithmetic.
     """
 
-    def __init__(self, net: nn.Module, rows: int, precision: str = "fp32"):
+    def __init__(self, net: nn.Module, rows: int, precision: str = "fp32", cast_inputs: bool = False):
         super().__init__()
         if rows < 1:
             raise ValueError(f"net_batch must be >= 1, got {rows}")
-        self.net, self.rows, self.precision = net, int(rows), precision
+        # cast_inputs: the network's weights are in the precision's dtype (cast_for_inference): the state is cast to
+        # it instead of running under autocast
+        self.net, self.rows, self.precision, self.cast_inputs = net, int(rows), precision, cast_inputs
 
     def forward(self, u: Tensor, t: Tensor) -> Tensor:
         outs = []
@@ -44,8 +46,11 @@ class FixedRowsNet(nn.Module):
                 block_u = torch.cat([block_u, block_u.new_zeros(self.rows - k, *block_u.shape[1:])])
                 block_t = torch.cat([block_t, block_t.new_full((self.rows - k,), 0.5)])
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-            with torch.autocast(u.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                out = self.net(block_u, block_t)
+            if self.cast_inputs:
+                out = self.net(block_u.to(dtype), block_t)
+            else:
+                with torch.autocast(u.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    out = self.net(block_u, block_t)
             outs.append(out[:k].to(u.dtype))
         return torch.cat(outs)
 
@@ -68,6 +73,7 @@ class ScoreSource:
     mixture: GaussianMixture | None = None
     sde_params: dict = field(default_factory=dict)
     data_path: str | None = None  # the prepared training data of a checkpoint (pilot batches, e.g. sigma_d)
+    speedups: tuple = ()  # catalog.NETWORK_SPEEDUPS the network runs with
 
     def pilot_data(self, n: int, seed: int = 0) -> Tensor:
         """n data samples [n, *data_shape] (float64; images in [-1, 1]): the oracle's law, or the first n of a fixed
@@ -114,22 +120,44 @@ def load_network(path: str | Path, *, raw_weights: bool = False, device="cpu", t
 
 
 def checkpoint_source(path: str | Path, *, raw_weights: bool = False, precision: str = "fp32", device="cpu",
-                      net_batch: int = 256) -> ScoreSource:
+                      net_batch: int = 256, speedups=()) -> ScoreSource:
     """The score model of a training checkpoint (EMA weights unless raw_weights), on `device`, in eval mode.
 
     path: a checkpoint.pt or the run directory holding it (errors: load_network).
+    speedups: names of catalog.NETWORK_SPEEDUPS (ValueError for others, and for cast-weights in fp32).
     """
     from cldsgm.models.score import ScoreParameterisation
 
     path, state, net, sde, data = load_network(path, raw_weights=raw_weights, device=device)
     config = state["config"]
     param = ScoreParameterisation(sde, objective=config["loss"]["objective"], mixed_score=config["loss"]["mixed_score"])
-    wrapped = FixedRowsNet(net, net_batch, precision)
+    speedups = tuple(sorted(set(speedups)))
+    wrapped = FixedRowsNet(fast_network(net, speedups, precision), net_batch, precision,
+                           cast_inputs="cast-weights" in speedups)
     identity = {"checkpoint": str(path.absolute()), "sha256": file_sha256(path), "step": int(state["step"]),
                 "weights": "raw" if raw_weights else "ema"}
     return ScoreSource(sde, config["sde"]["name"], param.score_fn(wrapped), tuple(data["shape"]), data["kind"],
                        identity, network=state["network"]["name"], sde_params=dict(config["sde"]["params"]),
-                       data_path=config["data"].get("path"))
+                       data_path=config["data"].get("path"), speedups=speedups)
+
+
+def fast_network(net: nn.Module, speedups, precision: str) -> nn.Module:
+    """`net` with the catalog's NETWORK_SPEEDUPS applied: weights cast once, repeated blocks compiled, calls replayed
+    from CUDA graphs (cldsgm.models.fast). ValueError for an unknown name or cast-weights in fp32."""
+    from cldsgm import catalog
+    from cldsgm.models.fast import GraphedNet, cast_for_inference, compile_blocks
+
+    unknown = sorted(set(speedups) - set(catalog.NETWORK_SPEEDUPS))
+    if unknown:
+        raise ValueError(f"unknown speedup(s) {unknown}; choose from {list(catalog.NETWORK_SPEEDUPS)}")
+    if "cast-weights" in speedups:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        if dtype is None:
+            raise ValueError(f"cast-weights needs precision bf16 or fp16, not {precision}")
+        net = cast_for_inference(net, dtype)
+    if "compile-blocks" in speedups:
+        net = compile_blocks(net)
+    return GraphedNet(net) if "cuda-graph" in speedups else net
 
 
 def _data_from_manifest(config: dict, path: Path) -> dict:

@@ -77,6 +77,7 @@ def schema(path: str | Path = SCHEMA_PATH) -> dict:
     defs["sde"]["enum"] = list(catalog.SDES)
     defs["striding"]["enum"] = list(catalog.STRIDINGS)
     defs["precision"]["enum"] = list(catalog.PRECISIONS)
+    defs["speedup"]["enum"] = list(catalog.NETWORK_SPEEDUPS)
     defs["probes"]["enum"] = list(catalog.NLL_PROBES)
     defs["fid_mode"]["enum"] = list(catalog.FID_MODES)
     sampling = out["properties"]["sampling"]["properties"]

@@ -164,7 +164,8 @@ def source_args(wildcards):
         args = [flag("--oracle", src["oracle"]), flag("--sde", src["sde"])]
     return " ".join([*args, flag("--seed", STUDY["seed"]), flag("--t-min", SAMPLING["t_min"]),
                      flag("--batch-size", SAMPLING["batch_size"]), flag("--shard-size", SAMPLING["shard_size"]),
-                     flag("--precision", SAMPLING["precision"])])
+                     flag("--precision", SAMPLING["precision"]),
+                     *(flag("--speedup", name) for name in SAMPLING["speedups"])])
 
 
 def row_spec(row):

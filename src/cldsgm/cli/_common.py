@@ -26,14 +26,14 @@ class CatalogChoice(click.Choice):
 
 def catalog_choice(what: str) -> CatalogChoice:
     """A choice of catalog names: 'samplers', 'sdes', 'datasets', 'oracles', 'stridings', 'precisions', 'devices',
-    'ode_methods', 'probes' or 'fid_modes'."""
+    'ode_methods', 'probes', 'fid_modes' or 'speedups'."""
     from cldsgm import catalog
 
     tables = {"samplers": lambda: catalog.SAMPLERS, "sdes": lambda: catalog.SDES, "datasets": lambda: catalog.DATASETS,
               "oracles": lambda: catalog.ORACLES, "stridings": lambda: catalog.STRIDINGS,
               "precisions": lambda: catalog.PRECISIONS, "devices": lambda: catalog.DEVICES,
               "ode_methods": lambda: catalog.ODE_METHODS, "probes": lambda: catalog.NLL_PROBES,
-              "fid_modes": lambda: catalog.FID_MODES}
+              "fid_modes": lambda: catalog.FID_MODES, "speedups": lambda: catalog.NETWORK_SPEEDUPS}
     return CatalogChoice(tables[what])
 
 

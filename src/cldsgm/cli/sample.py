@@ -91,13 +91,21 @@ def resolve_source_args(run_dir, checkpoint, oracle, sde_name, sde_param, raw_we
             "sde_params": key_values(sde_param, "--sde-param"), "raw_weights": raw_weights}
 
 
-def load_source(args: dict, *, precision: str = "fp32", device="cpu", net_batch: int = 256):
+def load_source(args: dict, *, precision: str = "fp32", device="cpu", net_batch: int = 256, speedups=()):
     from cldsgm.sources import checkpoint_source, oracle_source
 
     if args["oracle"]:
         return oracle_source(args["oracle"], args["sde_name"], args["sde_params"])
     return checkpoint_source(args["checkpoint"], raw_weights=args["raw_weights"], precision=precision, device=device,
-                             net_batch=net_batch)
+                             net_batch=net_batch, speedups=speedups)
+
+
+def speedup_option(f):
+    """--speedup NAME (repeatable): how the network runs faster, never what the sampler computes."""
+    return click.option("--speedup", "speedups", multiple=True, type=catalog_choice("speedups"),
+                        help="cast-weights (bf16/fp16 weights instead of autocast), compile-blocks (torch.compile of "
+                             "each repeated block), cuda-graph (each network call replayed from a CUDA graph). "
+                             "Repeatable; recorded in the manifest.")(f)
 
 
 @main.command("sample")
@@ -118,6 +126,7 @@ def load_source(args: dict, *, precision: str = "fp32", device="cpu", net_batch:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
 @click.option("--precision", type=catalog_choice("precisions"), default="fp32", show_default=True,
               help="Autocast of the network only.")
+@speedup_option
 @click.option("--device", type=catalog_choice("devices"), default="auto", show_default=True)
 @click.option("--no-denoise", is_flag=True, help="Skip the final noise-free denoising step.")
 @sampler_flags
@@ -133,8 +142,8 @@ def load_source(args: dict, *, precision: str = "fp32", device="cpu", net_batch:
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="a bar on a terminal; in a log file a line at least every $CLDSGM_PROGRESS_EVERY seconds (30)")
 def sample_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, sampler, nfe, striding, t_min, n,
-                   first, count, seed, batch_size, net_batch, shard_size, out_dir, precision, device, no_denoise,
-                   labels, classifier, class_label, guidance_scale, done_path, progress, **sampler_values):
+                   first, count, seed, batch_size, net_batch, shard_size, out_dir, precision, speedups, device,
+                   no_denoise, labels, classifier, class_label, guidance_scale, done_path, progress, **sampler_values):
     """Sample a set of n into DIR/shard_<first>-<last>.npz + manifest.json + grid.png; resumes; torchrun-aware.
 
     Image i of a run (seed) is the same bytes whatever --batch-size and however the set is split (--first/--count
@@ -162,7 +171,8 @@ def sample_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights
 
     try:
         torch_device = device_for(device)
-        source = load_source(source_args, precision=precision, device=torch_device, net_batch=net_batch)
+        source = load_source(source_args, precision=precision, device=torch_device, net_batch=net_batch,
+                             speedups=speedups)
         summary = sample_to_dir(source, out_dir, sampler=sampler, nfe=nfe, n=n, striding=striding, t_min=t_min,
                                 seed=seed, first=first, count=count, batch_size=batch_size, shard_size=shard_size,
                                 options=options, denoise=not no_denoise, rank=here.rank, world=here.world,
@@ -277,6 +287,7 @@ def part_of(n: int, part: int, parts: int) -> tuple[int, int]:
 @click.option("--net-batch", type=int, default=256, show_default=True)
 @click.option("--shard-size", type=int, default=1000, show_default=True)
 @click.option("--precision", type=catalog_choice("precisions"), default="fp32", show_default=True)
+@speedup_option
 @click.option("--device", type=catalog_choice("devices"), default="auto", show_default=True)
 @click.option("--part", type=int, default=None, help="Make only slice PART of every set (of --parts).")
 @click.option("--parts", type=int, default=1, show_default=True)
@@ -285,7 +296,7 @@ def part_of(n: int, part: int, parts: int) -> tuple[int, int]:
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="a bar on a terminal; in a log file a line at least every $CLDSGM_PROGRESS_EVERY seconds (30)")
 def sample_rows_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, rows, t_min, seed, batch_size,
-                        net_batch, shard_size, precision, device, part, parts, done_path, progress):
+                        net_batch, shard_size, precision, speedups, device, part, parts, done_path, progress):
     """Several sample sets of one source in one process (one network load, one torch import).
 
     Each set is its own directory with the same bytes as `cldsgm sample` with the same arguments would write, and
@@ -313,7 +324,8 @@ def sample_rows_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_we
             args = {**source_args, "checkpoint": spec["checkpoint"] or source_args["checkpoint"]}
             key = args["checkpoint"] or args["oracle"]
             if key not in loaded:
-                loaded[key] = load_source(args, precision=precision, device=torch_device, net_batch=net_batch)
+                loaded[key] = load_source(args, precision=precision, device=torch_device, net_batch=net_batch,
+                                          speedups=speedups)
             return loaded[key]
 
         for spec in specs:

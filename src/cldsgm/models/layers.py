@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-__all__ = ["AttnBlock", "FIRConvDown", "GaussianFourierProjection", "PadConvDown", "ResBlockBigGAN", "fir_downsample",
-           "fir_upsample", "positional_embedding"]
+__all__ = ["AttnBlock", "FIRConvDown", "GaussianFourierProjection", "GroupNorm", "PadConvDown", "ResBlockBigGAN",
+           "fir_downsample", "fir_upsample", "positional_embedding"]
 
 
 def variance_scaling_(weight: Tensor, scale: float = 1.0) -> Tensor:
@@ -38,8 +38,23 @@ def linear(in_dim: int, out_dim: int) -> nn.Linear:
     return layer
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(channels // 4, 32), channels, eps=1e-6)
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm that, when `in_compute_dtype` is set and autocast is on, normalises in the autocast dtype
+    (cldsgm.models.fast.set_norm_dtype) instead of autocast's float32; otherwise nn.GroupNorm exactly."""
+
+    in_compute_dtype = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        device = x.device.type
+        if not (self.in_compute_dtype and torch.is_autocast_enabled(device)):
+            return super().forward(x)
+        dtype = torch.get_autocast_dtype(device)
+        with torch.autocast(device, enabled=False):  # the kernel accumulates its mean and variance in float32
+            return F.group_norm(x.to(dtype), self.num_groups, self.weight.to(dtype), self.bias.to(dtype), self.eps)
+
+
+def group_norm(channels: int) -> GroupNorm:
+    return GroupNorm(min(channels // 4, 32), channels, eps=1e-6)
 
 
 def _fir_kernel(taps, gain: float = 1.0) -> Tensor:

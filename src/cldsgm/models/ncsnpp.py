@@ -40,6 +40,9 @@ class NCSNpp(nn.Module):
         embedding: 'fourier' (of log t, scale fourier_scale) or 'positional' (of raw t).
     """
 
+    repeated_blocks = (ResBlockBigGAN, AttnBlock)  # compiled one by one (cldsgm.models.fast.compile_blocks)
+    fp32_modules = ("fourier", "temb")  # the time embedding stays float32 when weights are cast for sampling
+
     def __init__(self, *, in_channels: int, out_channels: int, image_size: int, nf: int = 128,
                  ch_mult=(1, 2, 2, 2), num_res_blocks: int = 8, attn_resolutions=(16,), dropout: float = 0.1,
                  fir: bool = True, fir_kernel=(1, 3, 3, 1), skip_rescale: bool = True, init_scale: float = 0.0,
@@ -118,7 +121,7 @@ class NCSNpp(nn.Module):
 
     def forward(self, u: Tensor, t: Tensor) -> Tensor:
         """u: [B, in_channels, H, W]; t: [B] forward times in (0, 1]. Returns [B, out_channels, H, W]."""
-        temb = self._time_embedding(t)
+        temb = self._time_embedding(t).to(u.dtype)  # float32 -> the weights' dtype when they are cast
         h, hs = self._encode(u, temb)
         for stage in self.up:
             for layer in stage:
@@ -167,5 +170,5 @@ class NCSNppClassifier(NCSNpp):
 
     def forward(self, u: Tensor, t: Tensor) -> Tensor:
         """u: [B, in_channels, H, W]; t: [B]. Returns logits [B, num_classes]."""
-        h, _ = self._encode(u, self._time_embedding(t))
+        h, _ = self._encode(u, self._time_embedding(t).to(u.dtype))
         return self.head(F.silu(self.norm_head(h)).mean(dim=(2, 3)))

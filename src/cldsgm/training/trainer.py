@@ -27,6 +27,7 @@ import yaml
 from cldsgm.config import config_changes, flatten
 from cldsgm.data.prepared import load_prepared, scale_images
 from cldsgm.losses import classifier_loss, sample_time, score_matching_loss
+from cldsgm.models.fast import compile_blocks, set_norm_dtype
 from cldsgm.models.registry import CLASSIFIERS, build_network, count_parameters
 from cldsgm.sde import PhaseSpaceSDE
 from cldsgm.sde import build_sde as _build_sde
@@ -237,10 +238,12 @@ def _build(config: dict, network: dict, sde, manifest: dict, device: torch.devic
     model = build_network(network["name"], **network["options"]).to(device)
     if tcfg["channels_last"]:  # NHWC convolutions (tensor cores); a no-op for the 2-D MLPs
         model = model.to(memory_format=torch.channels_last)
+    set_norm_dtype(model, tcfg["norm_dtype"])
     _check_fits(model, sde, manifest, config, device)
     opt_cls = torch.optim.AdamW if ocfg["optimizer"] == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(model.parameters(), lr=ocfg["lr"], betas=tuple(ocfg["betas"]), eps=ocfg["eps"],
-                        weight_decay=ocfg["weight_decay"], **({"fused": True} if ocfg["fused"] else {}))
+    fused = {"fused": True} if ocfg["fused"] else {}
+    optimizer = opt_cls(model.parameters(), lr=scaled_lr(ocfg, tcfg["batch_size"])[0], betas=tuple(ocfg["betas"]),
+                        eps=ocfg["eps"], weight_decay=ocfg["weight_decay"], **fused)
     return _State(model, _EMA(model, tcfg["ema_rate"], tcfg["ema_warmup"]), optimizer,
                   torch.amp.GradScaler(device.type, enabled=tcfg["precision"] == "fp16"), 0, [])
 
@@ -262,18 +265,38 @@ def _resume(state: _State, path: Path, config: dict, network: dict, manifest: di
     state.seconds = float(saved.get("train_seconds", 0.0))  # absent in checkpoints of earlier versions
 
 
-def _compiled(model: torch.nn.Module, ddp: _Distributed, compile_option) -> torch.nn.Module:
-    """The module the loss calls: DDP-wrapped under torchrun, traced by torch.compile when asked (checkpoints and
-    the EMA keep using `model`, which holds the same parameters)."""
-    wrapped = torch.nn.parallel.DistributedDataParallel(model) if ddp.active else model
-    if not compile_option:
-        return wrapped
-    backend = "inductor" if compile_option is True else compile_option
+def compile_scope(option) -> tuple[str, str] | None:
+    """train.compile as (scope, backend): None when off; true -> ('network', 'inductor'); 'blocks' -> ('blocks',
+    'inductor'); 'blocks:NAME' -> ('blocks', NAME); another string -> ('network', that backend). ValueError for a
+    backend torch does not know."""
+    if option is False or option is None:
+        return None
+    if option is True:
+        scope, backend = "network", "inductor"
+    elif option == "blocks" or option.startswith("blocks:"):
+        scope, backend = "blocks", option.partition(":")[2] or "inductor"
+    else:
+        scope, backend = "network", option
     known = torch.compiler.list_backends(exclude_tags=())
     if backend not in known:
-        raise ValueError(f"train.compile: unknown torch.compile backend {backend!r}; use true (inductor) or one of "
-                         f"{sorted(known)}")
-    return torch.compile(wrapped, backend=backend)
+        raise ValueError(f"train.compile: unknown torch.compile backend {backend!r}; use true (inductor), 'blocks' "
+                         f"or one of {sorted(known)}")
+    return scope, backend
+
+
+def _compiled(model: torch.nn.Module, ddp: _Distributed, compile_option) -> torch.nn.Module:
+    """The module the loss calls: DDP-wrapped under torchrun, traced by torch.compile when asked (checkpoints and
+    the EMA keep using `model`, which holds the same parameters; a block-compiled model is compiled in place)."""
+    scope = compile_scope(compile_option)
+    if scope is not None and scope[0] == "blocks":
+        try:
+            compile_blocks(model, backend=scope[1])
+        except ValueError as err:
+            raise ValueError(f"train.compile: {err}") from None
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if ddp.active else model
+    if scope is None or scope[0] == "blocks":
+        return wrapped
+    return torch.compile(wrapped, backend=scope[1])
 
 
 def _tracker(config: dict, run_dir: Path, ddp: _Distributed, parent: dict, manifest: dict, model) -> Tracker:
@@ -330,9 +353,22 @@ def keep_snapshot(checkpoint_path: Path, path: Path) -> None:
         shutil.copyfile(checkpoint_path, tmp)
 
 
-def _learning_rate(ocfg: dict, step: int) -> float:
-    """Linear warm-up to optim.lr over optim.warmup_steps, then constant."""
-    return ocfg["lr"] * min(step / ocfg["warmup_steps"], 1.0) if ocfg["warmup_steps"] else ocfg["lr"]
+def scaled_lr(ocfg: dict, batch_size: int) -> tuple[float, int]:
+    """(peak learning rate, warm-up steps) at `batch_size` from optim.lr and optim.warmup_steps, which are given for
+    optim.lr_reference_batch B0: under lr_scaling sqrt the rate is lr * sqrt(B / B0) (Adam's square-root rule,
+    Malladi et al. 2022), under linear lr * B / B0; either way the warm-up covers the same number of images,
+    warmup_steps * B0 / B steps. lr_scaling none: both as written."""
+    if ocfg["lr_scaling"] == "none":
+        return ocfg["lr"], ocfg["warmup_steps"]
+    ratio = batch_size / ocfg["lr_reference_batch"]
+    power = 0.5 if ocfg["lr_scaling"] == "sqrt" else 1.0
+    return ocfg["lr"] * ratio**power, round(ocfg["warmup_steps"] / ratio)
+
+
+def _learning_rate(ocfg: dict, batch_size: int, step: int) -> float:
+    """Linear warm-up to the peak rate over the warm-up steps (scaled_lr), then constant."""
+    lr, warmup = scaled_lr(ocfg, batch_size)
+    return lr * min(step / warmup, 1.0) if warmup else lr
 
 
 def _update(state: _State, loss: torch.Tensor, clip) -> torch.Tensor:
@@ -419,7 +455,7 @@ def train(config: dict, run_dir: str | Path, *, stop_after: int | None = None, p
         while state.step < last:
             batch = _Batch(config, sde, data, manifest, batches, state.step, labels if classifier else None)
             _seed_dropout(batch.dropout_seed, device)
-            lr = _learning_rate(ocfg, state.step)
+            lr = _learning_rate(ocfg, tcfg["batch_size"], state.step)
             if lr != lr_now:  # only during warm-up
                 for group in state.optimizer.param_groups:
                     group["lr"] = lr
