@@ -141,9 +141,9 @@ def checkpoint_source(path: str | Path, *, raw_weights: bool = False, precision:
                        data_path=config["data"].get("path"), speedups=speedups)
 
 
-def fast_network(net: nn.Module, speedups, precision: str) -> nn.Module:
-    """`net` with the catalog's NETWORK_SPEEDUPS applied: weights cast once, repeated blocks compiled, calls replayed
-    from CUDA graphs (cldsgm.models.fast). ValueError for an unknown name or cast-weights in fp32."""
+def fast_network(net: nn.Module, speedups, precision: str, *, backend: str = "inductor") -> nn.Module:
+    """`net` with the catalog's NETWORK_SPEEDUPS applied: weights cast once, repeated blocks compiled (by `backend`),
+    calls replayed from CUDA graphs (cldsgm.models.fast). ValueError for an unknown name or cast-weights in fp32."""
     from cldsgm import catalog
     from cldsgm.models.fast import GraphedNet, cast_for_inference, compile_blocks
 
@@ -156,7 +156,7 @@ def fast_network(net: nn.Module, speedups, precision: str) -> nn.Module:
             raise ValueError(f"cast-weights needs precision bf16 or fp16, not {precision}")
         net = cast_for_inference(net, dtype)
     if "compile-blocks" in speedups:
-        net = compile_blocks(net)
+        net = compile_blocks(net, backend=backend)
     return GraphedNet(net) if "cuda-graph" in speedups else net
 
 

@@ -101,14 +101,16 @@ class GraphedNet(nn.Module):
         return static_out.clone()
 
     def _capture(self, u: Tensor, t: Tensor):
-        static_u, static_t = u.clone(), t.clone()
-        stream = torch.cuda.Stream(u.device)
-        stream.wait_stream(torch.cuda.current_stream(u.device))
-        with torch.cuda.stream(stream), torch.no_grad():  # warm-up outside the graph: compilation, cuDNN autotuning
-            for _ in range(self.warmup):
-                self.net(static_u, static_t)
-        torch.cuda.current_stream(u.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), torch.no_grad():
-            static_out = self.net(static_u, static_t)
+        # ordinary tensors, not inference tensors, so that later calls under no_grad may also copy into them
+        with torch.inference_mode(False), torch.no_grad():
+            static_u, static_t = u.clone(), t.clone()
+            stream = torch.cuda.Stream(u.device)
+            stream.wait_stream(torch.cuda.current_stream(u.device))
+            with torch.cuda.stream(stream):  # warm-up outside the graph: compilation, cuDNN autotuning
+                for _ in range(self.warmup):
+                    self.net(static_u, static_t)
+            torch.cuda.current_stream(u.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self.net(static_u, static_t)
         return graph, static_u, static_t, static_out
