@@ -1,4 +1,4 @@
-"""T4 of integrators_spec.md 6: the new integrators against the default SSCS, EM and the PF-ODE on the exact-score
+"""Test T4 of docs/samplers.md: the new integrators against the default SSCS, EM and the PF-ODE on the exact-score
 diamond oracle (CLD, beta = 4, M^-1 = 4, gamma = 0.04; t_min = 1e-3; sliced W2 against fresh exact data).
 
 Every figure is measured in this run: mean and sd over seeds, and the ratios the acceptance lines ask for.

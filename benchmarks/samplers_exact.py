@@ -1,9 +1,9 @@
-"""[14/18] acceptance on exact scores: samplers on the diamond, CLD and PSLD, quadratic striding, with paired 95 %
+"""acceptance on exact scores: samplers on the diamond, CLD and PSLD, quadratic striding, with paired 95 %
 bootstrap intervals (cldsgm.stats) for the comparisons the issue names.
 
 Rows: EM; the reference SSCS (start, Euler, reference half-step); SSCS with the sigma_d estimated from the exact
 score's Jacobian (cldsgm.samplers.precision.model_sigma_d, the default when a study sets no precision_sigma); the
-conjugate integrator (x0 prediction, order 2, the default) and the old lambda-DDIM on the Cholesky eps (lam 0.5).
+conjugate integrator (x0 prediction, order 2, the default) and lambda-DDIM on the Cholesky eps (lam 0.5).
 All sets share seed 0 and n, so their item i shares its prior draw: the bootstrap counts are the same for all and
 every difference is paired. Sliced W2 uses 512 projections for the values and 64 for the replicates (as the study's
 records do); a value's interval is that of its 64-projection estimate moved onto it.

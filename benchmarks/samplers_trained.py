@@ -1,4 +1,4 @@
-"""[14/18] on trained networks: the SSCS step's precision from the model, against the reference SSCS and a sigma_d
+"""on trained networks: the SSCS step's precision from the model, against the reference SSCS and a sigma_d
 sweep, with paired 95 % bootstrap intervals (all sets share seed and n, so item i shares its prior draw and noise).
 
 For a run directory: sigma_d estimated from the network's own score Jacobian (cldsgm.samplers.precision, what

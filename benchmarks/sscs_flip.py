@@ -1,4 +1,4 @@
-"""The SSCS flip under control ([14/18] item 2): the exact score of a diamond whose components have std s plays a
+"""The SSCS flip under control : the exact score of a diamond whose components have std s plays a
 model of known smoothness (s = 0.04 the data's own; 0.1 and 0.2 a smoother score), sampled by SSCS with the
 reference Euler score step and with the exponential step at a sweep of sigma_d, plus the sigma_d that
 cldsgm.samplers.precision estimates from that score's Jacobian. Sliced W2 (512 projections) to the law's own

@@ -1,4 +1,4 @@
-"""[14/18] Three readings of a trained network's stiffness near the data, each turned into the sigma_d it implies
+"""Three readings of a trained network's stiffness near the data, each turned into the sigma_d it implies
 (cldsgm.samplers.precision.sigma_from_stiffness), to test whether any explains the sigma_d sweep's optimum.
 
 1. per dimension: a diagonal Hutchinson estimate -E[z * (J z)] over the pilot batch, quantiles over dimensions;

@@ -1,4 +1,4 @@
-"""Exact moment propagation through a sampler on 1-D Gaussian data (integrators_spec.md 6, T1): no Monte Carlo.
+"""Exact moment propagation through a sampler on 1-D Gaussian data (test T1 of docs/samplers.md): no Monte Carlo.
 
 With data N(m, sigma^2) the exact score s = -Sigma_t(sigma^2)^{-1}(u - w_t m) is affine in u, so every sampler
 step maps a Gaussian to a Gaussian. The state is carried as rows of a [K, 2] batch: row 0 is the mean, rows 1..

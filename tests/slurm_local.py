@@ -5,7 +5,7 @@ writes `slurm.conf` (and `gres.conf` for fake GPUs) under `state_dir`, links it 
 Snakemake job-step plugin strips `SLURM_CONF` before `srun`, so only the compiled-in path works inside jobs), starts a
 private munged, slurmctld and slurmd, and waits until the node is idle and an `srun true` probe passes.
 `stop()` stops every daemon it started, by PID (TERM, then KILL), and removes the link. Facts and pitfalls:
-../shared/docs/slurm_local.md (read, not copied).
+docs/cluster.md.
 """
 
 from __future__ import annotations

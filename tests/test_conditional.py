@@ -1,4 +1,4 @@
-"""[17/18] Conditional generation on exact scores: classifier guidance with the mixture's exact class posterior (a
+"""Conditional generation on exact scores: classifier guidance with the mixture's exact class posterior (a
 closed form), and inpainting by replacement against the exact conditional law of a Gaussian mixture."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""[17/18] Conditional generation as a study: the `conditional` section of a study file (validated, expanded into
+"""Conditional generation as a study: the `conditional` section of a study file (validated, expanded into
 its sets by cldsgm.study.conditional_table), run through the workflow, and the report's section on it."""
 
 import copy

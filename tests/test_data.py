@@ -20,7 +20,7 @@ from cldsgm.oracles import diamond
 class TinyCIFAR10(torchvision.datasets.CIFAR10):
     """torchvision's real CIFAR-10 parser with the md5 checks off, so a tiny archive in the real format loads.
 
-    Test-only (ecosystem.md section 5); production uses the stock class with its checksums.
+    Test-only; production uses the stock class with its checksums.
     """
 
     tgz_md5 = None

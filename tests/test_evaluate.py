@@ -167,7 +167,7 @@ def test_fd_digits_of_a_sample_directory_writes_a_record(digits_run, digits_data
             "--data", digits_data[1], "--out", tmp_path / "rec")
     record = read_record(tmp_path / "rec" / "fd_digits.json")
     assert record["metric"] == "fd_digits" and record["sampler"] == "sscs" and record["value"] > 0
-    # per-class FD ([17/18]): the reference narrowed to one class's images; a class the data lacks is refused
+    # per-class FD: the reference narrowed to one class's images; a class the data lacks is refused
     _invoke("fd-digits", "--samples", tmp_path / "samples", "--classifier", tmp_path / "cls.pt",
             "--data", digits_data[1], "--class", 3, "--out", tmp_path / "rec3", "--bootstrap", 0)
     per_class = read_record(tmp_path / "rec3" / "fd_digits.json")

@@ -1,6 +1,6 @@
 """User mistakes and unsafe files: each gives one clear line, runs no code, and loses nothing.
 
-One test per row of the hardening issue ([5/10]); each failed on the code before it.
+One test per row of the hardening issue; each failed on the code before it.
 """
 
 import json

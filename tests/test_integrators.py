@@ -1,4 +1,4 @@
-"""Acceptance tests T1-T3 of integrators_spec.md 6: exact moment propagation on 1-D Gaussian data (float64, no
+"""Acceptance tests T1-T3 (docs/samplers.md): exact moment propagation on 1-D Gaussian data (float64, no
 Monte Carlo, seconds) and the identities the integrators rest on.
 
 rel = Var(x) after the sampler / Var(x) of the exact law pushed through the same denoising map - 1; the order
@@ -47,7 +47,7 @@ def test_sscs_with_the_data_precision_is_second_order(sde_name, striding):
     assert all(1.9 <= order <= 2.1 for order in _orders(rels)), (rels, _orders(rels))
     if striding == "quadratic":
         assert abs(rels[1]) < 1e-2, rels
-    # the spec's measured values (integrators_spec.md 6): CLD q 1.80e-2 / 4.49e-3 / 1.12e-3, PSLD q 1.30e-2 / ...
+    # the values measured when the tests were written: CLD q 1.80e-2 / 4.49e-3 / 1.12e-3, PSLD q 1.30e-2 / ...
     expected = {("cld", "quadratic"): 4.49e-3, ("cld", "uniform"): 6.28e-2, ("psld", "quadratic"): 3.24e-3,
                 ("psld", "uniform"): 5.9e-2}[sde_name, striding]
     assert rels[1] == pytest.approx(expected, rel=0.02)
@@ -70,8 +70,8 @@ def test_euler_maruyama_error_decreases_monotonically():
 
 
 def test_lambda_ddim_on_the_cholesky_eps_is_first_order():
-    """T1 (e), the pre-[14/18] conjugate integrator: ratio of |rel| at quadratic NFE 161 -> 321 in [1.7, 2.3]; the
-    spec measured -0.108 / -0.087 / -0.046."""
+    """T1 (e), the plain conjugate integrator (Cholesky eps): ratio of |rel| at quadratic NFE 161 -> 321 in
+    [1.7, 2.3]; measured -0.108 / -0.087 / -0.046."""
     rels = _rels(sample_conjugate, _cld(), "quadratic", predict="eps_cholesky", order=0, lam=0.0)
     assert 1.7 <= abs(rels[1] / rels[2]) <= 2.3, rels
     assert rels == pytest.approx([-0.108, -0.0867, -0.0462], rel=0.02)
@@ -82,7 +82,7 @@ def test_lambda_ddim_on_the_cholesky_eps_is_first_order():
 def test_conjugate_is_exact_for_a_point_mass_at_any_step(sde_name, nfe):
     """Data delta_m: along its probability-flow ODE x0_hat is constant, so the data-prediction integrator in the gDDIM
     factor is exact at any step size (measured <= 1e-10); the Cholesky-eps one is not (its eps drifts over a step
-    and the coarse backward map amplifies the drift: rel ~ 1e11-1e15 here), the blow-up of [14/18]."""
+    and the coarse backward map amplifies the drift: rel ~ 1e11-1e15 here), the blow-up at coarse steps."""
     sde = _cld() if sde_name == "cld" else _psld()
     point_mass = GaussianData(sde, sigma=0.0)
     for order in (0, 1, 2, 3):
@@ -119,7 +119,7 @@ def test_conjugate_order_zero_is_gddim_zero():
 
 @pytest.mark.parametrize("sde_name", ["cld", "psld"])
 def test_conjugate_beats_euler_maruyama_at_low_nfe_on_the_diamond(sde_name):
-    """The acceptance of [14/18] item 1 at small n: finite and below EM at quadratic NFE 5, 8, 10 (the old
+    """The acceptance of at small n: finite and below EM at quadratic NFE 5, 8, 10 (the old
     Cholesky-eps lambda-DDIM gave 7e4 / 20 / 8 for CLD)."""
     from cldsgm.eval.distances import sliced_wasserstein
     from cldsgm.samplers import generate

@@ -1,4 +1,4 @@
-"""Intervals and verdicts ([13/18]): bootstrap replicates recomputed exactly on each resample, paired comparisons that
+"""Intervals and verdicts: bootstrap replicates recomputed exactly on each resample, paired comparisons that
 cover zero when two sets come from one law and find a real difference, the exact NLL of a mixture, bad inputs."""
 
 from __future__ import annotations

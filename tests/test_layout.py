@@ -101,3 +101,47 @@ def test_no_list_of_names_outside_the_catalog():
 def test_the_name_list_check_sees_a_list():
     assert _name_lists('SAMPLERS = ("em", "sscs", "ode")') and _name_lists("enum: [vpsde, cld, psld]")
     assert not _name_lists('raise ValueError(f"sampler {name!r} needs cld or psld")')
+
+
+# history belongs in git log: no issue tags such as "[14/18]" in the product; and a clone holds everything it cites
+_TAG = re.compile(r"\[\d{1,2}/\d{1,2}\]")
+_OUTSIDE = re.compile(r"\b(cld_spec|psld_spec|integrators_spec|statistics_notes|ecosystem|slurm_local|aesthetics)\.md"
+                      r"|ARCHITECTURE\.md|\.\./shared/")
+_PRODUCT = ("src", "workflow", "params", "tests", "benchmarks", "docs", "scripts", ".ci", "profiles")
+_PRODUCT_FILES = ("README.md", "CHANGELOG.md", "Snakefile", "pyproject.toml", "dvc.yaml")
+
+
+def _product_texts():
+    for folder in _PRODUCT:
+        for path in sorted((ROOT / folder).rglob("*")):
+            if (path.is_file() and "results" not in path.parts and ".egg-info" not in str(path)
+                    and path.suffix in {".py", ".md", ".yaml", ".yml", ".smk", ".toml", ".txt", ".html", ".j2", ""}):
+                yield path
+    for name in _PRODUCT_FILES:
+        if (ROOT / name).is_file():
+            yield ROOT / name
+
+
+def _offending(pattern):
+    found = []
+    for path in _product_texts():
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            if pattern.search(line) and path.name != "test_layout.py":
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")
+    return found
+
+
+def test_no_issue_tags_in_the_product():
+    assert not _offending(_TAG)
+
+
+def test_no_reference_to_files_outside_the_repository():
+    assert not _offending(_OUTSIDE)
+
+
+def test_the_tag_check_sees_a_tag():
+    assert _TAG.search("the default until [15/18]") and not _TAG.search("x[0, 1], u[:, 2] and [a/b]")

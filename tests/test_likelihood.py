@@ -1,4 +1,4 @@
-"""Likelihood oracles: the PF-ODE NLL of Gaussian data with the exact score (cld_spec.md section 9.14-9.15)."""
+"""Likelihood oracles: the PF-ODE NLL of Gaussian data with the exact score (closed form)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Loss oracles: cld_spec.md section 9.11, psld_spec.md section 9.15, and HSM = DSM in expectation."""
+"""Loss oracles: closed-form losses at the exact score, and HSM = DSM in expectation."""
 
 import math
 

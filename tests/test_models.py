@@ -8,7 +8,7 @@ from cldsgm.models.registry import PRESETS, build_network, count_parameters
 
 
 @pytest.mark.parametrize(("name", "trainable", "total"), [
-    ("ncsnpp_cifar10_cld", 107_593_859, 107_593_987),  # cld_spec.md 6.1 (128 frozen Fourier weights)
+    ("ncsnpp_cifar10_cld", 107_593_859, 107_593_987),  # the paper's 107.6M (128 frozen Fourier weights)
     ("ncsnpp_cifar10_vpsde", 107_586_947, 107_587_075),
     ("toy_mlp", 50_562, 50_562),
     ("toy_resnet", 84_996, 84_996),

@@ -1,4 +1,4 @@
-"""Progress of long jobs in their logs ([16/18] item 4): a line at least every $CLDSGM_PROGRESS_EVERY seconds when
+"""Progress of long jobs in their logs : a line at least every $CLDSGM_PROGRESS_EVERY seconds when
 the output is a file (a bar only on a terminal), with the count, the rate and the time left."""
 
 import io

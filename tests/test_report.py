@@ -135,7 +135,7 @@ def _many_rows(n_samplers: int) -> pd.DataFrame:
                     v = 1.0 / nfe + 0.01 * i
                     rows.append({"source": source, "kind": kind, "sampler": f"s{i}", "striding": striding,
                                  "nfe": nfe, "nfe_budget": nfe, "value": v, "ci_low": v * 0.9, "ci_high": v * 1.1})
-        # the adaptive ODE, whose basic interval lies above its estimate (it may: README, "Evidence")
+        # the adaptive ODE, whose basic interval lies above its estimate (it may: docs/workflow.md, "Evidence")
         rows.append({"source": source, "kind": kind, "sampler": "ode", "striding": "adaptive", "nfe": 80,
                      "nfe_budget": None, "value": 0.1, "ci_low": 0.11, "ci_high": 0.12})
     return pd.DataFrame(rows)
@@ -191,7 +191,7 @@ def _family(source: str, kind: str, values: dict[int, float], spread: float = 0.
 
 
 def test_rows_that_get_worse_with_nfe_are_listed_with_a_reason():
-    """[14/18]: a rise beyond the paired interval is listed; the network is blamed where the same sampler on the exact
+    """a rise beyond the paired interval is listed; the network is blamed where the same sampler on the exact
     score improves, the sampler where the exact score rises too; a fall or a rise within noise is not listed."""
     from cldsgm.report.analysis import worse_with_nfe
 
@@ -207,7 +207,7 @@ def test_rows_that_get_worse_with_nfe_are_listed_with_a_reason():
 
 
 def test_metrics_json_is_the_headline_and_plots_are_one_per_dataset_and_metric(tmp_path):
-    """[16/18]: metrics.json (what `dvc metrics show` prints as one line) holds each tested claim's difference under
+    """metrics.json (what `dvc metrics show` prints as one line) holds each tested claim's difference under
     a short key and the verdict counts; summary.json every value; plots/ one long table per dataset x metric for
     the trained sources and one for the oracles, a series per source / sampler / striding."""
     results, out = _results(tmp_path), tmp_path / "report"

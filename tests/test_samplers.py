@@ -1,4 +1,4 @@
-"""Sampler oracles with exact scores: cld_spec.md section 9.12-9.13, psld_spec.md section 9.12-9.14."""
+"""Sampler oracles with exact scores: stationarity, exactness on Gaussian data and the samplers' invariants."""
 
 import math
 
@@ -230,7 +230,7 @@ def test_every_sampler_converges_to_the_data_law(sde, sampler, options):
 
 
 def test_per_sample_corrector_steps_grow_the_error_with_nfe():
-    """[14/18] item 4. step_size 'sample' (each sample's own |z| / |s|, cldsgm before [14/18]) is heavy-tailed in low
+    """step_size 'sample' (each sample's own |z| / |s|) is heavy-tailed in low
     dimension (|s| ~ 0 at a mode's centre): its error grows with NFE at fixed snr, and a smaller snr does not cure it
     (measured, energy distance, floor 5e-4: uniform NFE 30/400 gives 2.4e-2/1.4e-2 at snr 0.16 and 1.0e-2/2.0e-3 at
     0.01). The default 'noise' step, 2 alpha snr^2 sigma_t^2, improves with NFE like EM does."""

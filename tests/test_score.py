@@ -1,4 +1,4 @@
-"""Score parameterisation: eps <-> score <-> x0 conversions and CLD's mixed score (cld_spec.md section 2.3)."""
+"""Score parameterisation: eps <-> score <-> x0 conversions and CLD's mixed score (the CLD paper, p. 5)."""
 
 import pytest
 import torch

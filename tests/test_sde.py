@@ -1,4 +1,4 @@
-"""Oracles for the forward processes: cld_spec.md section 9 and psld_spec.md section 9."""
+"""Oracles for the forward processes: closed forms, stationarity and special-case reductions."""
 
 import math
 
@@ -103,7 +103,7 @@ def test_cld_small_time_limits():
     assert float(sde.perturbation_cov(f64(1e-5)).vv) == pytest.approx(1.007679e-2, rel=1e-6)
 
 
-# cld_spec.md section 1.2: exact (60-digit) values, beta = 4, M^-1 = 4, gamma = 0.04, no eps.
+# the CLD paper's App. B.1 kernel: exact (60-digit) values, beta = 4, M^-1 = 4, gamma = 0.04, no eps.
 CLD_TABLE = [
     (1.0, 0.999984, 7.0762e-6, 0.2499969, 2.000012, 2.000013),
     (0.5, 0.9864607, 5.28689e-3, 0.2479336, 2.008432, 2.008558),
@@ -167,7 +167,7 @@ def test_psld_published_values():
 
 @pytest.mark.parametrize("cld_args", [{}, {"beta_min": 0.1, "beta_max": 7.0, "m_inv": 2.0, "gamma": 0.3}])
 def test_psld_reduces_to_cld(cld_args):
-    """PSLD(Gamma=0, nu=Gamma_c M^-1, beta_psld = 2 beta_c, kappa=gamma) is CLD (psld_spec.md section 8)."""
+    """PSLD(Gamma=0, nu=Gamma_c M^-1, beta_psld = 2 beta_c, kappa=gamma) is CLD (the PSLD paper's special case)."""
     cld = CLD(numerical_eps=1e-9, **cld_args)
     psld = PSLD(Gamma=0.0, nu=cld.friction * cld.m_inv, beta_min=2 * cld.schedule.beta_min,
                 beta_max=2 * cld.schedule.beta_max, kappa=cld.gamma, numerical_eps=1e-9)

@@ -109,7 +109,7 @@ def test_smoke_study_runs_every_job_on_slurm(slurm_smoke):
 
 
 def test_smoke_on_slurm_logs_every_run_to_the_http_store(slurm_smoke, smoke):
-    """The cluster's jobs log to an MLflow server (as the README tells cluster users): the same runs as the local
+    """The cluster's jobs log to an MLflow server (as docs/cluster.md tells cluster users): the same runs as the local
     run's SQLite store, the parent finished."""
     from mlflow.tracking import MlflowClient
 

@@ -1,4 +1,4 @@
-"""Speed options ([10/10]): compile, channels-last and fused Adam change how fast, never what is computed."""
+"""Speed options: compile, channels-last and fused Adam change how fast, never what is computed."""
 
 import pytest
 import torch

@@ -71,13 +71,13 @@ def test_dry_run_of_every_study(tmp_path, study):
     assert jobs["train"] >= 1 and jobs["sample"] >= 1 and jobs["report"] == 1, jobs
     if study.startswith("cifar10"):
         assert jobs["fid"] > jobs["sample"] and jobs["sample_part"] == 10 * jobs["sample"]
-    if study == "conditional":  # [17/18]: classifiers, then a sampling and an evaluation job per conditional set
+    if study == "conditional":  # classifiers, then a sampling and an evaluation job per conditional set
         # an evaluation job per source and guided class (5 x 2) or per source's inpainted sets (4)
         assert jobs["train_classifier"] == 4 and jobs["conditional_sample"] == 50, jobs
         assert jobs["conditional_eval"] == 5 * 2 + 4, jobs
     else:
         assert "conditional_sample" not in jobs and "train_classifier" not in jobs, jobs
-    if study == "config":  # the default study: one sampling job per source, under 60 jobs in all ([15/18])
+    if study == "config":  # the default study: one sampling job per source, under 60 jobs in all
         assert jobs["train"] == 6 and jobs["fd_digits"] > 0 and jobs["sample_distance"] > 0
         assert jobs["sample"] == len(job_table(load_study(yaml.safe_load((ROOT / "params/config.yaml").read_text()),
                                                           "config.yaml"))["sources"])
@@ -290,7 +290,7 @@ def test_mlflow_parent_and_child_runs(smoke):
 
 @pytest.mark.xdist_group("smoke")
 def test_mlflow_runs_say_what_made_them(smoke):
-    """[16/18] item 1: a model-training experiment; params on every child run; the commit in MLflow's own tag; an
+    """a model-training experiment; params on every child run; the commit in MLflow's own tag; an
     evaluation run names its training run; the parent holds the study, its params and the headline metrics."""
     from mlflow.tracking import MlflowClient
 
@@ -372,7 +372,7 @@ def test_dvc_round_trip(smoke, tmp_path):
     done = run_snakemake(project, "-n", "--configfile", "params/smoke.yaml")
     assert "Nothing to be done" in done.stdout + done.stderr
 
-    # one trained model, not the whole study (README "One trained model"): its run and its data, then another NFE
+    # one trained model, not the whole study (docs/workflow.md, "One trained model"): its run and its data, then another NFE
     checkpoint = project / "results/smoke/runs/diamond_cld/checkpoint.pt"
     trained = checkpoint.read_bytes()
     for path in ("results/smoke", "reports/smoke"):
@@ -393,7 +393,7 @@ def test_dvc_round_trip(smoke, tmp_path):
 
 
 def test_user_inputs_travel_with_dvc_and_a_clone_without_them_is_told_what_is_missing(tmp_path):
-    """[16/18]: resources/ (what a CIFAR-10 user supplies) the DVC way: `dvc add`, git holds the .dvc files, `dvc
+    """resources/ (what a CIFAR-10 user supplies) the DVC way: `dvc add`, git holds the .dvc files, `dvc
     push`; a fresh clone refuses the study naming the missing input, `dvc pull` brings it, `snakemake -n` sees it."""
     project = project_copy(tmp_path / "p")
     shutil.copytree(ROOT / ".dvc", project / ".dvc", dirs_exist_ok=True)

@@ -13,7 +13,7 @@ if __name__ == "__main__":
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
         if launch().world > 1:
             # gloo workers can abort at interpreter exit ("terminate called without an active exception",
-            # ecosystem.md 1.5); a flushed os._exit after the process group is gone avoids it
+            # a known gloo teardown race); a flushed os._exit after the process group is gone avoids it
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)

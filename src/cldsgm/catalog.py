@@ -238,7 +238,7 @@ SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in (
                     Option("snr", float, 0.16, "corrector signal-to-noise ratio", exclusive_minimum=0),
                     Option("n_corrector", int, 1, "corrector steps per step", minimum=1),
                     Option("step_size", str, "noise", "corrector step: 2 alpha snr^2 sigma_t^2 (noise) or with each "
-                           "sample's own |z|/|s| (sample, before [14/18]; grows with NFE in low dimension)",
+                           "sample's own |z|/|s| (sample; grows with NFE in low dimension)",
                            choices=("noise", "sample"), flag="--pc-step-size")),
                 nfe_per_step=lambda options: 1 + int(options.get("n_corrector", 1))),
     SamplerSpec("ode", "cldsgm.samplers.ode:sample_ode", "the probability-flow ODE with an adaptive solver", None,
@@ -256,7 +256,7 @@ SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in (
                 "the conjugate integrator of the probability-flow ODE (exponential multistep in the gDDIM factor)", 1,
                 PHASE_SPACE, (
                     Option("predict", str, "x0", "what is interpolated over the steps: the data prediction x0, "
-                           "eps = -R^T s, or eps_cholesky (the lambda-DDIM of before, unstable at low NFE)",
+                           "eps = -R^T s, or eps_cholesky (lambda-DDIM on the Cholesky eps, unstable at low NFE)",
                            choices=("x0", "eps", "eps_cholesky")),
                     Option("order", int, 2, "multistep order 0-3 (0: gDDIM-0, exact for a point mass)", minimum=0,
                            maximum=3),

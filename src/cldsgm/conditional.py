@@ -1,4 +1,4 @@
-"""Conditional generation with a phase-space process: classifier guidance and inpainting ([17/18]).
+"""Conditional generation with a phase-space process: classifier guidance and inpainting.
 
 What the PSLD reference code does (mandt-lab/PSLD: main/losses.py `tce_loss`, main/samplers/sde.py `cc_em_sde` and
 `ip_em_sde`, main/datasets/inpaint.py), and what cldsgm does the same way:

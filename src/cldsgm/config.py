@@ -62,7 +62,7 @@ SCHEMA = _obj({
                       "uri": {"type": ["string", "null"]}}),
 }, required=["data", "sde", "model"])
 
-DEFAULTS = {  # no "task": absent means score (so a score run's config stays as it was before classifiers)
+DEFAULTS = {  # no "task": absent means score (a score run's config carries no task key)
     "seed": 0,
     "data": {"hflip": False},
     "sde": {"params": {}},

@@ -1,4 +1,4 @@
-"""Score-matching objectives: DSM and HSM for CLD and PSLD, DSM for VPSDE (cld_spec.md section 2.4).
+"""Score-matching objectives: DSM and HSM for CLD and PSLD, DSM for VPSDE (the CLD paper, Eq. 9 and App. B.3).
 
 Every loss compares the network's eps_hat with the eps that produced u_t, on the noise blocks:
 

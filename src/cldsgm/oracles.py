@@ -134,7 +134,7 @@ class GaussianMixture:
 
 
 def diamond(std: float = 0.04) -> GaussianMixture:
-    """The 9-component 'diamond' of the CLD toy experiments (cld_spec.md section 5.2).
+    """The 9-component 'diamond' of the CLD toy experiments (CLD-SGM's util/toy_data.py).
 
     Means: the grid {-0.5, 0, 0.5}^2 rotated by 45 degrees, i.e. right-multiplied by [[1, -1], [1, 1]] / sqrt(2);
     equal weights, isotropic std 0.04.

@@ -101,7 +101,7 @@ RECORD_SCHEMA = {
         "bound": {"type": "boolean"},
         "exact": {"type": "object"},
         "variance": {"type": "object"},
-        # a conditional set ([17/18]): the manifest's guidance {classifier, class, scale, ...} or inpaint {images,
+        # a conditional set: the manifest's guidance {classifier, class, scale, ...} or inpaint {images,
         # mask, ...} block, under its name
         "condition": {"type": "object"},
     },
@@ -173,7 +173,7 @@ def sample_set_fields(manifest: dict, samples_dir: str | Path) -> dict:
             "striding": ident["striding"], "t_min": ident["t_min"], "sde": ident["sde"],
             "sde_params": ident["sde_params"], "network": ident["network"], "source": ident["source"],
             "samples": str(Path(samples_dir).absolute()), "seed": ident["seed"], "labels": manifest.get("labels"),
-            # absent (not null) for an unconditional set: its records stay as they were before [17/18]
+            # absent (not null) for an unconditional set: its records carry no conditional keys
             "condition": {k: ident[k] for k in ("guidance", "inpaint") if k in ident} or None}
 
 

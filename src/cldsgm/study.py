@@ -242,7 +242,7 @@ def _check_files(study: dict, source: str) -> None:
         weights = Path(os.environ.get("CLDSGM_INCEPTION") or fid["inception"])
         if not weights.is_file():
             raise StudyError(f"{source}: evaluation.fid needs the Inception weights {weights}, which are missing: "
-                             "put NVIDIA's inception-2015-12-05.pt there (see README, FID), set CLDSGM_INCEPTION, or "
+                             "put NVIDIA's inception-2015-12-05.pt there (see docs/architecture.md, "Evaluation"), set CLDSGM_INCEPTION, or "
                              "set evaluation.fid to null")
 
 
@@ -364,7 +364,7 @@ def oracle_source(data: str, sde: str) -> str:
     return f"oracle-{data}-{sde}"
 
 
-# -- conditional generation ([17/18]) --------------------------------------------------------------------------------
+# -- conditional generation --------------------------------------------------------------------------------
 
 
 def _conditional_source(study: dict, name: str, where: str) -> dict:

@@ -120,7 +120,7 @@ def train_done(model):
 
 def train_priority(wildcards):
     """Image models first (the longest jobs: on 2 cores the digits trainings are the critical path), then point
-    models; every evaluation job waits at priority 0 (README, "Cost of the default study": 14:20 without, at 4000
+    models; every evaluation job waits at priority 0 (docs/workflow.md, "Cost of the default study": 14:20 without, at 4000
     steps; 10:43 with, at 3000)."""
     return 2 if catalog.DATASETS[model_of(wildcards.model)["data"]].kind == "image" else 1
 
@@ -136,7 +136,7 @@ def check_store_for_executor():
         raise WorkflowError(
             f"the MLflow store {uri} is a SQLite file, which jobs on other nodes would corrupt; start a server on "
             "this node (`mlflow server --backend-store-uri sqlite:///$PWD/mlflow.db --host 0.0.0.0 --port 5000`, "
-            "README 'Running on SLURM') and `export MLFLOW_TRACKING_URI=http://$(hostname):5000`, or set "
+            "docs/cluster.md) and `export MLFLOW_TRACKING_URI=http://$(hostname):5000`, or set "
             "tracking.enabled: false in the study")
 
 

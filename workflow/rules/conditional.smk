@@ -1,4 +1,4 @@
-# Conditional generation ([17/18], the study's `conditional` section): noise-conditioned classifiers trained like
+# Conditional generation (the study's `conditional` section): noise-conditioned classifiers trained like
 # the score models (`cldsgm train-classifier`), then one job per conditional sample set (a class-conditional set
 # guided by a classifier, `cldsgm sample --classifier`, or an inpainted set, `cldsgm inpaint`), then one job per
 # group of sets scoring them: class accuracy (and the known pixels' error of inpainted sets), plus per-class

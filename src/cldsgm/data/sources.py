@@ -136,7 +136,7 @@ def digits(split: str, *, test_fraction: float = 0.2, seed: int = 0):
 
 
 def swissroll_points(n: int, rng: np.random.Generator) -> np.ndarray:
-    """cld_spec.md 5.2: 5 clusters (p = 0.2) of make_swiss_roll(noise=0.2) coordinates (0, 2) x 0.01."""
+    """CLD-SGM's toy swissroll: 5 clusters (p = 0.2) of make_swiss_roll(noise=0.2) coordinates (0, 2) x 0.01."""
     from sklearn.datasets import make_swiss_roll
 
     offsets = np.array([(0.0, 0.0), (0.8, 0.8), (0.8, -0.8), (-0.8, -0.8), (-0.8, 0.8)])
@@ -175,7 +175,7 @@ def toy(name: str, split: str, *, n: int, seed: int = 0):
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
     points = catalog.load(spec.generator)(n, rng).astype(np.float32)
     labels = None
-    if spec.exact_law:  # a mixture law: each point's most probable component is its class ([17/18] classifiers)
+    if spec.exact_law:  # a mixture law: each point's most probable component is its class (classifiers)
         from cldsgm.oracles import oracle_law
 
         labels = oracle_law(spec.oracle).classify(torch.from_numpy(points)).numpy()

@@ -1,4 +1,4 @@
-"""Evaluation of conditional sample sets ([17/18]): the class a classifier sees in each sample against the class
+"""Evaluation of conditional sample sets: the class a classifier sees in each sample against the class
 asked for, and how exactly inpainting kept the known pixels."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Negative log-likelihood through the probability-flow ODE (cld_spec.md section 4).
+"""Negative log-likelihood through the probability-flow ODE (the CLD paper's likelihood bound, CLD-SGM's likelihood.py).
 
 log p_{t_min}(u_{t_min}) = log p_1(u_1) + int_{t_min}^1 div F(u_t, t) dt, with F = f - g^2 s / 2 the forward
 probability-flow velocity and p_1 replaced by the prior. The divergence is exact (one backward pass per state

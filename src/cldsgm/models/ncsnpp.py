@@ -1,4 +1,4 @@
-"""NCSN++ (Song et al. 2021, continuous time) as CLD-SGM trains it on CIFAR-10 (cld_spec.md section 6.1).
+"""NCSN++ (Song et al. 2021, continuous time) as CLD-SGM trains it on CIFAR-10 (CLD-SGM's CIFAR-10 config).
 
 BigGAN residual blocks, DDPM attention at the listed resolutions, FIR resampling, skip rescaling, a residual
 input pyramid and a Gaussian-Fourier embedding of log t (or a positional embedding of raw t). The network

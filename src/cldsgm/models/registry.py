@@ -16,7 +16,7 @@ _CIFAR = {"image_size": 32, "nf": 128, "ch_mult": (1, 2, 2, 2), "num_res_blocks"
 PRESETS = {
     "ncsnpp_cifar10_cld": (NCSNpp, {**_CIFAR, "in_channels": 6, "out_channels": 3}),
     "ncsnpp_cifar10_vpsde": (NCSNpp, {**_CIFAR, "in_channels": 3, "out_channels": 3}),
-    # PSLD SOTA CIFAR-10 run (psld_spec.md 2.2): ch_mult (2,2,2), 8 blocks, dropout 0.15, FIR, Fourier.
+    # PSLD SOTA CIFAR-10 run (its released config): ch_mult (2,2,2), 8 blocks, dropout 0.15, FIR, Fourier.
     "ncsnpp_cifar10_psld": (NCSNpp, {**_CIFAR, "ch_mult": (2, 2, 2), "dropout": 0.15, "in_channels": 6,
                                      "out_channels": 6}),
     # PSLD config default / ablations: (1,2,2,2), 4 blocks, positional embedding, no FIR.
@@ -28,7 +28,7 @@ PRESETS = {
                                "progressive_input": "residual", "embedding": "fourier", "in_channels": 2,
                                "out_channels": 1}),
     "toy_mlp": (ToyMLP, {"in_channels": 4, "out_channels": 2}),
-    # noise-conditioned classifiers of the whole state ([17/18]); num_classes comes from the data's labels
+    # noise-conditioned classifiers of the whole state; num_classes comes from the data's labels
     "toy_classifier": (ToyClassifier, {"in_channels": 4}),
     "ncsnpp_digits_classifier": (NCSNppClassifier, {"image_size": 8, "nf": 32, "ch_mult": (1, 2), "num_res_blocks": 1,
                                                     "attn_resolutions": (4,), "dropout": 0.0, "fir": True,

@@ -2,7 +2,7 @@
 
 A network returns a tensor shaped like the SDE's noise blocks (v for CLD, (x, v) or v for PSLD, x for
 VPSDE). It is read as the eps of the kernel's reparameterisation u_t = mu_t + L_t eps, so the score is
--L_t^{-T} eps (cld_spec.md section 2.3, psld_spec.md section 2.4).
+-L_t^{-T} eps (the CLD paper, p. 5; the PSLD reference code factors its noise the same way).
 
 With ``mixed_score`` (CLD's default) the network learns only the residual from an analytic Gaussian
 reference score: eps_hat = output + eps_ref, where eps_ref is the eps that the reference score implies. For

@@ -1,4 +1,4 @@
-"""The CLD toy networks (cld_spec.md section 6.3): an MLP of raw t and a residual MLP of log t."""
+"""The CLD toy networks (CLD-SGM's models/mlp.py): an MLP of raw t and a residual MLP of log t."""
 
 from __future__ import annotations
 

@@ -142,7 +142,7 @@ def split_curve(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _conditional_sections(cond: pd.DataFrame, metrics: dict) -> list[Section]:
-    """'Conditional generation' ([17/18]): accuracy against guidance scale, its steps with paired intervals, the
+    """'Conditional generation': accuracy against guidance scale, its steps with paired intervals, the
     guided sets, the inpainted sets against their baseline, and inpainting grids; fills metrics['conditional']."""
     from cldsgm.report.conditional import guidance_figure, guidance_steps, guided_table, inpaint_figure, inpaint_table
 

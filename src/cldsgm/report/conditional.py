@@ -1,4 +1,4 @@
-"""The report's section on conditional generation ([17/18]), from the records of a study's `conditional` sets.
+"""The report's section on conditional generation, from the records of a study's `conditional` sets.
 
 Guided sets: the share of samples in the asked class against the guidance scale (with intervals), each step up in
 scale compared with the one below it (a paired interval: the sets of one source share their seed, so sample i has

@@ -1,4 +1,4 @@
-"""The papers' published CIFAR-10 numbers (cld_spec.md section 7, psld_spec.md section 6), with their status.
+"""The papers' published CIFAR-10 numbers (as the CLD and PSLD papers report them), with their status.
 
 'confirmed' numbers were read in a primary or secondary source; 'unconfirmed' ones are targets to measure.
 """

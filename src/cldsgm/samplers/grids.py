@@ -1,7 +1,7 @@
 """Time grids for fixed-step samplers: forward times from 1 down to t_min, float64, descending.
 
 With denoising the sampler takes nfe - 1 solver steps on nfe grid points and spends the last evaluation on
-the noise-free denoising step at t_min, so NFE = nfe exactly (cld_spec.md section 3.1, psld_spec.md 4.1).
+the noise-free denoising step at t_min, so NFE = nfe exactly (as CLD-SGM's and PSLD's samplers).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""Integrators for CLD and PSLD that work with 2x2 coefficients per step (integrators_spec.md 2-3).
+"""Integrators for CLD and PSLD that work with 2x2 coefficients per step (Pandey, Rudolph & Mandt, "Efficient
+Integrators for Diffusion Generative Models", ICLR 2024).
 
 - sample_conjugate: the conjugate integrator of the probability-flow ODE as an exponential multistep method in the
   gDDIM factor R (R R^T = Sigma_t(0), dR/dt = beta A R + beta/2 Dbar R^{-T}): the data prediction x0_hat (default) or
   eps_R = -R^T s, interpolated over the last steps (orders 0-3). Order 0 is gDDIM-0, exact for a point mass at any
   step. The lambda-DDIM on the Cholesky eps (Pandey, Rudolph & Mandt 2024, section 3.1, B_t = lam I) stays as
-  predict='eps_cholesky': it blows up at coarse steps ([14/18]), because eps_L is not constant along a point mass's
+  predict='eps_cholesky': it blows up at coarse steps, because eps_L is not constant along a point mass's
   ODE and the backward map of a coarse step (norm up to ~300 at NFE 5) amplifies its drift.
 - sample_ge_ode / sample_ge_sde: Gaussian-exact steps, deterministic (GE-D) and ancestral (GE-A). With
   precision_sigma = sigma_d they are exact in one step for data N(m, sigma_d^2) whatever the step size, so they
@@ -141,7 +142,7 @@ def conjugate_coefficients(sde, ts: Tensor, lam: float = 0.0) -> list[tuple[np.n
 
 
 def _sample_lambda_ddim(sde, score_fn, u, ts, lam):
-    """Order 0 on the Cholesky eps (the pre-[14/18] conjugate integrator, kept for comparison)."""
+    """Order 0 on the Cholesky eps (the plain conjugate integrator, kept for comparison)."""
     coefficients = conjugate_coefficients(sde, ts, lam)
     for (t, _), (linear, eps_map, chol) in zip(_steps(ts), coefficients, strict=True):
         s_x, s_v = sde.split(score_fn(u, t))

@@ -1,4 +1,4 @@
-"""The probability-flow ODE, integrated by an adaptive solver from torchdiffeq (cld_spec.md section 3.4)."""
+"""The probability-flow ODE, integrated by an adaptive solver from torchdiffeq (as CLD-SGM's get_ode_sampler)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ and by Sherman-Morrison (Sigma_t(sigma^2) = Sigma_t(0) + sigma^2 w w^T, w = Phi(
     P(sigma^2) = P_0 - sigma^2 a^2 / (1 + sigma^2 q),   P_0 = [Sigma_t(0)^{-1}]_vv,  a = (Sigma_t(0)^{-1} w)_v,
                                                          q = w^T Sigma_t(0)^{-1} w,
 
-which is second-order Tweedie with Var(x0 | u_t) in place of sigma^2 (integrators_spec.md 1). Inverting it turns a
+which is second-order Tweedie with Var(x0 | u_t) in place of sigma^2 (docs/samplers.md). Inverting it turns a
 measured stiffness into the sigma_d that SSCS's `precision_sigma` expects:
 
     sigma^2 = (P_0 - P) / (a^2 - (P_0 - P) q).
@@ -17,7 +17,7 @@ widths apart (`informative_block`: v for CLD, x for PSLD near the data), at stat
 with the forward kernel. Data with several scales (an image's pixels: digits' principal stds run from 1.7 down to
 nearly 0) have a stiffness per direction, and one scalar P must serve them all: SSCS needs the softest one
 (`softest_stiffness`, Lanczos on K; 30 forward and backward passes), not the mean over directions
-(`score_stiffness`, Hutchinson's trace estimate), which the many stiff directions dominate (README, "The SSCS flip").
+(`score_stiffness`, Hutchinson's trace estimate), which the many stiff directions dominate (docs/samplers.md, "The SSCS flip").
 A network trained to a finite loss is smoother near the data than the exact score, so its sigma_d is larger than
 the data's own; using the data's value then makes the step too stiff.
 """
@@ -178,7 +178,7 @@ def effective_sigma(sde, score_fn, x0: Tensor, times, *, reading: str = "softest
     they imply (with the sigma_d of stiffness +- 2 se as a range).
 
     reading: "softest" (the smallest eigenvalue, softest_stiffness: what SSCS's step needs) or "mean" (Hutchinson's
-    trace estimate, score_stiffness: dominated by the stiff directions; the estimator before [14/18]'s digits fix).
+    trace estimate, score_stiffness: dominated by the stiff directions; too stiff on the digits).
     """
     if reading not in ("softest", "mean"):
         raise ValueError(f"reading must be 'softest' or 'mean', got {reading!r}")

@@ -74,7 +74,7 @@ def sample_pc(sde, score_fn, u: Tensor, ts: Tensor, *, noise, denoise: bool = Tr
     step_size 'noise' (default): eps = 2 alpha snr^2 sigma_t^2, sigma_t^2 = 1 - e^{-2 int beta} the kernel variance:
         Score-SDE's rule where |s|^2 = |eps_hat|^2 / sigma_t^2 with |eps_hat|^2 ~ d (high dimension, and every
         regime where the noise is identifiable from x_t); per sample, and independent of the batch.
-    step_size 'sample': the ratio with each sample's own norms (cldsgm before [14/18]). In low dimension |z| and |s|
+    step_size 'sample': the ratio with each sample's own norms. In low dimension |z| and |s|
         of one sample are heavy-tailed (|s| ~ 0 at a mode's centre makes eps blow up): on the 2-D diamond its error
         grows with NFE (quadratic NFE 19 / 49 / 99 / 199: 0.037 / 0.086 / 0.103 / 0.291 sliced W2) where the
         batch-averaged rule gives 0.046 / 0.020 / 0.018 / 0.017 and 'noise' 0.046 / 0.019 / 0.018 / 0.015.
@@ -110,7 +110,8 @@ def _phi1(z: float) -> float:
 
 
 class _SSCS:
-    """One SSCS step: exact OU half-step, score step, exact OU half-step (cld_spec.md 3.3, psld_spec.md 4.3)."""
+    """One SSCS step: exact OU half-step, score step, exact OU half-step (the CLD paper, Sec. 3.4 and Alg. 1;
+    PSLD's sscs_sde)."""
 
     def __init__(self, sde: PhaseSpaceSDE, score_fn, noise, *, score_time, score_step, second_half, num_stab,
                  precision_sigma=0.0):
@@ -152,7 +153,7 @@ class _SSCS:
 
     def score_update_data_aware(self, u: Tensor, t: Tensor, dt: float) -> Tensor:
         """The exponential score step with the full 2x2 precision Pi = Sigma_t(sigma_d^2)^{-1} of the kernel of data
-        N(m, sigma_d^2) (integrators_spec.md 3.2): with s = -Pi u + r and r frozen over the step,
+        N(m, sigma_d^2) (docs/samplers.md): with s = -Pi u + r and r frozen over the step,
             u <- e^{-hG} u + h phi1(-hG) beta Dbar r,   G = beta Dbar (Pi - Sigma_inf^{-1}),
         exact for Gaussian data of that width, hence second order (Strang) where the point-mass precision
         (sigma_d = 0) leaves SSCS first order. For CLD (x not noised) it reduces to the scalar
@@ -211,7 +212,7 @@ def sample_sscs(sde, score_fn, u: Tensor, ts: Tensor, *, noise, denoise: bool = 
     precision_sigma: sigma_d >= 0, the local data scale for the exponential score step. 0 (the default) uses the
         point-mass (HSM kernel) precision: first order with a large constant near the data. sigma_d > 0 uses the
         full precision of the kernel of N(m, sigma_d^2) data: second order; robust within about 2x of the local
-        data std (0.04 for the diamond); too large under-disperses. integrators_spec.md 3.2 and 4.
+        data std (0.04 for the diamond); too large under-disperses (docs/samplers.md).
     """
     if not isinstance(sde, PhaseSpaceSDE):
         raise ValueError(f"SSCS needs a phase-space SDE (CLD or PSLD), not {type(sde).__name__}")

@@ -12,7 +12,7 @@ with a 2x2 drift A that has a double eigenvalue -lam (critical damping). In the 
 The integral is D I_0 + (N D + D N^T) I_1 + N D N^T I_2 with I_k(B) = int_0^B r^k e^{-2 lam r} dr
 = k!/(2 lam)^{k+1} P(k+1, 2 lam B) (P: regularised lower incomplete gamma). Every term is non-negative on
 the diagonal, so unlike the references' expanded formulas nothing cancels as t -> 0: at t = 1e-5 this gives
-the exact l_HSM = 193.7175 where the reference's float64 formula gives 193.7203 (cld_spec.md section 1.2).
+the exact l_HSM = 193.7175 where the reference's float64 formula gives 193.7203 (the CLD paper, App. B.1).
 """
 
 from __future__ import annotations
@@ -145,7 +145,8 @@ class PhaseSpaceSDE(LinearSDE):
         """The part of the reverse SDE that SSCS solves exactly, as a forward OU process in the clock B.
 
         Its drift is A~ = -A - Dbar Sigma_inf^{-1} (CLD: [[0, -M^-1], [1, -Gamma M^-1]]), with the same noise
-        and the same stationary law N(0, diag(1, M)); it is again critically damped (psld_spec.md 4.3).
+        and the same stationary law N(0, diag(1, M)); it is again critically damped
+        (the PSLD paper's splitting sampler).
         """
         (a_xx, a_xv), (a_vx, a_vv) = self.drift_matrix
         d_x, d_v = self.noise
@@ -275,7 +276,7 @@ class PhaseSpaceSDE(LinearSDE):
 
 
 class CLD(PhaseSpaceSDE):
-    """Critically-damped Langevin diffusion (Dockhorn, Vahdat & Kreis, ICLR 2022), cld_spec.md section 1.
+    """Critically-damped Langevin diffusion (Dockhorn, Vahdat & Kreis, ICLR 2022): Eq. 5 and App. B.1.
 
         dx = M^{-1} v beta dt,   dv = (-x - Gamma M^{-1} v) beta dt + sqrt(2 Gamma beta) dW,   Gamma = 2 / sqrt(M^{-1}).
 
@@ -299,7 +300,7 @@ class CLD(PhaseSpaceSDE):
 
 
 class PSLD(PhaseSpaceSDE):
-    """Phase-space Langevin diffusion (Pandey & Mandt, ICCV 2023), psld_spec.md section 2.
+    """Phase-space Langevin diffusion (Pandey & Mandt, ICCV 2023, arXiv 2303.01748).
 
         dx = beta/2 (M^{-1} m - Gamma x) dt + sqrt(beta Gamma) dW_x,  dm = beta/2 (-x - nu m) dt + sqrt(beta M nu) dW_m,
 

@@ -1,7 +1,7 @@
 """The training loop: score matching with Adam/AdamW, warm-up, clipping, EMA, AMP, checkpoints and DDP.
 
 With `task: classifier` the same loop trains a noise-conditioned classifier of the forward process's states
-(cross-entropy of the labels given u_t ~ p(u_t | x0) and t; [17/18]), with the same checkpoints, resume and tracking.
+(cross-entropy of the labels given u_t ~ p(u_t | x0) and t), with the same checkpoints, resume and tracking.
 
 Every random draw of step s comes from a generator seeded by (seed, s): the data order (per-epoch seeded
 permutations), t, eps and v0 (drawn for the *global* batch, then sliced per rank) and the dropout masks. A
