@@ -1,6 +1,7 @@
 """Inception feature throughput (images/s) of the FID step on the current device, and the minutes for 50k images.
 
-Needs NVIDIA's inception-2015-12-05.pt (docs/architecture.md, "Evaluation": --inception PATH, $CLDSGM_INCEPTION or resources/); nothing is
+Needs NVIDIA's inception-2015-12-05.pt (docs/architecture.md, "Evaluation": --inception PATH, $CLDSGM_INCEPTION
+or resources/); nothing is
 downloaded. Random uint8 CIFAR-sized images go through the same path as `cldsgm fid` (resize, Inception pool3).
     python benchmarks/fid_features.py --inception resources/inception-2015-12-05.pt --n 5000 --batch 500
 """

@@ -1,6 +1,7 @@
-"""The values of a finished study that a refactor must not change: every sample and NLL shard's sha256 and every
-record's value, standard error and NFE. Written once from the smoke study (tests/data/smoke_digest.json); the
-workflow test compares a fresh smoke run against it.
+"""The values of a finished study that a refactor must not change: every sample and NLL shard's sha256 and summary
+statistics (size, mean, standard deviation of its array), and every record's value, standard error and NFE. Written
+once from the smoke study (tests/data/smoke_digest.json); the workflow test compares a fresh smoke run against it:
+byte for byte on the CPU model that made it, within TOLERANCE everywhere else.
 
     python tests/smoke_digest.py results/smoke > tests/data/smoke_digest.json   (from a fresh smoke run)
 """
@@ -14,13 +15,24 @@ import sys
 from pathlib import Path
 
 
+def shard_stats(path: Path) -> list[float]:
+    """[size, mean, standard deviation] of the (first) array of a shard, in float64."""
+    import numpy as np
+
+    with np.load(path) as archive:
+        array = archive[archive.files[0]].astype(np.float64)
+    return [float(array.size), float(array.mean()), float(array.std())]
+
+
 def digest(results: Path, exclude: tuple[str, ...] = ()) -> dict:
-    """{'shards': {relative path: sha256}, 'records': {relative path: [value, stderr, nfe]}} of results/<study>."""
-    out = {"shards": {}, "records": {}}
+    """{'shards': {relative path: sha256}, 'shard_stats': {relative path: [size, mean, std]}, 'records': {relative
+    path: [value, stderr, nfe]}} of results/<study>."""
+    out = {"shards": {}, "shard_stats": {}, "records": {}}
     for path in sorted([*results.glob("samples/*/*/shard_*.npz"), *results.glob("nll/*/shard_*.npz")]):
         key = str(path.relative_to(results))
         if not any(word in key for word in exclude):
             out["shards"][key] = hashlib.sha256(path.read_bytes()).hexdigest()
+            out["shard_stats"][key] = shard_stats(path)
     for path in sorted(results.glob("records/**/*.json")):
         key = str(path.relative_to(results))
         if not any(word in key for word in exclude):

@@ -1,4 +1,5 @@
-"""Parity switches with the reference code (docs/architecture.md, "Deliberate choices"): each with the reference's behaviour."""
+"""Parity switches with the reference code (docs/architecture.md, "Deliberate choices"): each with the reference's
+behaviour."""
 
 import math
 

@@ -51,7 +51,8 @@ def test_the_softest_direction_names_the_largest_std(sde_name):
 def test_overlapping_modes_are_capped_at_the_datas_own_spread():
     """The diamond with component std 0.2: its modes overlap, the log-density is not concave between them and the
     softest direction is flatter than any Gaussian (inf at every t <= 0.02); the estimate stops at the data's largest
-    principal std (about 0.46), where the flip experiment's sweep has its optimum (docs/samplers.md, "The SSCS flip")."""
+    principal std (about 0.46), where the flip experiment's sweep has its optimum (docs/samplers.md, "The SSCS
+    flip")."""
     from cldsgm.samplers.precision import data_sigma_max, model_sigma_d
 
     sde, law = build_sde("cld"), diamond(0.2)

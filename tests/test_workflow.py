@@ -372,7 +372,8 @@ def test_dvc_round_trip(smoke, tmp_path):
     done = run_snakemake(project, "-n", "--configfile", "params/smoke.yaml")
     assert "Nothing to be done" in done.stdout + done.stderr
 
-    # one trained model, not the whole study (docs/workflow.md, "One trained model"): its run and its data, then another NFE
+    # one trained model, not the whole study (docs/workflow.md, "One trained model"): its run and its data, then
+    # another NFE
     checkpoint = project / "results/smoke/runs/diamond_cld/checkpoint.pt"
     trained = checkpoint.read_bytes()
     for path in ("results/smoke", "reports/smoke"):

@@ -242,8 +242,8 @@ def _check_files(study: dict, source: str) -> None:
         weights = Path(os.environ.get("CLDSGM_INCEPTION") or fid["inception"])
         if not weights.is_file():
             raise StudyError(f"{source}: evaluation.fid needs the Inception weights {weights}, which are missing: "
-                             "put NVIDIA's inception-2015-12-05.pt there (see docs/architecture.md, "Evaluation"), set CLDSGM_INCEPTION, or "
-                             "set evaluation.fid to null")
+                             "put NVIDIA's inception-2015-12-05.pt there (see docs/architecture.md, 'Evaluation'), "
+                             "set CLDSGM_INCEPTION, or set evaluation.fid to null")
 
 
 def _check_semantics(study: dict, source: str, check_files: bool = True) -> None:

@@ -17,7 +17,8 @@ widths apart (`informative_block`: v for CLD, x for PSLD near the data), at stat
 with the forward kernel. Data with several scales (an image's pixels: digits' principal stds run from 1.7 down to
 nearly 0) have a stiffness per direction, and one scalar P must serve them all: SSCS needs the softest one
 (`softest_stiffness`, Lanczos on K; 30 forward and backward passes), not the mean over directions
-(`score_stiffness`, Hutchinson's trace estimate), which the many stiff directions dominate (docs/samplers.md, "The SSCS flip").
+(`score_stiffness`, Hutchinson's trace estimate), which the many stiff directions dominate (docs/samplers.md,
+"The SSCS flip").
 A network trained to a finite loss is smoother near the data than the exact score, so its sigma_d is larger than
 the data's own; using the data's value then makes the step too stiff.
 """
