@@ -16,17 +16,19 @@ from pathlib import Path
 
 
 def shard_stats(path: Path) -> list[float]:
-    """[size, mean, standard deviation] of the (first) array of a shard, in float64."""
+    """[size, mean, standard deviation] of the finite entries of a shard's (first) array, in float64 (an NLL shard
+    has a column of NaN where a quantity is not defined: its size counts the finite entries)."""
     import numpy as np
 
     with np.load(path) as archive:
         array = archive[archive.files[0]].astype(np.float64)
-    return [float(array.size), float(array.mean()), float(array.std())]
+    finite = array[np.isfinite(array)]
+    return [float(finite.size), float(finite.mean()), float(finite.std())]
 
 
 def digest(results: Path, exclude: tuple[str, ...] = ()) -> dict:
-    """{'shards': {relative path: sha256}, 'shard_stats': {relative path: [size, mean, std]}, 'records': {relative
-    path: [value, stderr, nfe]}} of results/<study>."""
+    """{'shards': {relative path: sha256}, 'shard_stats': {relative path: [finite size, mean, std]}, 'records':
+    {relative path: [value, stderr, nfe]}} of results/<study>."""
     out = {"shards": {}, "shard_stats": {}, "records": {}}
     for path in sorted([*results.glob("samples/*/*/shard_*.npz"), *results.glob("nll/*/shard_*.npz")]):
         key = str(path.relative_to(results))

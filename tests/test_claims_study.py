@@ -79,6 +79,7 @@ def tiny_claims(study: dict) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.xdist_group("claims_study")
 def test_the_claims_study_at_test_size_has_every_claim_row_with_an_interval(tmp_path):
     project = project_copy(tmp_path / "project")

@@ -117,6 +117,7 @@ MINI = {
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_conditional_study_runs_through_the_workflow_into_its_report(tmp_path):
     """Classifier training, guided and inpainted sets (a trained and an exact source), their records and the report's
     section: the exact posterior puts every sample in its class, inpainting keeps the known coordinate exactly and

@@ -21,6 +21,7 @@ def _run(*args, timeout=600):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_cpu_smoke_fills_every_section(tmp_path):
     out = tmp_path / "gpu_check.json"
     done = _run("--cpu-smoke", "--out", str(out))

@@ -285,3 +285,17 @@ def test_empty_prepared_dataset_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="empty dataset"):
         save_prepared(tmp_path, "x", "train", np.zeros((0, 2), np.float32), kind="points", source="test")
+
+
+def test_paths_are_stored_relative_to_the_project_and_old_absolute_ones_still_match(tmp_path, monkeypatch):
+    from cldsgm.tracking.store import absolute_uri
+    from cldsgm.utils.io import portable, portable_uri, project_path
+
+    monkeypatch.chdir(tmp_path)
+    assert project_path(tmp_path / "results" / "x.npz") == "results/x.npz" == project_path("results/x.npz")
+    assert project_path("/elsewhere/x.npz") == "/elsewhere/x.npz"  # outside the project: absolute
+    assert portable_uri(f"sqlite:///{tmp_path}/mlflow.db") == "sqlite:///mlflow.db"
+    assert portable_uri("http://host:5000") == "http://host:5000"
+    assert absolute_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
+    old = {"source": {"checkpoint": f"{tmp_path}/results/runs/a/checkpoint.pt", "step": 3}, "n": [f"{tmp_path}/b"]}
+    assert portable(old) == {"source": {"checkpoint": "results/runs/a/checkpoint.pt", "step": 3}, "n": ["b"]}

@@ -21,7 +21,8 @@ import yaml
 from conftest import BIN, SLURM_FAST_POLL, SLURM_PROFILE, WORKFLOW_ENV, project_copy, run_snakemake
 from slurm_local import LocalSlurm
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smoke")]  # one cluster per machine: one xdist worker
+pytestmark = [pytest.mark.slow, pytest.mark.e2e,
+              pytest.mark.xdist_group("smoke")]  # one cluster per machine: one xdist worker
 PROFILE = (*SLURM_PROFILE, *SLURM_FAST_POLL)
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: ([^)]+)\)")
 # what a record may differ in between two runs of the same study: provenance, not results

@@ -19,7 +19,7 @@ from cldsgm.utils.io import file_sha256
 from conftest import BIN, ROOT, WORKFLOW_ENV, MlflowServer, free_port, project_copy, run_snakemake
 from smoke_digest import cpu_model, digest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # the workflow end to end: Snakemake, DVC, MLflow, the browser
 
 def _planned(output: str) -> dict:
     """Job counts per rule from the 'Job stats' table Snakemake prints before a run (dry or real)."""
@@ -229,25 +229,65 @@ def test_every_long_job_logs_its_progress(smoke):
             assert re.search(pattern, text, re.M) and "\r" not in text, f"{log}: {text[-1500:]}"
 
 
+# On another CPU model the kernels' last bits differ and the values move. Measured on this machine's AMD EPYC by
+# running the smoke study again with other kernels (ATEN_CPU_CAPABILITY=default, ONEDNN_MAX_CPU_ISA=SSE41,
+# MKL_ENABLE_INSTRUCTIONS=SSE4_2, OPENBLAS_CORETYPE=Nehalem: what a CPU without AVX would run): 21 of 36 shards changed
+# bytes, shard means and standard deviations moved by at most 1.0e-7 of the shard's standard deviation, record values
+# by at most 1.1e-3 of their size (FD-digits; everything else below 1.1e-6). The bounds are about 20x and 100x those:
+DIGEST_RTOL, DIGEST_SHARD_RTOL = 0.02, 1e-5
+
+
+def digest_differences(committed: dict, ours: dict) -> dict:
+    """The records and shard statistics of `ours` outside the tolerances against `committed` (empty when none)."""
+    far = {}
+    for key, (value, _, nfe) in committed["records"].items():
+        got = ours["records"][key]
+        if value is None or got[0] is None:
+            same = value is got[0] is None
+        else:  # 1e-9: a value of 0 may come out as a rounding error's size
+            same = abs(got[0] - value) <= max(DIGEST_RTOL * abs(value), 1e-9) and got[2] == nfe
+        if not same:
+            far[key] = (value, got[0])
+    for key, (size, mean, std) in committed["shard_stats"].items():
+        got = ours["shard_stats"][key]
+        allowed = DIGEST_SHARD_RTOL * max(std, 1e-12)
+        if got[0] != size or abs(got[1] - mean) > allowed or abs(got[2] - std) > allowed:
+            far[key] = ([size, mean, std], got)
+    return far
+
+
 @pytest.mark.xdist_group("smoke")
 def test_smoke_values_equal_the_committed_digest(smoke):
-    """Sample and NLL shards byte for byte, record values exactly, against tests/data/smoke_digest.json (made by
-    tests/smoke_digest.py): a change of layout must not change a single number. A change meant to change numbers
-    remakes the digest, and its commit says which shards and records changed and that the rest are byte-identical.
-    Kernels' last bits differ between CPU models, so the digest names the one it was made on."""
+    """Against tests/data/smoke_digest.json (made by tests/smoke_digest.py): on the CPU model that made it, sample and
+    NLL shards byte for byte and record values exactly (a change of layout must not change a single number; a change
+    meant to change numbers remakes the digest, and its commit says which changed); on any other CPU, every record
+    value and shard statistic within the tolerances above. It never skips."""
     import torch
 
     committed = json.loads((ROOT / "tests" / "data" / "smoke_digest.json").read_text())
-    if torch.backends.cpu.get_cpu_capability() != committed["cpu_capability"] or cpu_model() != committed["cpu_model"]:
-        pytest.skip(f"the digest was made on a {committed['cpu_model']} CPU ({committed['cpu_capability']}); this one "
-                    f"is a {cpu_model()} ({torch.backends.cpu.get_cpu_capability()}), whose kernels' last bits differ")
     ours = digest(smoke["project"] / "results" / "smoke")
-    for kind in ("shards", "records"):
+    for kind in ("shards", "shard_stats", "records"):
         missing = sorted(set(committed[kind]) - set(ours[kind]))
         assert not missing, (kind, missing)
-        changed = {k: (v, ours[kind][k]) for k, v in committed[kind].items() if ours[kind][k] != v}
-        assert not changed, (kind, changed)
     assert len(committed["shards"]) == 36 and len(committed["records"]) == 65
+    assert not digest_differences(committed, ours)
+    same_cpu = (torch.backends.cpu.get_cpu_capability(), cpu_model()) == (committed["cpu_capability"],
+                                                                          committed["cpu_model"])
+    if same_cpu:
+        for kind in ("shards", "records"):
+            changed = {k: (v, ours[kind][k]) for k, v in committed[kind].items() if ours[kind][k] != v}
+            assert not changed, (kind, changed)
+
+
+def test_the_digest_tolerance_catches_a_changed_value():
+    committed = json.loads((ROOT / "tests" / "data" / "smoke_digest.json").read_text())
+    assert not digest_differences(committed, committed)
+    key = next(k for k, v in committed["records"].items() if v[0])
+    moved = json.loads(json.dumps(committed))
+    moved["records"][key][0] *= 1.05  # 5 %: a change no other CPU explains
+    shard = next(iter(committed["shard_stats"]))
+    moved["shard_stats"][shard][1] += 1e-3 * committed["shard_stats"][shard][2]  # a mean off by 0.1 % of its spread
+    assert set(digest_differences(committed, moved)) == {key, shard}
 
 
 @pytest.mark.xdist_group("smoke")
@@ -323,6 +363,46 @@ def test_mlflow_runs_say_what_made_them(smoke):
     assert pc.tags["cldsgm.training_run_id"] == pc.params["training_run_id"] == train.info.run_id
     assert "training_run_id" not in children["oracle-diamond-cld/sscs-uniform"].data.params  # an oracle: none
     assert any(k.startswith("system/cpu_utilization") for k in client.get_run(train.info.run_id).data.metrics)
+
+
+def _cldsgm(cwd, *args):
+    done = subprocess.run([str(BIN / "cldsgm"), *map(str, args)], cwd=cwd, env=WORKFLOW_ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout + done.stderr
+
+
+@pytest.mark.xdist_group("smoke")
+def test_a_moved_study_describes_itself_and_is_reported_and_logged_from_there(smoke, tmp_path):
+    """Records, manifests, tracking files and the report's CSVs store paths relative to the project root: a finished
+    study copied to another folder rebuilds its report and logs every run to a new MLflow store from there, and
+    nothing in it names the folder it came from."""
+    from mlflow.tracking import MlflowClient
+
+    original = smoke["project"]
+    stored = [*original.glob("results/smoke/**/*.json"), *original.glob("results/smoke/**/*.yaml"),
+              *original.glob("reports/smoke/*.csv")]
+    assert stored and not [p for p in stored if str(original) in p.read_text()]
+    moved = tmp_path / "moved"
+    shutil.copytree(original, moved, ignore=shutil.ignore_patterns("mlflow.db*", "mlruns", ".snakemake"))
+    shutil.rmtree(moved / "reports" / "smoke")
+    _cldsgm(moved, "report", "--study", "params/smoke.yaml", "--results", "results/smoke", "--out", "reports/smoke")
+    assert (moved / "reports/smoke/index.html").is_file()
+    parent = "results/smoke/tracking/parent.json"
+    _cldsgm(moved, "track", "--init", "--experiment", "smoke", "--uri", "sqlite:///mlflow.db", "--parent-out", parent)
+    runs = [arg for run in sorted((moved / "results/smoke/runs").iterdir()) for arg in ("--run-dir", run)]
+    _cldsgm(moved, "track", "--parent-run", parent, *runs, "--records", "results/smoke/records", "--artifacts",
+            "reports/smoke", "--study", "params/smoke.yaml", "--summary", "results/smoke/tracking/tracked.json")
+    here, there = (MlflowClient(f"sqlite:///{p / 'mlflow.db'}") for p in (original, moved))
+
+    def metrics(client):
+        exp = client.get_experiment_by_name("smoke")
+        return {(r.info.run_name, k): v for r in client.search_runs([exp.experiment_id], max_results=1000)
+                for k, v in r.data.metrics.items() if not k.startswith("system/")}
+
+    assert metrics(there) == metrics(here) and len(metrics(there)) > 100
+    written = [p for p in moved.rglob("*") if p.is_file() and p.suffix in {".json", ".csv", ".md", ".html"}]
+    assert not [p for p in written if str(original) in p.read_text(errors="ignore")]
 
 
 def _git(cwd, *args):

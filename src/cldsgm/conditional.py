@@ -115,7 +115,7 @@ def load_classifier(path: str | Path, *, device="cpu") -> TrainedClassifier:
     or ValueError for a checkpoint that is not a classifier's (a score model's, say)."""
     from cldsgm.models.registry import CLASSIFIERS, build_network
     from cldsgm.training.checkpoint import load_checkpoint
-    from cldsgm.utils.io import file_sha256
+    from cldsgm.utils.io import file_sha256, project_path
 
     path = Path(path)
     path = path / "checkpoint.pt" if path.is_dir() else path
@@ -130,7 +130,7 @@ def load_classifier(path: str | Path, *, device="cpu") -> TrainedClassifier:
     for p in net.parameters():
         p.requires_grad_(False)
     sde = state["config"]["sde"]
-    identity = {"checkpoint": str(path.absolute()), "sha256": file_sha256(path), "step": int(state["step"])}
+    identity = {"checkpoint": project_path(path), "sha256": file_sha256(path), "step": int(state["step"])}
     return TrainedClassifier(net, sde["name"], dict(sde["params"]), tuple(state["data"]["shape"]),
                              int(network["options"]["num_classes"]), identity)
 

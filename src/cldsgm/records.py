@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cldsgm import __version__
 from cldsgm.config import first_error
-from cldsgm.utils.io import atomic_write_json
+from cldsgm.utils.io import atomic_write_json, project_path
 
 __all__ = ["BIASED", "METRICS", "NONNEGATIVE", "RECORD_SCHEMA", "RecordError", "dataset_fields", "make_record",
            "measured", "read_record", "records_frame", "sample_set_fields", "write_measured", "write_metric",
@@ -172,7 +172,7 @@ def sample_set_fields(manifest: dict, samples_dir: str | Path) -> dict:
     return {"nfe": nfe, "nfe_budget": ident["nfe_budget"], "sampler": ident["sampler"], "options": ident["options"],
             "striding": ident["striding"], "t_min": ident["t_min"], "sde": ident["sde"],
             "sde_params": ident["sde_params"], "network": ident["network"], "source": ident["source"],
-            "samples": str(Path(samples_dir).absolute()), "seed": ident["seed"], "labels": manifest.get("labels"),
+            "samples": project_path(samples_dir), "seed": ident["seed"], "labels": manifest.get("labels"),
             # absent (not null) for an unconditional set: its records carry no conditional keys
             "condition": {k: ident[k] for k in ("guidance", "inpaint") if k in ident} or None}
 
@@ -182,7 +182,7 @@ def dataset_fields(path: str | Path) -> dict:
     from cldsgm.data.prepared import read_manifest
 
     manifest = read_manifest(Path(path).with_suffix(".json"))
-    return {"path": str(Path(path).absolute()), "sha256": manifest["sha256"], "name": manifest.get("name"),
+    return {"path": project_path(path), "sha256": manifest["sha256"], "name": manifest.get("name"),
             "split": manifest.get("split")}
 
 

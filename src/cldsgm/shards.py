@@ -23,7 +23,7 @@ import numpy as np
 from filelock import FileLock
 
 from cldsgm import __version__
-from cldsgm.utils.io import atomic_path, atomic_write_json, file_sha256
+from cldsgm.utils.io import atomic_path, atomic_write_json, file_sha256, portable
 from cldsgm.utils.progress import Progress
 
 __all__ = ["MANIFEST", "SampleDirError", "ShardPlan", "batch_edges", "check_slice", "fill_shards", "load_samples",
@@ -115,8 +115,8 @@ def _claim_dir(out_dir: Path, identity: dict, kind: str, shape, labels: dict) ->
                                      "use an empty --out directory")
             manifest = {"format": FORMAT, "identity": identity, "kind": kind, "shape": list(shape), "shards": {}}
         else:
-            diff = sorted(k for k in set(manifest["identity"]) | set(identity)
-                          if manifest["identity"].get(k) != identity.get(k))
+            stored = portable(manifest["identity"])  # absolute paths of sets made before they were portable
+            diff = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
             if diff:
                 details = "; ".join(f"{k}: {manifest['identity'].get(k)!r} there, {identity.get(k)!r} asked"
                                     for k in diff)

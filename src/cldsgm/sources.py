@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from cldsgm.oracles import GaussianMixture, oracle_law
 from cldsgm.sde import build_sde
-from cldsgm.utils.io import file_sha256
+from cldsgm.utils.io import file_sha256, project_path
 
 __all__ = ["FixedRowsNet", "ScoreSource", "checkpoint_source", "fast_network", "load_network", "oracle_source"]
 
@@ -134,7 +134,7 @@ def checkpoint_source(path: str | Path, *, raw_weights: bool = False, precision:
     speedups = tuple(sorted(set(speedups)))
     wrapped = FixedRowsNet(fast_network(net, speedups, precision), net_batch, precision,
                            cast_inputs="cast-weights" in speedups)
-    identity = {"checkpoint": str(path.absolute()), "sha256": file_sha256(path), "step": int(state["step"]),
+    identity = {"checkpoint": project_path(path), "sha256": file_sha256(path), "step": int(state["step"]),
                 "weights": "raw" if raw_weights else "ema"}
     return ScoreSource(sde, config["sde"]["name"], param.score_fn(wrapped), tuple(data["shape"]), data["kind"],
                        identity, network=state["network"]["name"], sde_params=dict(config["sde"]["params"]),

@@ -139,6 +139,7 @@ def digits_classifier_command(train_path, test_path, epochs, seed, out_path, rec
 
     from cldsgm.data.prepared import load_prepared
     from cldsgm.eval.digits import accuracy, save_classifier, train_classifier
+    from cldsgm.utils.io import project_path
 
     try:
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
@@ -155,7 +156,7 @@ def digits_classifier_command(train_path, test_path, epochs, seed, out_path, rec
         save_classifier(out_path, model, meta)
         write_metric(record_dir or Path(out_path).parent, "classifier_accuracy", acc, n=len(x_test), seed=seed,
                wall_s=wall, device="cpu", dataset=meta["test"], labels=parse_labels(labels) or None,
-               extra={"classifier": str(Path(out_path).absolute()), "epochs": epochs})
+               extra={"classifier": project_path(out_path), "epochs": epochs})
     except (ValueError, OSError) as err:
         raise click_error(err) from err
     click.echo(f"digits classifier: test accuracy {acc:.4f} ({len(x_test)} images, {wall:.1f} s) -> {out_path}")

@@ -13,6 +13,7 @@ from cldsgm.cli import main
 from cldsgm.cli._common import catalog_choice, click_error, key_values, label_option, parse_labels, writable_dir
 from cldsgm.cli.evaluate import _check_resamples, bootstrap_option
 from cldsgm.cli.sample import load_source, resolve_source_args, source_options
+from cldsgm.utils.io import project_path
 
 
 def _data_batch(data_path: str, n: int, kind: str, seed: int):
@@ -114,7 +115,7 @@ def objective_variance_command(run_dir, data_path, n, seed, out_dir, labels, res
             write_measured(f"{out_dir}/{objective}", "grad_variance", values["value"], values.get("replicates"),
                            seed, n=n, seed=seed, wall_s=wall, device="cpu", sde=state["config"]["sde"]["name"],
                            sde_params=state["config"]["sde"]["params"], network=state["network"]["name"],
-                           source={"checkpoint": str(path.absolute()), "step": int(state["step"])},
+                           source={"checkpoint": project_path(path), "step": int(state["step"])},
                            dataset=dataset_fields(data_path),
                            labels={**base, "row": f"grad-{objective}", "estimator": objective},
                            extra={"objective": objective, "trained_with": loss["objective"],

@@ -34,12 +34,13 @@ def read_parent(path) -> dict:
 
     try:
         from cldsgm.tracking import tracking_uri
+        from cldsgm.tracking.store import absolute_uri
 
         parent = json.loads(Path(path).read_text())
         # $MLFLOW_TRACKING_URI wins over the store recorded at the study's start (e.g. it was down then)
         uri = tracking_uri(parent["uri"])
         return {"uri": uri, "experiment": parent["experiment"],
-                "run_id": parent.get("run_id") if uri == parent["uri"] else None}
+                "run_id": parent.get("run_id") if uri == absolute_uri(parent["uri"]) else None}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise click.ClickException(f"--parent-run {path} is not a parent-run file of `cldsgm track --init` "
                                    f"({err})") from err
@@ -199,7 +200,7 @@ def track_command(init, run_dirs, experiment, parent_out, parent_run, records_di
         relog_run_dir,
         tracking_uri,
     )
-    from cldsgm.utils.io import atomic_write_json
+    from cldsgm.utils.io import atomic_write_json, portable_uri
 
     if not (init or run_dirs or parent_run):
         raise click.UsageError("give --init, --run-dir DIR and/or --parent-run FILE")
@@ -236,7 +237,7 @@ def track_command(init, run_dirs, experiment, parent_out, parent_run, records_di
         click.echo(f"warning: {err}. The records stay on disk: run this command again once the store is back.",
                    err=True)
         if parent_out and not os.path.isfile(parent_out):
-            atomic_write_json(parent_out, {"uri": summary["store"], "experiment": experiment, "run_id": None,
-                                           "error": str(err)})
+            atomic_write_json(parent_out, {"uri": portable_uri(summary["store"]), "experiment": experiment,
+                                           "run_id": None, "error": str(err)})
     if summary_path:
         atomic_write_json(summary_path, summary)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from cldsgm import catalog
-from cldsgm.utils.io import atomic_path, file_sha256
+from cldsgm.utils.io import atomic_path, file_sha256, project_path
 
 __all__ = ["DEFAULT_INCEPTION", "FEATURE_DIM", "INCEPTION_ENV", "INCEPTION_FILE", "MODES", "frechet", "inception_path",
            "inception_features", "kid", "load_inception", "load_stats", "reference_stats", "save_stats",
@@ -174,7 +174,7 @@ def reference_stats(stats_path: str | Path, inception: str | Path | None, mode: 
         raise ValueError(f"{stats_path} was computed in mode {meta['mode']!r}, not {mode!r}; FID modes are not "
                          "interchangeable")
     return {"mu": mu, "sigma": sigma, "features": features, "meta": meta,
-            "dataset": {"stats": str(Path(stats_path).absolute()), **meta.get("dataset", {})}}
+            "dataset": {"stats": project_path(stats_path), **meta.get("dataset", {})}}
 
 
 def score_images(images: np.ndarray, reference: dict, inception: str | Path | None, mode: str, *,

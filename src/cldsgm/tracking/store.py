@@ -47,6 +47,12 @@ def tracking_uri(configured: str | None = None) -> str:
     return f"sqlite:///{db}" if db is not None else uri
 
 
+def absolute_uri(uri: str | None) -> str | None:
+    """A stored tracking URI as MLflow takes it: a relative SQLite path resolved against the working directory."""
+    db = sqlite_path(uri) if uri else None
+    return f"sqlite:///{db}" if db is not None else uri
+
+
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a sqlite:/// URI (absolute), or None for other stores."""
     if not uri.startswith("sqlite:///"):
@@ -149,7 +155,7 @@ def open_parent_run(uri: str, experiment: str, path: str | Path | None) -> dict:
     """The study's parent run: the one `path` names, else the experiment's active study run, else a new one;
     written to `path` when given. It stays RUNNING while the jobs log their children; `finish_parent` closes it.
     """
-    from cldsgm.utils.io import atomic_write_json
+    from cldsgm.utils.io import atomic_write_json, portable_uri
 
     path = Path(path) if path is not None else None
     with store_errors(uri), store_lock(uri):
@@ -158,7 +164,7 @@ def open_parent_run(uri: str, experiment: str, path: str | Path | None) -> dict:
         run_id = None
         if path is not None and path.is_file():
             old = json.loads(path.read_text())
-            if old.get("uri") == uri and old.get("experiment_id") == exp_id and old.get("run_id"):
+            if absolute_uri(old.get("uri")) == uri and old.get("experiment_id") == exp_id and old.get("run_id"):
                 try:
                     run_id = mlflow_client.get_run(old["run_id"]).info.run_id
                 except Exception:  # noqa: BLE001 - deleted or unknown: look further
@@ -169,7 +175,7 @@ def open_parent_run(uri: str, experiment: str, path: str | Path | None) -> dict:
                 "cldsgm.role": "study", COMMIT_TAG: git_commit()}).info.run_id
     parent = {"uri": uri, "experiment": experiment, "experiment_id": exp_id, "run_id": run_id}
     if path is not None:
-        atomic_write_json(path, parent)
+        atomic_write_json(path, {**parent, "uri": portable_uri(uri)})
     return parent
 
 

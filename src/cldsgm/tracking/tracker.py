@@ -80,9 +80,9 @@ class Tracker:
                 tags["mlflow.parentRunId"] = parent_run_id
             self.run_id = self._client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
         if self.run_dir is not None:
-            from cldsgm.utils.io import atomic_write_json
+            from cldsgm.utils.io import atomic_write_json, portable_uri
 
-            atomic_write_json(self.run_dir / TRACKING_FILE, {"uri": self.uri, "experiment": experiment,
+            atomic_write_json(self.run_dir / TRACKING_FILE, {"uri": portable_uri(self.uri), "experiment": experiment,
                                                              "experiment_id": exp_id, "run_id": self.run_id})
 
     def _reopen(self, previous) -> None:

@@ -16,7 +16,7 @@ from cldsgm.models.reference import from_reference, read_reference
 from cldsgm.models.registry import PRESETS, build_network
 from cldsgm.sde import build_sde
 from cldsgm.training.checkpoint import load_tensor_file, save_checkpoint
-from cldsgm.utils.io import atomic_write_text
+from cldsgm.utils.io import atomic_write_text, project_path
 
 __all__ = ["import_reference_checkpoint"]
 
@@ -49,7 +49,7 @@ def import_reference_checkpoint(file: str | Path, fmt: str, config: dict, run_di
     check_network_fits(net.eval(), sde, shape, what=what)
 
     sha256 = file_sha256(file)
-    source = {"format": fmt, "path": str(file.absolute()), "sha256": sha256, "step": weights["step"]}
+    source = {"format": fmt, "path": project_path(file), "sha256": sha256, "step": weights["step"]}
     run_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(run_dir / "checkpoint.pt", {
         "step": weights["step"], "model": raw, "ema": ema, "config": config,

@@ -33,7 +33,7 @@ from cldsgm.sde import PhaseSpaceSDE
 from cldsgm.sde import build_sde as _build_sde
 from cldsgm.tracking import COMMIT_TAG, TRACKING_FILE, Tracker, git_commit
 from cldsgm.training.checkpoint import load_checkpoint, save_checkpoint
-from cldsgm.utils.io import atomic_path, atomic_write_text, remove_stale_temporaries
+from cldsgm.utils.io import atomic_path, atomic_write_text, project_path, remove_stale_temporaries
 from cldsgm.utils.launch import launch, resolve_device
 from cldsgm.utils.progress import Progress
 
@@ -311,7 +311,7 @@ def _tracker(config: dict, run_dir: Path, ddp: _Distributed, parent: dict, manif
         tracker.log_params(flatten(config))
         tracker.set_tags({COMMIT_TAG: git_commit(), "dataset_sha256": manifest["sha256"],
                           "n_parameters": str(count_parameters(model)), "world_size": str(ddp.world),
-                          "run_dir": str(run_dir.absolute())})
+                          "run_dir": project_path(run_dir)})
         tracker.start_system_metrics()  # every 10 s ($MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL)
     return tracker
 

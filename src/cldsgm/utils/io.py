@@ -14,8 +14,8 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "default_file_mode", "file_sha256",
-           "remove_stale_temporaries"]
+__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "default_file_mode", "file_sha256", "portable",
+           "portable_uri", "project_path", "remove_stale_temporaries"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -84,3 +84,34 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def project_path(path: str | os.PathLike) -> str:
+    """`path` as records, manifests and tracking files store it: relative to the working directory (the project root,
+    where Snakemake and the verbs run) when it lies inside it, else absolute. A study pulled into another folder or
+    onto another machine then describes itself correctly; readers resolve it against their working directory."""
+    absolute = Path(path).absolute()
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)
+
+
+def portable_uri(uri: str | None) -> str | None:
+    """A tracking URI as tracking files store it: a SQLite file inside the project as `sqlite:///<relative path>`
+    (resolved against the working directory when read), any other URI unchanged."""
+    if uri is None or not uri.startswith("sqlite:///"):
+        return uri
+    return f"sqlite:///{project_path(Path(uri[len('sqlite:///'):]).expanduser())}"
+
+
+def portable(obj):
+    """`obj` (JSON-like) with every absolute path inside the working directory made relative (project_path): for
+    comparing an identity stored by an earlier version, which kept absolute paths, with a portable one."""
+    if isinstance(obj, dict):
+        return {k: portable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable(v) for v in obj]
+    if isinstance(obj, str) and obj.startswith(os.sep) and Path(obj).is_relative_to(Path.cwd()):
+        return project_path(obj)
+    return obj
