@@ -72,6 +72,7 @@ def _kid_unbiased(x, y):
     return float((kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean())
 
 
+@pytest.mark.e2e
 def test_fid_and_kid_through_clean_fid_match_direct_formulas(standin, digits_run, digits_data, tmp_path):
     _invoke("sample", "--run-dir", digits_run, "--sampler", "em", "--nfe", 4, "--n", 48, "--net-batch", 16,
             "--device", "cpu", "--no-progress", "--out", tmp_path / "samples")
@@ -158,6 +159,7 @@ def test_fd_digits_classifier_and_distance(digits_data, tmp_path):
     assert digits_features(model, test[:5]).shape == (5, 128)
 
 
+@pytest.mark.e2e
 def test_fd_digits_of_a_sample_directory_writes_a_record(digits_run, digits_data, tmp_path):
     _invoke("digits-classifier", "--train", digits_data[0], "--test", digits_data[1], "--epochs", 2,
             "--out", tmp_path / "cls.pt")

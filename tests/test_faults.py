@@ -17,7 +17,7 @@ from cldsgm.training import load_checkpoint
 
 from conftest import MlflowServer, cli, free_port, run_cli, toy_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # processes killed and restarted, MLflow servers started and stopped
 
 
 def _config_file(tmp_path, config, name="config.yaml"):

@@ -83,6 +83,7 @@ def test_two_processes_under_torchrun_write_the_same_shards(digits_run, tmp_path
     assert sorted(e["rank"] for e in shards) == [0, 0, 1] and {e["world"] for e in shards} == {2}
 
 
+@pytest.mark.e2e
 def test_killed_after_the_first_shard_then_rerun_gives_the_same_bytes(digits_run, tmp_path):
     args = ["sample", "--run-dir", str(digits_run), "--sampler", "em", "--nfe", "40", "--n", "200",
             "--shard-size", "10", "--batch-size", "10", "--net-batch", "16", "--device", "cpu", "--no-progress"]
