@@ -718,8 +718,8 @@ def section_safety(cfg: dict, device: torch.device, deadline: float, best: dict 
 
 
 # -- GPU-hours of the CIFAR-10 studies -------------------------------------------------------------------------------
-# Adaptive ODE solves (RK45) spend a number of evaluations the paper reports; a study cannot know it in advance.
-ODE_NFE = {"cld": 312, "vpsde": 200, "psld": 250}  # CLD paper Table 2 (312); VPSDE/PSLD: assumed, same order
+# Adaptive ODE solves (RK45) spend a number of evaluations a study cannot know in advance: catalog.SDES holds the
+# CLD paper's 312 and assumes the same order for VPSDE and PSLD.
 
 
 def section_hours(train: dict, sampling: dict, inception: dict) -> dict:
@@ -727,6 +727,7 @@ def section_hours(train: dict, sampling: dict, inception: dict) -> dict:
     cldsgm.study.job_table (training replicas, sample sets with their NFE and sizes)."""
     import yaml
 
+    from cldsgm import catalog
     from cldsgm.study import job_table, load_study, training_config
 
     rows = {r["variant"]: r for r in train.get("rows", []) if "img_s" in r}
@@ -755,7 +756,7 @@ def section_hours(train: dict, sampling: dict, inception: dict) -> dict:
                 hours["train"] += cfg["train"]["steps"] * cfg["train"]["batch_size"] / img_s / 3600
         images = 0
         for row in table["rows"]:
-            nfe = row["nfe"] or ODE_NFE[row["sde"]]
+            nfe = row["nfe"] or catalog.SDES[row["sde"]].cifar10_ode_nfe
             images += row["num_samples"]
             if nfe_s:
                 hours["sample"] += row["num_samples"] * nfe / nfe_s / 3600
@@ -763,7 +764,8 @@ def section_hours(train: dict, sampling: dict, inception: dict) -> dict:
             hours["fid"] = (images + 50_000) / fid_rate / 3600  # every set, plus the reference statistics
         studies[path.stem] = {**{k: round(v, 1) for k, v in hours.items()}, "rows": len(table["rows"]),
                               "total": round(sum(hours.values()), 1)}
-    return {"ode_nfe_assumed": ODE_NFE, "train_rate": best["variant"] if best else "bf16+cl+fused (config)",
+    return {"ode_nfe_assumed": {name: spec.cifar10_ode_nfe for name, spec in catalog.SDES.items()},
+            "train_rate": best["variant"] if best else "bf16+cl+fused (config)",
             "sampling_rate": fastest_sampling.get("variant"), "note": "one GPU of this kind; NLL not included",
             "studies": studies}
 

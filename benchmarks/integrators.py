@@ -17,7 +17,8 @@ from cldsgm import catalog
 from cldsgm.bench import sampler_bench
 from cldsgm.sde import build_sde
 
-STOCHASTIC = ["em", "sscs", "sscs-fix"]
+# the rows compared (sampler_bench specs): EM, the default SSCS and the second-order one (catalog.bench_presets)
+STOCHASTIC = [catalog.sampler("em").name, catalog.sampler("sscs").name, "sscs-fix"]
 NFES = [10, 20, 50, 100]
 LAMBDA_DDIM = "conjugate:predict=eps_cholesky:order=0:lam=0.5"  # the spec's lambda-DDIM (T4 lines)
 LAMBDA_DDIM_0 = "conjugate:predict=eps_cholesky:order=0"
@@ -39,7 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=50_000)
     parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--sde", default="cld", choices=["cld", "psld"])
+    parser.add_argument("--sde", default="cld", choices=list(catalog.PHASE_SPACE))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--csv", default=None)
     args = parser.parse_args()

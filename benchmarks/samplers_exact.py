@@ -30,13 +30,13 @@ from cldsgm.stats import basic_interval, compare, resample_counts, verdict
 
 REFERENCE_SSCS = catalog.bench_presets()["sscs-ref"][1]  # the reference code's SSCS variant
 # pairs (A, B) whose difference A - B gets an interval and a verdict for "A is at or below B"
-COMPARISONS = (("conjugate", "em"), ("sscs(sigma_hat)", "sscs-ref"), ("sscs(sigma_hat)", "em"))
+COMPARISONS = (("conjugate x0", "EM"), ("SSCS sigma_hat", "SSCS ref"), ("SSCS sigma_hat", "EM"))
 
 
 def _samplers(sigma_hat: float) -> dict:
-    return {"em": ("em", {}), "sscs-ref": ("sscs", REFERENCE_SSCS),
-            "sscs(sigma_hat)": ("sscs", {"precision_sigma": sigma_hat}), "conjugate": ("conjugate", {}),
-            "conj-cholesky lam 0.5": ("conjugate", {"predict": "eps_cholesky", "order": 0, "lam": 0.5})}
+    return {"EM": ("em", {}), "SSCS ref": ("sscs", REFERENCE_SSCS),
+            "SSCS sigma_hat": ("sscs", {"precision_sigma": sigma_hat}), "conjugate x0": ("conjugate", {}),
+            "conjugate Cholesky lam 0.5": ("conjugate", {"predict": "eps_cholesky", "order": 0, "lam": 0.5})}
 
 
 def _fmt(row: dict) -> str:
@@ -50,7 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=50_000)
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 8, 10, 20, 50, 100])
-    parser.add_argument("--sdes", nargs="+", default=["cld", "psld"])
+    parser.add_argument("--sdes", nargs="+", default=list(catalog.PHASE_SPACE))
     parser.add_argument("--resamples", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="write every row here")

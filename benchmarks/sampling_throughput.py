@@ -49,7 +49,7 @@ class TimedNet(torch.nn.Module):
 
 
 def run_once(network, sampler, nfe, batch, device, precision, net_batch):
-    sde = build_sde("vpsde" if network == "ncsnpp_cifar10_vpsde" else "cld")
+    sde = build_sde(next((name for name in catalog.SDES if network.endswith(f"_{name}")), "cld"))
     shape = DATA_SHAPES.get(network, (3, 32, 32))
     timed = TimedNet(build_network(network).to(device).eval())
     score = ScoreParameterisation(sde, objective="hsm", mixed_score=True).score_fn(

@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--stds", type=float, nargs="+", default=[0.04, 0.1, 0.2])
     parser.add_argument("--nfe", type=int, nargs="+", default=[10, 20])
-    parser.add_argument("--sdes", nargs="+", default=["cld", "psld"])
+    parser.add_argument("--sdes", nargs="+", default=list(catalog.PHASE_SPACE))
     args = parser.parse_args()
     torch.set_num_threads(1)
     print("| score std s | SDE | NFE | sigma_d estimated | reference SSCS | " +

@@ -16,22 +16,27 @@ from cldsgm.samplers.sde_solvers import denoise_step
 
 
 class RowNoise:
-    """noise.like(u) for the row representation: draw k is the unit vector of rows first + 2k (x), + 2k + 1 (v)."""
+    """noise.like(u) for the row representation: draw k is the unit vector of rows first + w k + j for the state's
+    w columns j (phase space: x and v; VPSDE: x)."""
 
     def __init__(self, rows: int, first: int):
         self.rows, self.next = rows, first
 
     def like(self, u: torch.Tensor) -> torch.Tensor:
-        if self.next + 2 > self.rows:
+        width = u.shape[1]
+        if self.next + width > self.rows:
             raise RuntimeError("more noise draws than rows allocated")
         e = torch.zeros_like(u)
-        e[self.next, 0], e[self.next + 1, 1] = 1.0, 1.0
-        self.next += 2
+        for j in range(width):
+            e[self.next + j, j] = 1.0
+        self.next += width
         return e
 
 
 class GaussianData:
     """1-D data N(m, sigma^2) under a phase-space SDE: exact marginals and the exact (affine) score."""
+
+    initial_rows = 3  # the mean and two Cholesky columns
 
     def __init__(self, sde, m: float = 0.3, sigma: float = 0.04):
         self.sde, self.m, self.sigma = sde, m, sigma
@@ -59,6 +64,31 @@ class GaussianData:
         return rows
 
 
+class GaussianDataVP:
+    """1-D data N(m, sigma^2) under the VPSDE: x_t ~ N(alpha_t m, alpha_t^2 sigma^2 + 1 - alpha_t^2), score affine."""
+
+    initial_rows = 2  # the mean and the standard deviation
+
+    def __init__(self, sde, m: float = 0.3, sigma: float = 0.04):
+        self.sde, self.m, self.sigma = sde, m, sigma
+
+    def _mean_var(self, t):
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return float(self.sde.mean_coeff(t)) * self.m, float(self.sde.var(t, self.sigma**2))
+
+    def score(self, u: torch.Tensor, t) -> torch.Tensor:
+        mean, var = self._mean_var(t)
+        offset = torch.zeros_like(u)
+        offset[0] = mean
+        return -(u - offset) / var
+
+    def rows_at(self, t, extra_rows: int) -> torch.Tensor:
+        mean, var = self._mean_var(t)
+        rows = torch.zeros(2 + extra_rows, 1, dtype=torch.float64)
+        rows[0, 0], rows[1, 0] = mean, var**0.5
+        return rows
+
+
 def var_x(rows: torch.Tensor) -> float:
     return float((rows[1:, 0] ** 2).sum())
 
@@ -69,7 +99,7 @@ def relative_variance_error(sampler, sde, nfe: int, striding: str, data: Gaussia
     ts = time_grid(nfe, 1e-3, striding)
     draws = 4 * len(ts) + 8
     start = data.rows_at(1.0, 2 * draws)
-    noise = RowNoise(len(start), 3)
+    noise = RowNoise(len(start), data.initial_rows)
     out = sampler(sde, data.score, start, ts, noise=noise, denoise=True, **options)
     exact = denoise_step(sde, data.score, data.rows_at(ts[-1], 0), ts[-1])
     return var_x(out) / var_x(exact) - 1.0

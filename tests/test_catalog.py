@@ -24,7 +24,7 @@ def sample_half_em(sde, score_fn, u, ts, *, noise, denoise=True, shrink=1.0):
 @pytest.fixture
 def registered():
     spec = catalog.SamplerSpec("halfem", sample_half_em, "EM with shrunk noise (a test's)", 1, ("cld", "psld"),
-                               (catalog.Option("shrink", float, 1.0, "noise scale", minimum=0),))
+                               (catalog.Option("shrink", float, 1.0, "noise scale", minimum=0),), inpaint=True)
     catalog.register(spec)
     try:
         yield spec
@@ -53,6 +53,23 @@ def test_a_registered_sampler_reaches_the_cli_the_schema_and_the_job_table(regis
         load_study({**study, "sampling": {**study["sampling"], "options": {"halfem": {"shrink": "x"}}}}, "t.yaml")
     with pytest.raises(ValueError, match=r"lists .halfem.: sampler .halfem. needs a phase-space SDE \(cld or psld\)"):
         load_study({**study, "sampling": {**study["sampling"], "samplers": {"vpsde": ["halfem"]}}}, "t.yaml")
+
+
+def test_a_registered_sampler_inpaints_from_its_spec_alone(registered):
+    """inpaint=True in its spec: the inpaint verb, the study schema and the library take it, no other edit."""
+    from cldsgm.conditional import inpaint
+    from cldsgm.oracles import diamond
+    from cldsgm.sde import build_sde
+    from cldsgm.study import schema
+
+    assert "halfem" in CliRunner().invoke(main, ["inpaint", "--help"]).output
+    assert "halfem" in schema()["$defs"]["inpaint_sampler"]["enum"]
+    sde, law = build_sde("cld"), diamond()
+    known = law.sample(8, generator=torch.Generator().manual_seed(0)).to(torch.float32)
+    mask = torch.tensor([[1.0, 0.0]])  # the first coordinate known
+    result = inpaint(sde, law.score_fn(sde), known, mask, sampler="halfem", nfe=6,
+                     shrink=0.5)
+    assert torch.equal(result.x[:, 0], known[:, 0]) and torch.isfinite(result.x).all() and result.nfe == 6
 
 
 def test_an_unregistered_sampler_is_gone_and_built_ins_stay(registered):

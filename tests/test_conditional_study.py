@@ -41,12 +41,14 @@ def test_the_conditional_study_expands_into_its_sets(monkeypatch):
 
 
 def test_the_schema_masks_are_the_library_masks():
-    from cldsgm.conditional import INPAINT_SAMPLERS, MASK_KINDS
+    from cldsgm.catalog import MASK_KINDS, inpaint_samplers
     from cldsgm.study import schema
 
-    inpaint = schema()["properties"]["conditional"]["properties"]["inpaint"]["items"]["properties"]
-    assert tuple(inpaint["masks"]["items"]["enum"]) == MASK_KINDS
-    assert tuple(inpaint["sampler"]["enum"]) == INPAINT_SAMPLERS
+    full = schema()
+    inpaint = full["properties"]["conditional"]["properties"]["inpaint"]["items"]["properties"]
+    assert inpaint["masks"]["items"] == {"$ref": "#/$defs/mask_kind"}
+    assert tuple(full["$defs"]["mask_kind"]["enum"]) == MASK_KINDS
+    assert tuple(full["$defs"]["inpaint_sampler"]["enum"]) == inpaint_samplers() == ("em", "sscs")
 
 
 def _edit(case: str) -> tuple[dict, str]:

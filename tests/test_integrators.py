@@ -241,3 +241,54 @@ def test_the_report_records_the_best_precision_sigma():
     sweep = sigma_sweep(df, sampling)
     assert list(sweep["sigma_d"]) == [0.0, 0.02, 0.1]  # em is not part of the sweep
     assert sweep.loc[sweep["best"] == "best", "sigma_d"].tolist() == [0.02]
+
+
+# every fixed-step sampler of the catalog under the options that change its order (tests/moments.py, quadratic grids)
+_REFERENCE_SSCS = {"score_time": "start", "score_step": "euler", "second_half": "reference"}
+ORDER_CASES = [
+    ("em", "cld", {}), ("em", "psld", {}), ("em", "vpsde", {}), ("pc", "vpsde", {}),
+    ("euler_ode", "cld", {}), ("euler_ode", "vpsde", {}),
+    ("sscs", "cld", {}), ("sscs", "cld", {"precision_sigma": SIGMA}), ("sscs", "psld", {"precision_sigma": SIGMA}),
+    ("sscs", "cld", _REFERENCE_SSCS), ("sscs", "cld", {**_REFERENCE_SSCS, "precision_sigma": SIGMA}),
+    ("ge_ode", "cld", {}), ("ge_sde", "cld", {}),
+    *(("conjugate", "cld", {"order": k}) for k in range(4)),
+    *(("conjugate", "cld", {"predict": "eps", "order": k}) for k in range(4)),
+    ("conjugate", "psld", {"order": 2}), ("conjugate", "cld", {"predict": "eps_cholesky", "order": 0}),
+]
+
+
+def _moment_data(sde_name):
+    from moments import GaussianDataVP
+
+    if sde_name == "vpsde":
+        sde = build_sde("vpsde")
+        return sde, GaussianDataVP(sde, m=0.3, sigma=SIGMA)
+    sde = _cld() if sde_name == "cld" else _psld()
+    return sde, GaussianData(sde, m=0.3, sigma=SIGMA)
+
+
+@pytest.mark.parametrize(("name", "sde_name", "options"), ORDER_CASES,
+                         ids=[f"{n}-{s}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}"
+                              for n, s, o in ORDER_CASES])
+def test_each_declared_order_is_the_measured_one(name, sde_name, options):
+    """catalog.SamplerSpec.order (per option where the options change it) against the order measured on nested
+    quadratic grids, NFE 41 -> 81 -> 161 (-> 321 for PSLD): the best ratio reaches the declared order (within 0.3)
+    and the worst does not exceed it by a whole order (an error that changes sign between two grids makes one ratio
+    jump)."""
+    from cldsgm import catalog
+
+    spec = catalog.sampler(name)
+    declared = spec.order_with(options)
+    sde, data = _moment_data(sde_name)
+    nfes = (41, 81, 161, 321) if sde_name == "psld" else (41, 81, 161)  # PSLD's small constants: a finer grid
+    rels = [relative_variance_error(spec.load(), sde, n, "quadratic", data, **options) for n in nfes]
+    orders = _orders(rels)
+    assert max(orders) >= declared - 0.3 and min(orders) <= declared + 0.9, (declared, orders, rels)
+
+
+def test_every_fixed_step_sampler_has_its_order_measured():
+    from cldsgm import catalog
+
+    measured = {name for name, _, _ in ORDER_CASES}
+    assert measured == {name for name, spec in catalog.SAMPLERS.items() if not spec.adaptive}
+    assert all(catalog.SAMPLERS[name].order is None for name in catalog.SAMPLERS if catalog.SAMPLERS[name].adaptive)

@@ -74,32 +74,36 @@ def test_the_layer_check_catches_an_upward_import(tmp_path):
     assert _layer(_module_of(probe)) < max(_layer(m) for m in imported)
 
 
-NAME_SETS = {"sampler": set(catalog.SAMPLERS), "dataset": set(catalog.DATASETS), "SDE": set(catalog.SDES)}
+NAME_SETS = {"sampler": set(catalog.SAMPLERS), "dataset": set(catalog.DATASETS), "SDE": set(catalog.SDES),
+             "mask kind": set(catalog.MASK_KINDS), "checkpoint format": set(catalog.CHECKPOINT_FORMATS),
+             "speedup": set(catalog.NETWORK_SPEEDUPS)}
 _GROUP = re.compile(r"[\[\(\{]([^\[\]\(\)\{\}]*)[\]\)\}]")
 _QUOTED = re.compile(r"""["']([a-z_0-9]+)["']|(?<=[\[,\s])([a-z_0-9]+)(?=[,\]])""")
 
 
 def _name_lists(text: str) -> list[str]:
-    """Bracketed groups holding 3 or more names of one kind (a hand-kept enumeration of samplers, datasets or SDEs)."""
+    """Bracketed groups holding 2 or more names of one kind (a hand-kept enumeration of samplers, datasets, SDEs,
+    masks, checkpoint formats or speedups)."""
     found = []
     text = re.sub(r"__all__\s*=\s*\[[^\]]*\]", "", text)  # a module's exported function names are not a list
     for group in _GROUP.findall(text):
         words = {a or b for a, b in _QUOTED.findall(f"[{group}]")}
         for kind, names in NAME_SETS.items():
-            if len(words & names) >= 3:
+            if len(words & names) >= 2:
                 found.append(f"{kind}s {sorted(words & names)} in ({group.strip()[:80]})")
     return found
 
 
 def test_no_list_of_names_outside_the_catalog():
     files = [*PACKAGE.rglob("*.py"), *(ROOT / "workflow").rglob("*.smk"), *(ROOT / "workflow").rglob("*.yaml"),
-             ROOT / "Snakefile"]
+             ROOT / "Snakefile", *(ROOT / "benchmarks").glob("*.py")]
     lists = {str(p.relative_to(ROOT)): _name_lists(p.read_text()) for p in files if p.name != "catalog.py"}
     assert not {k: v for k, v in lists.items() if v}
 
 
 def test_the_name_list_check_sees_a_list():
     assert _name_lists('SAMPLERS = ("em", "sscs", "ode")') and _name_lists("enum: [vpsde, cld, psld]")
+    assert _name_lists('INPAINT = ("em", "sscs")') and _name_lists("masks: [center, half]")
     assert not _name_lists('raise ValueError(f"sampler {name!r} needs cld or psld")')
 
 
@@ -145,3 +149,22 @@ def test_no_reference_to_files_outside_the_repository():
 
 def test_the_tag_check_sees_a_tag():
     assert _TAG.search("the default until [15/18]") and not _TAG.search("x[0, 1], u[:, 2] and [a/b]")
+
+
+def test_no_two_modules_import_each_other():
+    """No import cycle between modules, lazy imports included (a circle hides which module is the lower one)."""
+    graph = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module_of(path)
+        graph[module] = {m for m in _imports(path, module) if m != module and m != "cldsgm"}
+
+    def reaches(start, target, seen):
+        for nxt in graph.get(start, ()):
+            if nxt == target or (nxt not in seen and (seen.add(nxt) or reaches(nxt, target, seen))):
+                return True
+        return False
+
+    cycles = sorted(f"{a} <-> {b}" for a, deps in graph.items() for b in deps
+                    if b in graph and a < b and a in graph[b])
+    assert not cycles, cycles
+    assert not [m for m in graph if reaches(m, m, set())], "an import cycle through three or more modules"

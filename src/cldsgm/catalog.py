@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["DATASETS", "DEVICES", "EXACT_DIVERGENCE_DIMS", "FID_MODES", "NETWORK_SPEEDUPS", "NLL_PROBES", "ODE_METHODS",
-           "ORACLES", "PRECISIONS", "PROBES", "SAMPLERS", "SDES", "STRIDINGS", "DatasetSpec", "Option", "SDESpec",
-           "SamplerSpec",
-           "bench_presets", "dataset", "largest_budget", "load", "register", "sampler", "sde_name", "steps_for",
+__all__ = ["CHECKPOINT_FORMATS", "DATASETS", "DEVICES", "EXACT_DIVERGENCE_DIMS", "FID_MODES", "MASK_KINDS",
+           "NETWORK_SPEEDUPS", "NLL_PROBES", "ODE_METHODS", "ORACLES", "PRECISIONS", "PROBES", "SAMPLERS", "SDES",
+           "STRIDINGS", "CheckpointFormat", "DatasetSpec", "Option", "SDESpec", "SamplerSpec", "bench_presets",
+           "dataset", "inpaint_samplers", "largest_budget", "load", "register", "sampler", "sde_name", "steps_for",
            "unregister"]
 
 STRIDINGS = ("uniform", "quadratic")  # the time grids of fixed-step samplers (cldsgm.samplers.grids)
@@ -50,12 +50,16 @@ class SDESpec:
     cls: str
     phase_space: bool
     description: str
+    cifar10_ode_nfe: int | None = None  # score evaluations of its adaptive ODE on CIFAR-10 (cost estimates)
 
 
 SDES = {spec.name: spec for spec in (
-    SDESpec("vpsde", "cldsgm.sde.vpsde:VPSDE", False, "variance-preserving SDE (Song et al. 2021)"),
-    SDESpec("cld", "cldsgm.sde.phase_space:CLD", True, "critically-damped Langevin diffusion (Dockhorn et al. 2022)"),
-    SDESpec("psld", "cldsgm.sde.phase_space:PSLD", True, "phase-space Langevin diffusion (Pandey & Mandt 2023)"),
+    # the ODE's NFE: CLD 312 from the CLD paper's Table 2; VPSDE and PSLD assumed of the same order
+    SDESpec("vpsde", "cldsgm.sde.vpsde:VPSDE", False, "variance-preserving SDE (Song et al. 2021)", 200),
+    SDESpec("cld", "cldsgm.sde.phase_space:CLD", True, "critically-damped Langevin diffusion (Dockhorn et al. 2022)",
+            312),
+    SDESpec("psld", "cldsgm.sde.phase_space:PSLD", True, "phase-space Langevin diffusion (Pandey & Mandt 2023)",
+            250),
 )}
 PHASE_SPACE = tuple(name for name, spec in SDES.items() if spec.phase_space)
 
@@ -82,6 +86,7 @@ class DatasetSpec:
     default held-out share of a dataset split by us (None: it comes with its own splits or is drawn per split).
     exact_law: the data are draws of the oracle law itself, so its exact NLL can stand beside a model's.
     num_classes: the labels `prepare` stores (digits' and CIFAR-10's classes, the diamond's components), if any.
+    reader: 'module:function(name, split, options) -> (data, labels, params, origin)' that `prepare` calls.
     """
 
     name: str
@@ -95,6 +100,7 @@ class DatasetSpec:
     test_fraction: float | None = None
     exact_law: bool = False
     num_classes: int | None = None
+    reader: str = "cldsgm.data.sources:read_toy"
 
     @property
     def nll_metric(self) -> str:
@@ -103,13 +109,16 @@ class DatasetSpec:
 
 
 DATASETS = {spec.name: spec for spec in (
-    DatasetSpec("digits", "image", "fd_digits", ("fd_digits",), test_fraction=0.2, num_classes=10),
-    DatasetSpec("cifar10", "image", "fid", ("fid", "kid"), needs_source=True, num_classes=10),
-    DatasetSpec("image_folder", "image", "fid", ("fid", "kid"), needs_source=True, test_fraction=0.0),
+    DatasetSpec("digits", "image", "fd_digits", ("fd_digits",), test_fraction=0.2, num_classes=10,
+                reader="cldsgm.data.sources:read_digits"),
+    DatasetSpec("cifar10", "image", "fid", ("fid", "kid"), needs_source=True, num_classes=10,
+                reader="cldsgm.data.sources:read_cifar10"),
+    DatasetSpec("image_folder", "image", "fid", ("fid", "kid"), needs_source=True, test_fraction=0.0,
+                reader="cldsgm.data.sources:read_image_folder"),
     DatasetSpec("diamond", "points", "sample_distance", ("sliced_w2", "energy", "mode_tv"), oracle="diamond",
                 modes=True, generator="cldsgm.data.sources:diamond_points", exact_law=True, num_classes=9),
     DatasetSpec("multimodal_swissroll", "points", "sample_distance", ("sliced_w2", "energy"), oracle="swissroll",
-                generator="cldsgm.data.sources:swissroll_points"),
+                generator="cldsgm.oracles:swissroll_points"),
 )}
 
 
@@ -177,18 +186,21 @@ class SamplerSpec:
 
     function: 'module:attribute' of sample_<name>(sde, score_fn, u, ts, *, noise, denoise, **options) (or the
     function itself), imported on first use. order: its order of convergence in the step size on smooth problems
-    (None for the adaptive ODE). sdes: the SDEs it applies to. nfe_per_step: score evaluations per solver step (a
-    function of the options for PC); adaptive: it takes tolerances, not an NFE budget.
+    (None for the adaptive ODE; a function of the options where they change it). sdes: the SDEs it applies to.
+    nfe_per_step: score evaluations per solver step (a function of the options for PC); adaptive: it takes
+    tolerances, not an NFE budget. inpaint: it runs one step at a time on a two-point grid, so inpainting's
+    replacement can follow each step (cldsgm.conditional.inpaint).
     """
 
     name: str
     function: Any
     description: str
-    order: int | None
+    order: Any
     sdes: tuple[str, ...]
     options: tuple[Option, ...] = ()
     adaptive: bool = False
     nfe_per_step: Any = 1
+    inpaint: bool = False
 
     def load(self):
         """The sampler function."""
@@ -196,6 +208,12 @@ class SamplerSpec:
 
     def option(self, name: str) -> Option:
         return next(o for o in self.options if o.name == name)
+
+    def order_with(self, options: dict | None = None) -> int | None:
+        """The order of convergence under these options (defaults for those not given)."""
+        if not callable(self.order):
+            return self.order
+        return self.order({o.name: o.default for o in self.options} | dict(options or {}))
 
     def per_step(self, options: dict | None = None) -> int:
         """Score evaluations per solver step under these options."""
@@ -219,12 +237,22 @@ class SamplerSpec:
 _TOL = {"type": float, "exclusive_minimum": 0}
 _SIGMA_D = Option("precision_sigma", float, 0.0, "sigma_d, the local data scale of the exponential / Gaussian-exact "
                   "step (0: point mass; SSCS is second order with sigma_d > 0)", minimum=0)
+
+
+def _sscs_order(options: dict) -> int:
+    """SSCS is second order with the score at the midpoint, its exponential step at sigma_d > 0 (the data's scale)
+    and the exact second half-step; every other form is first order (the point mass sigma_d = 0 included)."""
+    second = (options["score_time"] == "midpoint" and options["score_step"] == "exponential"
+              and options["second_half"] == "exact" and float(options["precision_sigma"]) > 0)
+    return 2 if second else 1
+
+
 SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in (
     SamplerSpec("em", "cldsgm.samplers.sde_solvers:sample_em", "Euler-Maruyama on the reverse SDE", 1,
-                ("vpsde", "cld", "psld")),
+                ("vpsde", "cld", "psld"), inpaint=True),
     SamplerSpec("sscs", "cldsgm.samplers.sde_solvers:sample_sscs",
-                "symmetric splitting CLD sampler (Dockhorn et al. 2022, Alg. 1) and its PSLD generalisation", 2,
-                PHASE_SPACE, (
+                "symmetric splitting CLD sampler (Dockhorn et al. 2022, Alg. 1) and its PSLD generalisation",
+                _sscs_order, PHASE_SPACE, (
                     Option("score_time", str, "midpoint", "where the score is evaluated in a step",
                            choices=("start", "midpoint")),
                     Option("score_step", str, "exponential", "how the score half of the split is integrated",
@@ -232,7 +260,7 @@ SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in (
                     Option("second_half", str, "exact", "the second OU half-step: exact, or as the reference code",
                            choices=("exact", "reference")),
                     Option("num_stab", float, 0.0, "half-step covariance jitter", minimum=0),
-                    _SIGMA_D)),
+                    _SIGMA_D), inpaint=True),
     SamplerSpec("pc", "cldsgm.samplers.sde_solvers:sample_pc",
                 "predictor-corrector: Langevin corrector steps, then an EM step (Song et al. 2021)", 1, ("vpsde",), (
                     Option("snr", float, 0.16, "corrector signal-to-noise ratio", exclusive_minimum=0),
@@ -253,8 +281,8 @@ SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in (
                 "Euler steps on the probability-flow ODE (first-order deterministic baseline)", 1,
                 ("vpsde", "cld", "psld")),
     SamplerSpec("conjugate", "cldsgm.samplers.integrators:sample_conjugate",
-                "the conjugate integrator of the probability-flow ODE (exponential multistep in the gDDIM factor)", 1,
-                PHASE_SPACE, (
+                "the conjugate integrator of the probability-flow ODE (exponential multistep in the gDDIM factor)",
+                lambda options: int(options["order"]) + 1, PHASE_SPACE, (
                     Option("predict", str, "x0", "what is interpolated over the steps: the data prediction x0, "
                            "eps = -R^T s, or eps_cholesky (lambda-DDIM on the Cholesky eps, unstable at low NFE)",
                            choices=("x0", "eps", "eps_cholesky")),
@@ -279,6 +307,34 @@ def register(spec: SamplerSpec) -> None:
     if spec.name in SAMPLERS:
         raise ValueError(f"sampler {spec.name!r} exists already")
     SAMPLERS[spec.name] = spec
+
+
+def inpaint_samplers(sde: str | None = None) -> tuple[str, ...]:
+    """The samplers inpainting can run (SamplerSpec.inpaint), for one SDE or any."""
+    return tuple(name for name, spec in SAMPLERS.items() if spec.inpaint and (sde is None or sde in spec.sdes))
+
+
+# the masks of inpainting: the central square (images only), the right half, random pixels, nothing known (baseline)
+MASK_KINDS = ("center", "half", "random", "none")
+
+
+class CheckpointFormat(NamedTuple):
+    """A released checkpoint format `cldsgm import-checkpoint` reads: the training config it defaults to, what the
+    file is and where its authors publish it."""
+
+    config: str
+    file: str
+    help: str
+
+
+CHECKPOINT_FORMATS = {
+    "cld-sgm": CheckpointFormat("params/train/cifar10_cld.yaml",
+                                "checkpoint_800000.pth from the CLD-SGM README (github.com/nv-tlabs/CLD-SGM)",
+                                "checkpoint_*.pth of nv-tlabs/CLD-SGM"),
+    "psld": CheckpointFormat("params/train/cifar10_psld.yaml",
+                             "the CIFAR-10 .ckpt from the PSLD README (github.com/mandt-lab/PSLD)",
+                             "Lightning .ckpt of mandt-lab/PSLD"),
+}
 
 
 def unregister(name: str) -> None:

@@ -31,12 +31,10 @@ from cldsgm.samplers import SampleResult, denoise_step, start
 from cldsgm.samplers.noise import CountingScore, PerSampleNoise, sample_seeds
 from cldsgm.sde.phase_space import PhaseSpaceSDE
 
-__all__ = ["INPAINT_SAMPLERS", "MASK_KINDS", "ClassifierGradient", "TrainedClassifier", "check_label", "check_mask",
+__all__ = ["ClassifierGradient", "TrainedClassifier", "check_label", "check_mask",
            "guided_score", "inpaint", "load_classifier", "make_mask", "mask_of", "mixture_class_gradient",
            "read_mask"]
 
-INPAINT_SAMPLERS = ("em", "sscs")
-MASK_KINDS = ("center", "half", "random", "none")
 # the replacement draws come from their own per-sample streams: the sampler's noise stays what it is unconditioned
 _REPLACEMENT_SALT = 0x5EED_1A7E
 
@@ -172,7 +170,7 @@ def make_mask(kind: str, data_shape, *, seed: int = 0) -> Tensor:
     elif kind == "none":
         mask.zero_()
     else:
-        raise ValueError(f"mask kind must be one of {MASK_KINDS}, got {kind!r}")
+        raise ValueError(f"mask kind must be one of {catalog.MASK_KINDS}, got {kind!r}")
     return mask
 
 
@@ -221,8 +219,8 @@ def inpaint(sde, score_fn, x_known: Tensor, mask: Tensor, *, sampler: str = "em"
     """
     if not isinstance(sde, PhaseSpaceSDE):
         raise ValueError(f"inpainting needs a phase-space SDE (CLD or PSLD), not {type(sde).__name__}")
-    if sampler not in INPAINT_SAMPLERS:
-        raise ValueError(f"inpainting runs the samplers {INPAINT_SAMPLERS}, not {sampler!r}")
+    if sampler not in catalog.inpaint_samplers():
+        raise ValueError(f"inpainting runs the samplers {catalog.inpaint_samplers()}, not {sampler!r}")
     spec = catalog.sampler(sampler, catalog.sde_name(sde))
     x_known = x_known.to(dtype)
     mask = check_mask(mask, x_known)

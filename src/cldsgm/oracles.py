@@ -12,13 +12,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from cldsgm.sde import VPSDE, PhaseSpaceSDE
 from cldsgm.sde.schedule import as_time
 
-__all__ = ["GaussianMixture", "diamond", "oracle_law", "standard_gaussian", "swissroll_mixture"]
+__all__ = ["GaussianMixture", "diamond", "oracle_law", "standard_gaussian", "swissroll_mixture", "swissroll_points"]
 
 
 @dataclass(frozen=True)
@@ -150,12 +151,27 @@ def standard_gaussian() -> GaussianMixture:
     return GaussianMixture.gaussian(2, 0.5)
 
 
+def swissroll_points(n: int, rng: np.random.Generator) -> np.ndarray:
+    """CLD-SGM's toy swissroll: 5 clusters (p = 0.2) of make_swiss_roll(noise=0.2) coordinates (0, 2) x 0.01."""
+    from sklearn.datasets import make_swiss_roll
+
+    offsets = np.array([(0.0, 0.0), (0.8, 0.8), (0.8, -0.8), (-0.8, -0.8), (-0.8, 0.8)])
+    counts = rng.multinomial(n, [0.2] * 5)
+    parts = []
+    for offset, count in zip(offsets, counts, strict=True):
+        state = int(rng.integers(2**31))  # drawn for every cluster: the stream does not depend on the counts
+        if count:  # a cluster can get no point when n is small
+            roll, _ = make_swiss_roll(int(count), noise=0.2, random_state=state)
+            parts.append(0.01 * roll[:, [0, 2]] + offset)
+    points = np.concatenate(parts)
+    return points[rng.permutation(n)]
+
+
 def swissroll_mixture(components: int = 1000, std: float = 0.01) -> GaussianMixture:
     """A stand-in law for the multimodal swissroll with an exact score: 1000 equal Gaussians N(p_k, 0.01^2 I)
-    centred on seeded swissroll points p_k (the swissroll itself has no closed-form density)."""
-    from cldsgm.data.sources import toy
-
-    points, _, _ = toy("multimodal_swissroll", "train", n=components, seed=12345)
+    centred on seeded swissroll points p_k (the swissroll itself has no closed-form density): the training split's
+    points of seed 12345 (cldsgm.data.sources.toy), in float32 as prepared data holds them."""
+    points = swissroll_points(components, np.random.default_rng([12345, 0])).astype(np.float32)
     means = torch.from_numpy(points.astype("float64"))
     return GaussianMixture(torch.full((components,), 1.0 / components, dtype=torch.float64), means,
                            torch.full_like(means, std))

@@ -212,15 +212,15 @@ def inpaint_to_dir(source: ScoreSource, out_dir: str | Path, *, images: str | Pa
     """Inpaint the first n images of a prepared dataset file (`cldsgm prepare`'s .npz) into a sharded, resumable
     sample directory: the known pixels (mask 1) kept, the others drawn by the reverse process with replacement
     (cldsgm.conditional.inpaint). mask: a .npy / .npz ('mask') file of one image's shape or one per image, or
-    mask_kind (center, half, random, none: made from `seed`); the mask goes beside the shards as mask.npy (uint8, 1
+    mask_kind (a catalog.MASK_KINDS name, made from `seed`); the mask goes beside the shards as mask.npy (uint8, 1
     known, [1 or n, *data shape]). Bad input (shapes, kinds, a sampler inpainting does not run) raises ValueError
     before anything is written."""
-    from cldsgm.conditional import INPAINT_SAMPLERS, check_mask, inpaint, mask_of
+    from cldsgm.conditional import check_mask, inpaint, mask_of
     from cldsgm.data.prepared import load_prepared, scale_images
     from cldsgm.utils.io import file_sha256
 
-    if sampler not in INPAINT_SAMPLERS:
-        raise ValueError(f"inpainting runs the samplers {INPAINT_SAMPLERS}, not {sampler!r}")
+    if sampler not in catalog.inpaint_samplers():
+        raise ValueError(f"inpainting runs the samplers {catalog.inpaint_samplers()}, not {sampler!r}")
     options = dict(options or {})
     check_t_min(t_min)
     check_nfe(sampler, nfe, options, denoise=denoise)

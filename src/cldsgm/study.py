@@ -78,6 +78,9 @@ def schema(path: str | Path = SCHEMA_PATH) -> dict:
     defs["striding"]["enum"] = list(catalog.STRIDINGS)
     defs["precision"]["enum"] = list(catalog.PRECISIONS)
     defs["speedup"]["enum"] = list(catalog.NETWORK_SPEEDUPS)
+    defs["mask_kind"]["enum"] = list(catalog.MASK_KINDS)
+    defs["inpaint_sampler"]["enum"] = list(catalog.inpaint_samplers())
+    defs["checkpoint_format"]["enum"] = list(catalog.CHECKPOINT_FORMATS)
     defs["probes"]["enum"] = list(catalog.NLL_PROBES)
     defs["fid_mode"]["enum"] = list(catalog.FID_MODES)
     sampling = out["properties"]["sampling"]["properties"]
@@ -111,8 +114,6 @@ def model_sde(model: dict) -> str:
     return config.get("sde", {}).get("name", "cld")
 
 
-_RELEASED = {"cld-sgm": "checkpoint_800000.pth from the CLD-SGM README (github.com/nv-tlabs/CLD-SGM)",
-             "psld": "the CIFAR-10 .ckpt from the PSLD README (github.com/mandt-lab/PSLD)"}
 
 
 def _check_checkpoint(name: str, checkpoint: dict | None, source: str) -> None:
@@ -120,8 +121,9 @@ def _check_checkpoint(name: str, checkpoint: dict | None, source: str) -> None:
     if checkpoint is None:
         return
     if not Path(checkpoint["file"]).expanduser().is_file():
+        released = catalog.CHECKPOINT_FORMATS[checkpoint["format"]].file
         raise StudyError(f"{source}: models.{name}.checkpoint.file {checkpoint['file']!r} does not exist: download "
-                         f"{_RELEASED[checkpoint['format']]} and put it there, or point the study at your copy")
+                         f"{released} and put it there, or point the study at your copy")
     missing = [p for p in ("Gamma", "nu") if p not in (checkpoint.get("sde_params") or {})]
     if checkpoint["format"] == "psld" and missing:
         raise StudyError(f"{source}: models.{name}.checkpoint.sde_params lacks {missing}: a PSLD file does not "
@@ -458,9 +460,10 @@ def _check_inpaint(study: dict, i: int, entry: dict, source: str) -> None:
     where = f"{source}: conditional.inpaint[{i}]"
     src = _conditional_source(study, entry["source"], where)
     if "center" in entry["masks"] and catalog.DATASETS[src["data"]].kind != "image":
-        raise StudyError(f"{where}.masks: the center mask is for images; {src['data']} is points (use half, random "
-                         "or none)")
-    if src["sde"] not in ("cld", "psld"):
+        others = [kind for kind in catalog.MASK_KINDS if kind != "center"]
+        raise StudyError(f"{where}.masks: the center mask is for images; {src['data']} is points (use one of "
+                         f"{others})")
+    if src["sde"] not in catalog.PHASE_SPACE:
         raise StudyError(f"{where}: inpainting replaces data and momentum, so the source must be CLD or PSLD, "
                          f"not {src['sde']}")
 

@@ -26,14 +26,16 @@ class CatalogChoice(click.Choice):
 
 def catalog_choice(what: str) -> CatalogChoice:
     """A choice of catalog names: 'samplers', 'sdes', 'datasets', 'oracles', 'stridings', 'precisions', 'devices',
-    'ode_methods', 'probes', 'fid_modes' or 'speedups'."""
+    'ode_methods', 'probes', 'fid_modes', 'speedups', 'inpaint_samplers', 'mask_kinds' or 'checkpoint_formats'."""
     from cldsgm import catalog
 
     tables = {"samplers": lambda: catalog.SAMPLERS, "sdes": lambda: catalog.SDES, "datasets": lambda: catalog.DATASETS,
               "oracles": lambda: catalog.ORACLES, "stridings": lambda: catalog.STRIDINGS,
               "precisions": lambda: catalog.PRECISIONS, "devices": lambda: catalog.DEVICES,
               "ode_methods": lambda: catalog.ODE_METHODS, "probes": lambda: catalog.NLL_PROBES,
-              "fid_modes": lambda: catalog.FID_MODES, "speedups": lambda: catalog.NETWORK_SPEEDUPS}
+              "fid_modes": lambda: catalog.FID_MODES, "speedups": lambda: catalog.NETWORK_SPEEDUPS,
+              "inpaint_samplers": catalog.inpaint_samplers, "mask_kinds": lambda: catalog.MASK_KINDS,
+              "checkpoint_formats": lambda: catalog.CHECKPOINT_FORMATS}
     return CatalogChoice(tables[what])
 
 

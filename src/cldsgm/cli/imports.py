@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import click
 
+from cldsgm import catalog
 from cldsgm.cli import main
-from cldsgm.cli._common import click_error, key_values, remove_if_empty, writable_dir
+from cldsgm.cli._common import catalog_choice, click_error, key_values, remove_if_empty, writable_dir
 from cldsgm.cli.train import dotted_overrides
 
-DEFAULT_CONFIGS = {"cld-sgm": "params/train/cifar10_cld.yaml", "psld": "params/train/cifar10_psld.yaml"}
 # a PSLD file stores no SDE hyperparameters, and the released SOTA file's name disagrees with the training README
 PSLD_REQUIRED = ("Gamma", "nu")
 
 
 @main.command("import-checkpoint")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["cld-sgm", "psld"]), required=True,
-              help="cld-sgm: checkpoint_*.pth of nv-tlabs/CLD-SGM; psld: Lightning .ckpt of mandt-lab/PSLD.")
+@click.option("--format", "fmt", type=catalog_choice("checkpoint_formats"), required=True,
+              help="; ".join(f"{name}: {spec.help}" for name, spec in catalog.CHECKPOINT_FORMATS.items()) + ".")
 @click.option("--out", "run_dir", type=click.Path(file_okay=False), required=True,
               help="Run directory to write (checkpoint.pt, config.yaml), usable by sample / fid / nll.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
@@ -34,7 +34,7 @@ def import_checkpoint_command(file, fmt, run_dir, config_path, sde_params, setti
 
     from cldsgm.config import ConfigError, load_config
 
-    config_path = config_path or DEFAULT_CONFIGS[fmt]
+    config_path = config_path or catalog.CHECKPOINT_FORMATS[fmt].config
     if not Path(config_path).is_file():
         raise click.ClickException(f"config {config_path} not found; pass --config (a training YAML giving the "
                                    "SDE, loss and network of the file)")

@@ -193,10 +193,10 @@ def sample_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights
               help="A prepared dataset file (`cldsgm prepare`'s .npz): the images whose known pixels are kept.")
 @click.option("--mask", "mask_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="A .npy (or .npz with 'mask') of 0 (missing) and 1 (known): one image's shape or one per image.")
-@click.option("--mask-kind", type=click.Choice(["center", "half", "random", "none"]), default=None,
+@click.option("--mask-kind", type=catalog_choice("mask_kinds"), default=None,
               help="Instead of --mask: the central square, the right half, or random pixels (from --seed) missing; "
                    "none: all missing (unconditional samples judged against the same images: the baseline).")
-@click.option("--sampler", type=click.Choice(["em", "sscs"]), default="em", show_default=True)
+@click.option("--sampler", type=catalog_choice("inpaint_samplers"), default="em", show_default=True)
 @click.option("--nfe", type=int, required=True, help="The NFE budget, denoising included.")
 @click.option("--striding", type=catalog_choice("stridings"), default="uniform", show_default=True)
 @click.option("--t-min", type=float, default=1e-3, show_default=True)

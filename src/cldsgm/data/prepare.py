@@ -37,21 +37,9 @@ def prepare(name: str, split: str, out_dir, *, source=None, download: bool = Fal
     digits: test_fraction (0.2), seed. multimodal_swissroll / diamond: n, seed.
     """
     check_prepare_args(name, split, source=source, resolution=resolution, test_fraction=test_fraction, n=n)
-    from cldsgm.data import sources
-
-    if name == "cifar10":
-        extra = {} if cifar_class is None else {"cifar_class": cifar_class}
-        data, targets, params = sources.cifar10(source, split, download=download, **extra)
-        kind, origin = "image", f"cifar10:{source}"
-    elif name == "image_folder":
-        data, targets, params = sources.image_folder(source, split, resolution=resolution, labels=labels,
-                                                     test_fraction=test_fraction or 0.0, seed=seed)
-        kind, origin = "image", f"image_folder:{source}"
-    elif name == "digits":
-        fraction = catalog.dataset(name).test_fraction if test_fraction is None else test_fraction
-        data, targets, params = sources.digits(split, test_fraction=fraction, seed=seed)
-        kind, origin = "image", "sklearn.datasets.load_digits"
-    else:
-        data, targets, params = sources.toy(name, split, n=n, seed=seed)
-        kind, origin = "points", f"toy:{name}"
-    return save_prepared(out_dir, name, split, data, kind=kind, source=origin, labels=targets, params=params)
+    spec = catalog.dataset(name)
+    options = {"source": source, "download": download, "resolution": resolution, "labels": labels, "n": n,
+               "test_fraction": spec.test_fraction if test_fraction is None else test_fraction, "seed": seed,
+               "cifar_class": cifar_class}
+    data, targets, params, origin = catalog.load(spec.reader)(name, split, options)
+    return save_prepared(out_dir, name, split, data, kind=spec.kind, source=origin, labels=targets, params=params)

@@ -15,7 +15,8 @@ import torch
 import torchvision
 from torchvision.datasets.utils import check_integrity
 
-__all__ = ["IMAGE_SUFFIXES", "cifar10", "diamond_points", "digits", "image_folder", "swissroll_points", "toy"]
+__all__ = ["IMAGE_SUFFIXES", "cifar10", "diamond_points", "digits", "image_folder", "read_cifar10", "read_digits",
+           "read_image_folder", "read_toy", "toy"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CIFAR_HELP = ("supply the CIFAR-10 python archive: put cifar-10-python.tar.gz (from "
@@ -135,22 +136,6 @@ def digits(split: str, *, test_fraction: float = 0.2, seed: int = 0):
     return images, bunch.target[index].astype(np.int64), params
 
 
-def swissroll_points(n: int, rng: np.random.Generator) -> np.ndarray:
-    """CLD-SGM's toy swissroll: 5 clusters (p = 0.2) of make_swiss_roll(noise=0.2) coordinates (0, 2) x 0.01."""
-    from sklearn.datasets import make_swiss_roll
-
-    offsets = np.array([(0.0, 0.0), (0.8, 0.8), (0.8, -0.8), (-0.8, -0.8), (-0.8, 0.8)])
-    counts = rng.multinomial(n, [0.2] * 5)
-    parts = []
-    for offset, count in zip(offsets, counts, strict=True):
-        state = int(rng.integers(2**31))  # drawn for every cluster: the stream does not depend on the counts
-        if count:  # a cluster can get no point when n is small
-            roll, _ = make_swiss_roll(int(count), noise=0.2, random_state=state)
-            parts.append(0.01 * roll[:, [0, 2]] + offset)
-    points = np.concatenate(parts)
-    return points[rng.permutation(n)]
-
-
 def diamond_points(n: int, rng: np.random.Generator) -> np.ndarray:
     """n draws of the diamond mixture (cldsgm.oracles.diamond)."""
     from cldsgm.oracles import diamond
@@ -180,3 +165,27 @@ def toy(name: str, split: str, *, n: int, seed: int = 0):
 
         labels = oracle_law(spec.oracle).classify(torch.from_numpy(points)).numpy()
     return points, labels, {"n": n, "seed": seed}
+
+
+# -- the readers the catalog names per dataset: (name, split, the prepare options) -> (data, labels, params, origin) --
+def read_cifar10(name: str, split: str, options: dict):
+    extra = {} if options.get("cifar_class") is None else {"cifar_class": options["cifar_class"]}
+    data, targets, params = cifar10(options["source"], split, download=options["download"], **extra)
+    return data, targets, params, f"cifar10:{options['source']}"
+
+
+def read_image_folder(name: str, split: str, options: dict):
+    data, targets, params = image_folder(options["source"], split, resolution=options["resolution"],
+                                         labels=options["labels"], test_fraction=options["test_fraction"] or 0.0,
+                                         seed=options["seed"])
+    return data, targets, params, f"image_folder:{options['source']}"
+
+
+def read_digits(name: str, split: str, options: dict):
+    data, targets, params = digits(split, test_fraction=options["test_fraction"], seed=options["seed"])
+    return data, targets, params, "sklearn.datasets.load_digits"
+
+
+def read_toy(name: str, split: str, options: dict):
+    data, targets, params = toy(name, split, n=options["n"], seed=options["seed"])
+    return data, targets, params, f"toy:{name}"

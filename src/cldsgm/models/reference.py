@@ -20,12 +20,12 @@ import re
 
 from torch import Tensor, nn
 
+from cldsgm import catalog
 from cldsgm.models.layers import AttnBlock, FIRConvDown, PadConvDown
 from cldsgm.models.ncsnpp import NCSNpp
 
-__all__ = ["FORMATS", "ReferenceWeights", "from_reference", "read_reference", "reference_modules"]
+__all__ = ["ReferenceWeights", "from_reference", "read_reference", "reference_modules"]
 
-FORMATS = ("cld-sgm", "psld")
 _KEY = re.compile(r"^all_modules\.(\d+)\.(.+)$")
 _LISTED = 12  # problems named per kind in an error; the rest are counted
 
@@ -110,8 +110,8 @@ def read_reference(state, fmt: str, *, fourier: bool, what: str = "checkpoint") 
     fourier: whether the network has the frozen Fourier `W` (all_modules.0.W), which the CLD-SGM EMA list skips.
     Raises ValueError naming what is wrong (another format, a mismatched EMA list, stray keys).
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown checkpoint format {fmt!r}; choose from {list(FORMATS)}")
+    if fmt not in catalog.CHECKPOINT_FORMATS:
+        raise ValueError(f"unknown checkpoint format {fmt!r}; choose from {list(catalog.CHECKPOINT_FORMATS)}")
     if not isinstance(state, dict):
         raise ValueError(f"{what} holds a {type(state).__name__}, not a checkpoint dict")
     if fmt == "cld-sgm":
