@@ -40,6 +40,31 @@ def test_the_conditional_study_expands_into_its_sets(monkeypatch):
     assert set(table["classifiers"]) == {"digits_cld_clf", "digits_psld_clf", "diamond_cld_clf", "diamond_psld_clf"}
 
 
+def test_each_group_of_sets_knows_its_judge_and_its_distance(monkeypatch):
+    """The evaluation plan lives in the study, not the workflow: digits sets are judged by the FD-digits network and
+    measured by FD-digits (guided: against the training split's images of their class; completions: against the
+    held-out split), diamond sets by the mixture's components and sliced W2 (guided: against the law's component;
+    completions: against the held-out points); every group's two records are what the report waits for."""
+    from cldsgm.study import job_table
+
+    monkeypatch.chdir(ROOT)
+    table = job_table(load_study(_study(), str(STUDY)))
+    groups = table["conditional"]["groups"]
+    assert len(groups) == 5 * 2 + 4 and sum(len(g["sets"]) for g in groups.values()) == 50
+    digits = groups["digits_psld/guided-digits_psld_clf-k3"]
+    assert digits["judge"] == "fd_classifier" and len(digits["sets"]) == 4
+    assert digits["distance"] == {"verb": "fd_digits", "class": 3, "split": "train", "oracle": None}
+    assert groups["digits_cld/inpaint"]["distance"] == {"verb": "fd_digits", "class": None, "split": "test",
+                                                        "oracle": None}
+    diamond = next(g for k, g in groups.items() if k.startswith("diamond_cld/guided"))
+    assert diamond["judge"] == "oracle:diamond"
+    assert diamond["distance"]["verb"] == "sample_distance" and diamond["distance"]["split"] is None
+    assert groups["diamond_cld/inpaint"]["distance"]["split"] == "test"
+    for key, group in groups.items():
+        assert {f"records/conditional/{key}.accuracy.done",
+                f"records/conditional/{key}.{group['distance']['verb']}.done"} <= set(table["records"])
+
+
 def test_the_schema_masks_are_the_library_masks():
     from cldsgm.catalog import MASK_KINDS, inpaint_samplers
     from cldsgm.study import schema

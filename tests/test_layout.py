@@ -168,3 +168,24 @@ def test_no_two_modules_import_each_other():
                     if b in graph and a < b and a in graph[b])
     assert not cycles, cycles
     assert not [m for m in graph if reaches(m, m, set())], "an import cycle through three or more modules"
+
+
+def _named_in_code(text: str) -> set[str]:
+    """Dataset, sampler and verb names quoted in the code of a .smk text (not in comments, docstrings, the keys of the
+    study and the job table, a record's row name or a set's kind)."""
+    from cldsgm.cli import main
+
+    verbs = {*main.commands, *(c.replace("-", "_") for c in main.commands)} - {"train", "test"}  # splits' names
+    names = {*catalog.DATASETS, *catalog.SAMPLERS, *verbs}
+    code = "\n".join(line.split("#")[0] for line in text.splitlines())
+    code = re.sub(r'""".*?"""', "", code, flags=re.S)
+    code = re.sub(r"""(row=|\["kind"\] [!=]= )["'][a-z_]+["']""", "", code)
+    code = re.sub(r"""(\[|\.get\()\s*["'][a-z_]+["']""", "", code)
+    return set(re.findall(r"""["']([a-z][a-z0-9_-]*)["']""", code)) & names
+
+
+def test_the_workflow_helpers_name_no_dataset_sampler_or_verb():
+    """workflow/rules/common.smk only formats paths and flags: what a study means (which verb scores which data,
+    against which reference) is decided in cldsgm.study."""
+    assert not _named_in_code((ROOT / "workflow/rules/common.smk").read_text())
+    assert _named_in_code('if data == "digits":\n    return "fd-digits"') == {"digits", "fd-digits"}

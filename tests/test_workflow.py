@@ -71,12 +71,13 @@ def test_dry_run_of_every_study(tmp_path, study):
     assert jobs["train"] >= 1 and jobs["sample"] >= 1 and jobs["report"] == 1, jobs
     if study.startswith("cifar10"):
         assert jobs["fid"] > jobs["sample"] and jobs["sample_part"] == 10 * jobs["sample"]
-    if study == "conditional":  # classifiers, then a sampling and an evaluation job per conditional set
-        # an evaluation job per source and guided class (5 x 2) or per source's inpainted sets (4)
-        assert jobs["train_classifier"] == 4 and jobs["conditional_sample"] == 50, jobs
-        assert jobs["conditional_eval"] == 5 * 2 + 4, jobs
+    if study == "conditional":  # classifiers, then a sampling job per conditional set, two evaluation jobs per group
+        assert jobs["train_classifier"] == 4 and jobs["guided_sample"] + jobs["inpaint_sample"] == 50, jobs
+        # groups: a source and guided class (5 x 2) or a source's inpainted sets (4); accuracy, then the distance
+        assert jobs["conditional_accuracy"] == 5 * 2 + 4, jobs
+        assert jobs["conditional_fd_digits"] + jobs["conditional_sample_distance"] == 5 * 2 + 4, jobs
     else:
-        assert "conditional_sample" not in jobs and "train_classifier" not in jobs, jobs
+        assert "guided_sample" not in jobs and "train_classifier" not in jobs, jobs
     if study == "config":  # the default study: one sampling job per source, under 60 jobs in all
         assert jobs["train"] == 6 and jobs["fd_digits"] > 0 and jobs["sample_distance"] > 0
         assert jobs["sample"] == len(job_table(load_study(yaml.safe_load((ROOT / "params/config.yaml").read_text()),

@@ -411,7 +411,34 @@ def conditional_table(study: dict) -> dict:
             sets.append({**src, "source_kind": src["kind"], "kind": "inpaint", "mask": mask,
                          "sampler": entry["sampler"], "nfe": entry["nfe"], "striding": entry["striding"],
                          "n": entry["n"], "row": f"inpaint-{mask}-{entry['sampler']}"})
-    return {"classifiers": dict(spec.get("classifiers", {})), "sets": sets}
+    return {"classifiers": dict(spec.get("classifiers", {})), "sets": sets, "groups": conditional_groups(sets)}
+
+
+def conditional_groups(sets: list[dict]) -> dict:
+    """'<source>/<group>' -> how one evaluation job scores a group of conditional sets: every set of a source that
+    one class-accuracy and one distance call can score together (guided: one classifier and class, as the per-class
+    distance takes one class; inpainted: all), with
+
+    judge: the classifier that tells a sample's class: 'fd_classifier' (the FD-digits network of the study) for
+    images, 'oracle:<law>' (the mixture's most probable component) for 2-D data with an exact law;
+    distance: {'verb' (the dataset's evaluation verb), 'split' (the reference data: a guided set against the training
+    split's images of its class, the larger; a completion against the held-out split), 'oracle' (the law of 2-D
+    data), 'class' (a guided set's; None for completions)}.
+    """
+    groups = {}
+    for spec in sets:
+        name = f"guided-{spec['classifier']}-k{spec['class']}" if spec["kind"] == "guided" else "inpaint"
+        groups.setdefault(f"{spec['source']}/{name}", []).append(spec)
+    plan = {}
+    for key, members in groups.items():
+        first, dataset = members[0], catalog.DATASETS[members[0]["data"]]
+        guided = first["kind"] == "guided"
+        law = dataset.oracle if dataset.exact_law else None  # 2-D data drawn from a mixture: its components judge
+        plan[key] = {"sets": members, "data": first["data"],
+                     "judge": f"oracle:{law}" if law else "fd_classifier",
+                     "distance": {"verb": dataset.evaluation, "class": first["class"] if guided else None,
+                                  "split": "test" if not guided else (None if law else "train"), "oracle": law}}
+    return plan
 
 
 def _classifier_sde(name: str, spec: dict, source: str) -> dict:
@@ -603,7 +630,8 @@ def job_table(study: dict) -> dict:
     model and train_seed (a training replica's model and seed)}. replicas: run name -> {model, seed}. nll: run
     name -> NLL metric (empty when evaluation.nll is null). trained / imported: run names. smoothness: the sources
     whose score Jacobian is measured; loss_variance: the runs whose HSM and DSM gradients are; equilibrium: the
-    data laws (_laws); floors: dataset -> n, the real items each floor is measured on.
+    data laws (_laws); floors: dataset -> n, the real items each floor is measured on; records: the files under
+    results/<study>/ the report waits for (record_files).
     """
     rows = [{**row, "num_samples": study["sampling"]["num_samples"][row["data"]]} for row in sample_rows(study)]
     sources = {}
@@ -620,16 +648,41 @@ def job_table(study: dict) -> dict:
            if evaluation.get("nll") else {})
     imported = sorted(name for name, r in runs.items() if study["models"][r["model"]].get("checkpoint"))
     loss_variance = evaluation.get("loss_variance")
-    return {"rows": rows, "sources": sources, "nll": nll, "imported": imported, "replicas": runs,
-            "trained": sorted(name for name in runs if name not in imported), "conditional": conditional_table(study),
-            "smoothness": [name for name, src in sources.items() if evaluation.get("smoothness") and not _ablation(
-                study, src)],
-            "loss_variance": [name for name, src in sources.items() if loss_variance and src["kind"] == "model"
-                              and src["sde"] in loss_variance["sdes"] and not _ablation(study, src)],
-            "equilibrium": _laws(study) if evaluation.get("equilibrium") else {},
-            "floors": {data: study["sampling"]["num_samples"][data] for data in study["data"]
-                       if evaluation.get("floor") and _evaluation(study, data) in ("fd_digits", "sample_distance")
-                       and data in study["sampling"]["num_samples"]}}
+    table = {"rows": rows, "sources": sources, "nll": nll, "imported": imported, "replicas": runs,
+             "trained": sorted(name for name in runs if name not in imported), "conditional": conditional_table(study),
+             "smoothness": [name for name, src in sources.items() if evaluation.get("smoothness") and not _ablation(
+                 study, src)],
+             "loss_variance": [name for name, src in sources.items() if loss_variance and src["kind"] == "model"
+                               and src["sde"] in loss_variance["sdes"] and not _ablation(study, src)],
+             "equilibrium": _laws(study) if evaluation.get("equilibrium") else {},
+             "floors": {data: study["sampling"]["num_samples"][data] for data in study["data"]
+                        if evaluation.get("floor") and _evaluation(study, data) in ("fd_digits", "sample_distance")
+                        and data in study["sampling"]["num_samples"]}}
+    # the dataset whose sample sets FID scores (one per study: its reference statistics are the study's)
+    fid_data = next((s["data"] for s in sources.values() if s["evaluation"] == "fid"), None)
+    return {**table, "records": record_files(study, table), "fid_data": fid_data}
+
+
+def record_files(study: dict, table: dict) -> list[str]:
+    """What the report and the track job wait for, as paths under results/<study>/: each source's evaluation marker
+    (or its FID records), the FD-digits classifier's record, the NLL records, every conditional group's accuracy and
+    distance markers, the floors (per dataset and verb), smoothness, gradient variances and equilibria."""
+    out = []
+    for name, source in table["sources"].items():
+        if source["evaluation"] in ("fd_digits", "sample_distance"):
+            out.append(f"records/{name}/{source['evaluation']}.done")
+    out += [f"records/{row['source']}/{row['row']}/fid.json" for row in table["rows"]
+            if table["sources"][row["source"]]["evaluation"] == "fid"]
+    if any(_evaluation(study, data) == "fd_digits" for data in study["data"]):
+        out.append("records/classifier/classifier_accuracy.json")
+    out += [f"records/{model}/nll/{metric}.json" for model, metric in table["nll"].items()]
+    for key, group in table["conditional"]["groups"].items():
+        out += [f"records/conditional/{key}.{step}.done" for step in ("accuracy", group["distance"]["verb"])]
+    out += [f"records/floor-{data}/floor.{_evaluation(study, data)}.done" for data in table["floors"]]
+    out += [f"records/{source}/smoothness/score_jacobian.json" for source in table["smoothness"]]
+    out += [f"records/{run}/grad/{objective}/grad_variance.json" for run in table["loss_variance"]
+            for objective in ("hsm", "dsm")]
+    return out + [f"records/{law}/equilibrium/prior_kl.json" for law in table["equilibrium"]]
 
 
 def _ablation(study: dict, src: dict) -> bool:

@@ -240,9 +240,10 @@ def distance_oracle(wildcards):
     return flag("--oracle", law) if law else ""
 
 
-def fid_data():
-    """The dataset whose sample sets FID scores (one per study: its reference statistics are the study's)."""
-    return next((s["data"] for s in SOURCES.values() if s["evaluation"] == "fid"), "cifar10")
+def mode_law_flag(data):
+    """--oracle LAW for a dataset whose law has few modes (mode coverage is measured against it), else nothing."""
+    spec = catalog.DATASETS[data]
+    return flag("--oracle", spec.oracle) if spec.modes else ""
 
 
 def nll_flags(wildcards):
@@ -267,32 +268,16 @@ def nll_labels(wildcards):
 
 
 def records():
-    """What the report and the track job wait for (evaluation markers per source, FID and NLL records)."""
-    out = []
-    for name, source in SOURCES.items():
-        if source["evaluation"] in ("fd_digits", "sample_distance"):
-            out.append(f"{RESULTS}/records/{name}/{source['evaluation']}.done")
-    for row in ROWS:
-        if SOURCES[row["source"]]["evaluation"] == "fid":
-            out.append(f"{RESULTS}/records/{row['source']}/{row['row']}/fid.json")
-    if "digits" in STUDY["data"] and EVALUATION.get("fd_digits") is not None:
-        out.append(rules.digits_classifier.output.record)
-    out += [f"{RESULTS}/records/{model}/nll/{metric}.json" for model, metric in TABLE["nll"].items()]
-    return out + conditional_records() + property_records()
+    """What the report and the track job wait for (cldsgm.study.record_files)."""
+    return [f"{RESULTS}/{path}" for path in TABLE["records"]]
 
 
 # -- used by properties.smk --------------------------------------------------------------------------------------
 
 
-def floor_verb(wildcards):
-    """The verb scoring a dataset's sample sets, with its reference flags (the floor is scored the same way)."""
-    if SOURCES_BY_DATA_EVALUATION[wildcards.data] == "fd_digits":
-        return f"fd-digits {flag('--classifier', rules.digits_classifier.output.classifier)}"
-    law = catalog.DATASETS[wildcards.data].oracle if catalog.DATASETS[wildcards.data].modes else None
-    return "sample-distance" + (f" {flag('--oracle', law)}" if law else "")
-
-
-SOURCES_BY_DATA_EVALUATION = {s["data"]: s["evaluation"] for s in SOURCES.values()}
+def floors_of(verb):
+    """The datasets whose floor the verb measures (a wildcard pattern): the verb scoring their sample sets."""
+    return one_of([data for data in TABLE["floors"] if catalog.DATASETS[data].evaluation == verb])
 
 
 def property_source(wildcards):
@@ -317,15 +302,6 @@ def equilibrium_flags(wildcards):
     params = [flag("--sde-param", f"{k}={v}") for k, v in law["sde_params"].items()]
     return " ".join([flag("--oracle", law["oracle"]), flag("--sde", law["sde"]), *params,
                      label_flags(source=law["name"], row="equilibrium", data=law["data"], kind="law")])
-
-
-def property_records():
-    """The floors, score Jacobians, objective variances and equilibria of the study (the report waits for them)."""
-    out = [f"{RESULTS}/records/floor-{data}/floor.done" for data in TABLE["floors"]]
-    out += [f"{RESULTS}/records/{source}/smoothness/score_jacobian.json" for source in TABLE["smoothness"]]
-    out += [f"{RESULTS}/records/{run}/grad/{objective}/grad_variance.json" for run in TABLE["loss_variance"]
-            for objective in ("hsm", "dsm")]
-    return out + [f"{RESULTS}/records/{law}/equilibrium/prior_kl.json" for law in TABLE["equilibrium"]]
 
 
 # -- used by conditional.smk -------------------------------------------------------------------------------------
@@ -364,7 +340,7 @@ def conditional_inputs(wildcards):
 
 
 def conditional_args(wildcards):
-    """The verb and its flags for one conditional set (every value quoted)."""
+    """The flags of one conditional set's verb (`cldsgm sample --classifier` or `cldsgm inpaint`), every value quoted."""
     spec = conditional_set(wildcards)
     if spec["source_kind"] == "model":
         source = [flag("--run-dir", f"{RESULTS}/runs/{spec['source']}")]
@@ -380,78 +356,58 @@ def conditional_args(wildcards):
         common.append(flag("--nfe", spec["nfe"]))
     if spec["kind"] == "guided":
         classifier = "oracle" if spec["classifier"] == "oracle" else f"{RESULTS}/classifiers/{spec['classifier']}"
-        return " ".join(["sample", *source, flag("--classifier", classifier), flag("--class", spec["class"]),
+        return " ".join([*source, flag("--classifier", classifier), flag("--class", spec["class"]),
                          flag("--guidance-scale", spec["scale"]), *common])
-    return " ".join(["inpaint", *source, flag("--images", data_file(spec["data"], "test")),
-                     flag("--mask-kind", spec["mask"]), *common])
+    return " ".join([*source, flag("--images", data_file(spec["data"], "test")), flag("--mask-kind", spec["mask"]),
+                     *common])
 
 
-def conditional_group(spec):
-    """The evaluation job a set belongs to: every set of a source that one class-accuracy and one distance call can
-    score together (guided: one classifier and class, as the per-class distance takes one --class; inpainted: all)."""
-    return f"guided-{spec['classifier']}-k{spec['class']}" if spec["kind"] == "guided" else "inpaint"
+CONDITIONAL_GROUPS = CONDITIONAL["groups"]
 
 
-def grouped_sets(sets):
-    """'<source>/<group>' -> its sets, in the study's order."""
-    groups = {}
-    for spec in sets:
-        groups.setdefault(f"{spec['source']}/{conditional_group(spec)}", []).append(spec)
-    return groups
-
-
-CONDITIONAL_GROUPS = grouped_sets(CONDITIONAL["sets"])
-
-
-def group_sets(wildcards):
+def group_plan(wildcards):
+    """How a group of conditional sets is scored (cldsgm.study.conditional_groups)."""
     return CONDITIONAL_GROUPS[f"{wildcards.source}/{wildcards.group}"]
 
 
-def conditional_judge(wildcards):
-    """The classifier that judges a group's class: the FD-digits network for digits, the mixture's component for
-    2-D data with an exact law."""
-    data = group_sets(wildcards)[0]["data"]
-    if data == "digits":
-        return rules.digits_classifier.output.classifier
-    return f"oracle:{catalog.DATASETS[data].oracle}"
+def groups_of(verb):
+    """The groups whose distance the verb measures (a wildcard pattern)."""
+    return one_of(sorted({key.partition("/")[2] for key, g in CONDITIONAL_GROUPS.items()
+                          if g["distance"]["verb"] == verb}))
 
 
-def conditional_eval_inputs(wildcards):
-    sets = group_sets(wildcards)
-    out = [f"{set_dir(s)}/done.json" for s in sets]
-    out.append(data_file(sets[0]["data"], "test"))
-    if sets[0]["data"] == "digits":
-        out += [rules.digits_classifier.output.classifier, data_file("digits", "train")]
+def group_judge(wildcards):
+    """The classifier that tells a group's classes: the study's FD-digits network or an exact law's components."""
+    judge = group_plan(wildcards)["judge"]
+    return rules.digits_classifier.output.classifier if judge == "fd_classifier" else judge
+
+
+def group_inputs(wildcards):
+    plan = group_plan(wildcards)
+    out = [f"{set_dir(s)}/done.json" for s in plan["sets"]]
+    if plan["judge"] == "fd_classifier":
+        out.append(rules.digits_classifier.output.classifier)
+    if plan["distance"]["split"]:
+        out.append(data_file(plan["data"], plan["distance"]["split"]))
     return out
 
 
 def conditional_pairs(wildcards):
     """--samples DIR --out DIR for every set of the group (one process scores them all)."""
     pairs = []
-    for spec in group_sets(wildcards):
+    for spec in group_plan(wildcards)["sets"]:
         pairs += [flag("--samples", set_dir(spec)), flag("--out", set_dir(spec, "records/conditional"))]
     return " ".join(pairs)
 
 
-def conditional_distance(wildcards):
-    """The distance verb of a group: guided sets against their class (digits: the training split's images of it,
-    the larger; 2-D: the law's component), completions against the held-out split."""
-    spec = group_sets(wildcards)[0]
-    args = [conditional_pairs(wildcards), flag("--bootstrap", EVALUATION["bootstrap"])]
-    per_class = [flag("--class", spec["class"])] if spec["kind"] == "guided" else []
-    if spec["data"] == "digits":
-        split = "train" if spec["kind"] == "guided" else "test"
-        return " ".join(["fd-digits", *args, flag("--classifier", rules.digits_classifier.output.classifier),
-                         flag("--data", data_file("digits", split)), *per_class])
-    law = catalog.DATASETS[spec["data"]].oracle
-    reference = flag("--oracle", law) if spec["kind"] == "guided" else \
-        f"{flag('--data', data_file(spec['data'], 'test'))} {flag('--oracle', law)}"
-    return " ".join(["sample-distance", *args, reference, *per_class])
-
-
-def conditional_records():
-    """Every conditional group's evaluation marker (the report waits for them)."""
-    return [f"{RESULTS}/records/conditional/{key}.done" for key in CONDITIONAL_GROUPS]
+def group_reference(wildcards):
+    """The distance's reference: the data split, the exact law, the class of a guided group."""
+    plan = group_plan(wildcards)
+    reference = plan["distance"]
+    flags = [flag("--data", data_file(plan["data"], reference["split"]))] if reference["split"] else []
+    flags += [flag("--oracle", reference["oracle"])] if reference["oracle"] else []
+    flags += [flag("--class", reference["class"])] if reference["class"] is not None else []
+    return " ".join(flags)
 
 
 # -- used by report.smk ------------------------------------------------------------------------------------------

@@ -1,10 +1,9 @@
 # Conditional generation (the study's `conditional` section): noise-conditioned classifiers trained like
 # the score models (`cldsgm train-classifier`), then one job per conditional sample set (a class-conditional set
-# guided by a classifier, `cldsgm sample --classifier`, or an inpainted set, `cldsgm inpaint`), then one job per
-# group of sets scoring them: class accuracy (and the known pixels' error of inpainted sets), plus per-class
-# FD-digits / sliced W2 of guided sets and FD-digits / sliced W2 of completions against the held-out split. The sets
-# come from cldsgm.study.conditional_table (TABLE["conditional"]); the functions mapping them to flags are in
-# common.smk.
+# guided by a classifier, `cldsgm sample --classifier`, or an inpainted set, `cldsgm inpaint`), then per group of
+# sets one job for class accuracy (and the known pixels' error of inpainted sets) and one for the distance: per-class
+# FD-digits / sliced W2 of guided sets, FD-digits / sliced W2 of completions against the held-out split. The sets
+# and groups come from cldsgm.study.conditional_table (TABLE["conditional"]); common.smk maps them to flags.
 
 rule train_classifier:
     input:
@@ -33,13 +32,13 @@ rule train_classifier:
         "{params.tracking} --done {output.done:q} > {log:q} 2>&1"
 
 
-rule conditional_sample:
+rule guided_sample:
     input:
         conditional_inputs,
     output:
         done=f"{RESULTS}/conditional/{{source}}/{{crow}}/done.json",
     wildcard_constraints:
-        crow=r"(guided|inpaint)-[A-Za-z0-9_.-]+",
+        crow=r"guided-[A-Za-z0-9_.-]+",
     params:
         args=conditional_args,
     threads: 1
@@ -52,30 +51,96 @@ rule conditional_sample:
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "cldsgm {params.args} --done {output.done:q} > {log:q} 2>&1"
+        "cldsgm sample {params.args} --done {output.done:q} > {log:q} 2>&1"
 
 
-# one evaluation job per group of sets (conditional_group: a source's guided sets of one classifier and class, or its
-# inpainted sets): one process and one torch import for several sets, the records in each set's own folder
-rule conditional_eval:
+rule inpaint_sample:
     input:
-        conditional_eval_inputs,
+        conditional_inputs,
     output:
-        done=f"{RESULTS}/records/conditional/{{source}}/{{group}}.done",
+        done=f"{RESULTS}/conditional/{{source}}/{{crow}}/done.json",
     wildcard_constraints:
-        group=r"guided-[A-Za-z0-9_]+-k[0-9]+|inpaint",
+        crow=r"inpaint-[A-Za-z0-9_.-]+",
     params:
-        pairs=conditional_pairs,
-        judge=conditional_judge,
-        distance=conditional_distance,
-        bootstrap=EVALUATION["bootstrap"],
+        args=conditional_args,
     threads: 1
+    resources:
+        gpu=SAMPLING["gpus"],
     log:
-        f"{LOGS}/conditional_eval/{{source}}/{{group}}.log",
+        f"{LOGS}/conditional/{{source}}/{{crow}}.log",
     benchmark:
-        f"{BENCH}/conditional_eval/{{source}}/{{group}}.tsv"
+        f"{BENCH}/conditional/{{source}}/{{crow}}.tsv"
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "(cldsgm class-accuracy {params.pairs} --classifier {params.judge:q} --bootstrap {params.bootstrap:q} "
-        "&& cldsgm {params.distance}) > {log:q} 2>&1 && echo complete > {output.done:q}"
+        "cldsgm inpaint {params.args} --done {output.done:q} > {log:q} 2>&1"
+
+
+# per group of sets (cldsgm.study.conditional_groups: a source's guided sets of one classifier and class, or its
+# inpainted sets): one process and one torch import for several sets, the records in each set's own folder
+rule conditional_accuracy:
+    input:
+        group_inputs,
+    output:
+        done=f"{RESULTS}/records/conditional/{{source}}/{{group}}.accuracy.done",
+    params:
+        pairs=conditional_pairs,
+        judge=group_judge,
+        bootstrap=EVALUATION["bootstrap"],
+    threads: 1
+    log:
+        f"{LOGS}/conditional_accuracy/{{source}}/{{group}}.log",
+    benchmark:
+        f"{BENCH}/conditional_accuracy/{{source}}/{{group}}.tsv"
+    conda:
+        "../envs/cldsgm.yaml"
+    shell:
+        "cldsgm class-accuracy {params.pairs} --classifier {params.judge:q} --bootstrap {params.bootstrap:q} "
+        "> {log:q} 2>&1 && echo complete > {output.done:q}"
+
+
+rule conditional_fd_digits:
+    input:
+        group_inputs,
+        classifier=rules.digits_classifier.output.classifier,
+    output:
+        done=f"{RESULTS}/records/conditional/{{source}}/{{group}}.fd_digits.done",
+    wildcard_constraints:
+        group=groups_of("fd_digits"),
+    params:
+        pairs=conditional_pairs,
+        reference=group_reference,
+        bootstrap=EVALUATION["bootstrap"],
+    threads: 1
+    log:
+        f"{LOGS}/conditional_distance/{{source}}/{{group}}.log",
+    benchmark:
+        f"{BENCH}/conditional_distance/{{source}}/{{group}}.tsv"
+    conda:
+        "../envs/cldsgm.yaml"
+    shell:
+        "cldsgm fd-digits {params.pairs} --classifier {input.classifier:q} {params.reference} "
+        "--bootstrap {params.bootstrap:q} > {log:q} 2>&1 && echo complete > {output.done:q}"
+
+
+rule conditional_sample_distance:
+    input:
+        group_inputs,
+    output:
+        done=f"{RESULTS}/records/conditional/{{source}}/{{group}}.sample_distance.done",
+    wildcard_constraints:
+        group=groups_of("sample_distance"),
+    params:
+        pairs=conditional_pairs,
+        reference=group_reference,
+        bootstrap=EVALUATION["bootstrap"],
+    threads: 1
+    log:
+        f"{LOGS}/conditional_distance/{{source}}/{{group}}.log",
+    benchmark:
+        f"{BENCH}/conditional_distance/{{source}}/{{group}}.tsv"
+    conda:
+        "../envs/cldsgm.yaml"
+    shell:
+        "cldsgm sample-distance {params.pairs} {params.reference} --bootstrap {params.bootstrap:q} > {log:q} 2>&1 "
+        "&& echo complete > {output.done:q}"

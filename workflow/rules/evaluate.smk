@@ -76,7 +76,7 @@ rule sample_distance:
 
 rule fid_stats:
     input:
-        data=lambda wc: data_file(fid_data(), FID.get("reference_split", "train")),
+        data=lambda wc: data_file(TABLE["fid_data"], FID.get("reference_split", "train")),
     output:
         stats=f"{RESULTS}/fid/reference_{FID.get('mode', 'clean')}.npz",
     params:

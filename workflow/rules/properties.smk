@@ -3,15 +3,16 @@
 # variance at each CLD network, and how fast each SDE takes an exact data law to its prior.
 
 
-rule floor:
+rule floor_fd_digits:
     input:
         real=lambda wc: data_file(wc.data, "train"),
         test=lambda wc: data_file(wc.data, "test"),
-        classifier=lambda wc: [rules.digits_classifier.output.classifier] if wc.data == "digits" else [],
+        classifier=rules.digits_classifier.output.classifier,
     output:
-        done=f"{RESULTS}/records/floor-{{data}}/floor.done",
+        done=f"{RESULTS}/records/floor-{{data}}/floor.fd_digits.done",
+    wildcard_constraints:
+        data=floors_of("fd_digits"),
     params:
-        verb=floor_verb,
         out=f"{RESULTS}/records/floor-{{data}}",
         n=lambda wc: TABLE["floors"][wc.data],
         bootstrap=EVALUATION["bootstrap"],
@@ -25,8 +26,37 @@ rule floor:
     conda:
         "../envs/cldsgm.yaml"
     shell:
-        "cldsgm {params.verb} --real {input.real:q} --n {params.n:q} --data {input.test:q} --out {params.out:q} "
-        "{params.labels} --bootstrap {params.bootstrap:q} > {log:q} 2>&1 && echo complete > {output.done:q}"
+        "cldsgm fd-digits --classifier {input.classifier:q} --real {input.real:q} --n {params.n:q} "
+        "--data {input.test:q} --out {params.out:q} {params.labels} --bootstrap {params.bootstrap:q} > {log:q} 2>&1 "
+        "&& echo complete > {output.done:q}"
+
+
+rule floor_sample_distance:
+    input:
+        real=lambda wc: data_file(wc.data, "train"),
+        test=lambda wc: data_file(wc.data, "test"),
+    output:
+        done=f"{RESULTS}/records/floor-{{data}}/floor.sample_distance.done",
+    wildcard_constraints:
+        data=floors_of("sample_distance"),
+    params:
+        out=f"{RESULTS}/records/floor-{{data}}",
+        n=lambda wc: TABLE["floors"][wc.data],
+        bootstrap=EVALUATION["bootstrap"],
+        labels=lambda wc: label_flags(source=f"floor-{wc.data}", row=f"floor-n{TABLE['floors'][wc.data]}",
+                                      variant="floor", data=wc.data),
+        oracle=lambda wc: mode_law_flag(wc.data),
+    threads: 1
+    log:
+        f"{LOGS}/floor/{{data}}.log",
+    benchmark:
+        f"{BENCH}/floor/{{data}}.tsv"
+    conda:
+        "../envs/cldsgm.yaml"
+    shell:
+        "cldsgm sample-distance --real {input.real:q} --n {params.n:q} --data {input.test:q} {params.oracle} "
+        "--out {params.out:q} {params.labels} --bootstrap {params.bootstrap:q} > {log:q} 2>&1 "
+        "&& echo complete > {output.done:q}"
 
 
 rule score_jacobian:
