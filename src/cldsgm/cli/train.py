@@ -200,7 +200,7 @@ def track_command(init, run_dirs, experiment, parent_out, parent_run, records_di
         relog_run_dir,
         tracking_uri,
     )
-    from cldsgm.utils.io import atomic_write_json, portable_uri
+    from cldsgm.utils.io import atomic_write_json, portable_uri, project_path
 
     if not (init or run_dirs or parent_run):
         raise click.UsageError("give --init, --run-dir DIR and/or --parent-run FILE")
@@ -222,7 +222,7 @@ def track_command(init, run_dirs, experiment, parent_out, parent_run, records_di
             done = relog_run_dir(run_dir, uri or (parent or {}).get("uri"),
                                  parent_run_id=(parent or {}).get("run_id"),
                                  experiment=(parent or {}).get("experiment"))
-            summary["runs"][str(run_dir)] = done
+            summary["runs"][project_path(run_dir)] = done
             click.echo(f"{run_dir}: {done['logged']} steps logged to run {done['run_id']} in {done['uri']} "
                        f"({done['status']})")
         if parent_run and records_dir:
@@ -240,4 +240,6 @@ def track_command(init, run_dirs, experiment, parent_out, parent_run, records_di
             atomic_write_json(parent_out, {"uri": portable_uri(summary["store"]), "experiment": experiment,
                                            "run_id": None, "error": str(err)})
     if summary_path:
-        atomic_write_json(summary_path, summary)
+        atomic_write_json(summary_path, {**summary, "store": portable_uri(summary["store"]),
+                                         "runs": {k: {**v, "uri": portable_uri(v.get("uri"))}
+                                                  for k, v in summary["runs"].items()}})

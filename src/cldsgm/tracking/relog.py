@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from cldsgm.tracking.store import COMMIT_TAG, TrackingError, git_commit, tracking_uri
+from cldsgm.tracking.store import COMMIT_TAG, TrackingError, absolute_uri, git_commit, tracking_uri
 from cldsgm.tracking.tracker import TRACKING_FILE, Tracker
 
 __all__ = ["log_records", "relog_run_dir"]
@@ -40,7 +40,7 @@ def relog_run_dir(run_dir: str | Path, uri: str | None = None, *, parent_run_id:
     finished = bool(history) and history[-1]["step"] >= config["train"]["steps"]
     tracking = config.get("tracking", {})
     tracker = Tracker(enabled=True, experiment=experiment or tracking.get("experiment", "cldsgm"),
-                      run_name=tracking.get("run_name") or run_dir.name, uri=uri or tracking.get("uri"),
+                      run_name=tracking.get("run_name") or run_dir.name, uri=uri or absolute_uri(tracking.get("uri")),
                       run_dir=run_dir, parent_run_id=parent_run_id)
     if tracker.run_id is None:
         raise TrackingError(tracker.failure or f"could not open a run in {tracker.uri}")

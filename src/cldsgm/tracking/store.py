@@ -239,8 +239,9 @@ def finish_parent(parent: dict, artifacts: str | Path | None = None, study: dict
 
     import yaml
 
-    with store_errors(parent["uri"], "failed while closing the study run"):
-        mlflow_client = client(parent["uri"])
+    uri = absolute_uri(parent["uri"])
+    with store_errors(uri, "failed while closing the study run"):
+        mlflow_client = client(uri)
         run_id = parent["run_id"]
         if study_file is not None:
             mlflow_client.log_artifact(run_id, str(study_file), "study")

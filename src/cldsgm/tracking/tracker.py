@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from cldsgm.tracking.store import client, experiment_id, first_line, store_lock, tracking_uri
+from cldsgm.tracking.store import absolute_uri, client, experiment_id, first_line, store_lock, tracking_uri
 
 __all__ = ["TRACKING_FILE", "Tracker"]
 
@@ -108,7 +108,7 @@ class Tracker:
             record = json.loads((self.run_dir / TRACKING_FILE).read_text())
         except (OSError, json.JSONDecodeError):
             return None
-        if record.get("uri") != self.uri or record.get("experiment_id") != exp_id:
+        if absolute_uri(record.get("uri")) != self.uri or record.get("experiment_id") != exp_id:
             return None
         from mlflow.exceptions import MlflowException
 
