@@ -231,12 +231,9 @@ def _floor_options(f):
 def fd_digits_command(samples_dirs, classifier, data_path, out_dirs, class_label, real, n, labels, resamples):
     """FD-digits of complete sample directories of 8x8 digits against the held-out split (not FID); with --class,
     against that class's images only."""
-    import numpy as np
 
     from cldsgm.data.prepared import load_prepared
-    from cldsgm.eval.bootstrap import frechet_replicates
-    from cldsgm.eval.digits import digits_features, fd_digits, load_classifier
-    from cldsgm.stats import resample_counts
+    from cldsgm.eval.digits import digits_features, fd_digits, fd_digits_replicates, load_classifier
 
     pairs = _pairs(samples_dirs, out_dirs, real)
     _check_resamples(resamples)
@@ -248,11 +245,7 @@ def fd_digits_command(samples_dirs, classifier, data_path, out_dirs, class_label
             images, seed, fields = _evaluated(samples_dir, real, n, labels)
             start = time.perf_counter()
             value = fd_digits(model, images, reference)
-            replicates = None
-            if resamples:
-                counts = resample_counts(len(images), resamples, seed)
-                replicates = frechet_replicates(digits_features(model, images), ref.mean(0),
-                                                np.cov(ref, rowvar=False), counts)
+            replicates = fd_digits_replicates(model, images, ref, resamples, seed)
             extra = {**fields.pop("extra", {}), "classifier_accuracy": meta["test_accuracy"],
                      **({"class": class_label} if class_label is not None else {})}
             _record(out_dir, "fd_digits", value, replicates, seed, n=len(images), wall_s=time.perf_counter() - start,
@@ -273,9 +266,8 @@ def fd_digits_command(samples_dirs, classifier, data_path, out_dirs, class_label
 def class_accuracy_command(samples_dirs, classifier, out_dirs, resamples):
     """The share of samples the classifier assigns to the class they were asked to be (the guided class, or the
     original image's for inpainting), with its bootstrap interval; for inpainted sets also the known pixels' error."""
-    from cldsgm.eval.conditional import asked_classes, known_pixel_error, sample_classes
+    from cldsgm.eval.conditional import class_accuracy, known_pixel_error
     from cldsgm.shards import load_samples
-    from cldsgm.stats import resample_counts
 
     pairs = _pairs(samples_dirs, out_dirs)
     _check_resamples(resamples)
@@ -283,12 +275,7 @@ def class_accuracy_command(samples_dirs, classifier, out_dirs, resamples):
         for samples_dir, out_dir in pairs:
             samples, manifest = load_samples(samples_dir)
             start = time.perf_counter()
-            correct = (sample_classes(samples, classifier) == asked_classes(manifest, len(samples))).astype(float)
-            value = float(correct.mean())
-            replicates = None
-            if resamples:
-                counts = resample_counts(len(samples), resamples, manifest["identity"]["seed"])
-                replicates = counts @ correct / len(samples)
+            value, replicates = class_accuracy(samples, manifest, classifier, resamples)
             common = {"n": len(samples), "wall_s": time.perf_counter() - start, "device": "cpu",
                       **sample_set_fields(manifest, samples_dir)}
             _record(out_dir, "class_accuracy", value, replicates, manifest["identity"]["seed"], upper=1.0,
@@ -416,7 +403,7 @@ def nll_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, d
     writable_dir(out_dir, "--out")
     here = launch()
     from cldsgm.data.prepared import load_prepared
-    from cldsgm.eval.nll import nll_summary, nll_to_dir
+    from cldsgm.eval.nll import nll_interval, nll_summary, nll_to_dir
 
     try:
         torch_device = device_for(device)
@@ -436,19 +423,7 @@ def nll_command(run_dir, checkpoint, oracle, sde_name, sde_param, raw_weights, d
 
         result = nll_summary(out_dir, data=data, exact_law=oracle_law(exact_law) if exact_law else None)
         ident = result["identity"]
-        extra = {"exact": result["exact"]} if "exact" in result else {}
-        if resamples:  # over the items, resampled by (seed, n): paired with every model on the same items
-            from cldsgm.records import measured
-            from cldsgm.stats import resample_counts
-
-            replicates = resample_counts(result["n"], resamples, seed) @ result["items"] / result["n"]
-            extra.update(measured(result["metric"], result["value"], replicates, seed,
-                                  method=f"basic bootstrap over the {result['n']} items"))
-            extra.pop("value")
-        elif result["stderr"] is not None:  # over the items (data and probes together): a normal 95 % interval
-            extra.update({"ci_low": result["value"] - 1.96 * result["stderr"],
-                          "ci_high": result["value"] + 1.96 * result["stderr"],
-                          "ci_method": f"normal, 1.96 standard errors over {result['n']} items"})
+        extra = {**({"exact": result["exact"]} if "exact" in result else {}), **nll_interval(result, resamples, seed)}
         shard_wall = time.perf_counter() - start
         write_metric(record_dir or out_dir, result["metric"], result["value"], stderr=result["stderr"],
                      nfe=result["nfe"], n=result["n"], seed=seed, wall_s=shard_wall, device=str(torch_device),

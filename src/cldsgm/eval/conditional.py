@@ -50,3 +50,17 @@ def known_pixel_error(samples: np.ndarray, manifest: dict) -> float:
     known = np.broadcast_to(mask_of(block["mask"], images.shape[1:]).numpy(), samples.shape) > 0.5
     difference = np.abs(samples.astype(np.float64) - images.astype(np.float64))
     return float(difference[known].max()) if known.any() else 0.0
+
+
+def class_accuracy(samples: np.ndarray, manifest: dict, classifier: str,
+                   resamples: int) -> tuple[float, np.ndarray | None]:
+    """(the share of samples the judge assigns their asked class, its bootstrap replicates or None for 0 resamples,
+    drawn from the set's seed)."""
+    correct = (sample_classes(samples, classifier) == asked_classes(manifest, len(samples))).astype(float)
+    replicates = None
+    if resamples:
+        from cldsgm.stats import resample_counts
+
+        counts = resample_counts(len(samples), resamples, manifest["identity"]["seed"])
+        replicates = counts @ correct / len(samples)
+    return float(correct.mean()), replicates

@@ -110,3 +110,17 @@ def fd_digits(model: DigitsClassifier, images: np.ndarray, reference: np.ndarray
 
     ref = digits_features(model, reference)
     return frechet(digits_features(model, images), ref.mean(0), np.cov(ref, rowvar=False))
+
+
+def fd_digits_replicates(model: DigitsClassifier, images: np.ndarray, reference_features: np.ndarray,
+                         resamples: int, seed: int) -> np.ndarray | None:
+    """FD-digits of `resamples` bootstrap resamples of the images (drawn by cldsgm.stats.resample_counts from the
+    set's seed, so sets of one seed are resampled alike), against the fixed reference features [m, d]; None for 0."""
+    if not resamples:
+        return None
+    from cldsgm.eval.bootstrap import frechet_replicates
+    from cldsgm.stats import resample_counts
+
+    counts = resample_counts(len(images), resamples, seed)
+    return frechet_replicates(digits_features(model, images), reference_features.mean(0),
+                              np.cov(reference_features, rowvar=False), counts)

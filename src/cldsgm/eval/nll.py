@@ -122,3 +122,23 @@ def nll_summary(out_dir: str | Path, *, data: np.ndarray | None = None, exact_la
         out["exact"] = {"value": float(exact.mean()), "stderr": float(exact.std(ddof=1) / math.sqrt(n)),
                         "gap": float(gap.mean()), "gap_stderr": float(gap.std(ddof=1) / math.sqrt(n)), "n": n}
     return out
+
+
+def nll_interval(result: dict, resamples: int, seed: int) -> dict:
+    """The interval fields of an NLL record from nll_summary's result: a basic bootstrap over the items with
+    `resamples` (resampled by (seed, n): paired with every model on the same items), else a normal 95 % interval
+    from the items' standard error (data and probes together), else none."""
+    if resamples:
+        from cldsgm.records import measured
+        from cldsgm.stats import resample_counts
+
+        replicates = resample_counts(result["n"], resamples, seed) @ result["items"] / result["n"]
+        fields = measured(result["metric"], result["value"], replicates, seed,
+                          method=f"basic bootstrap over the {result['n']} items")
+        fields.pop("value")
+        return fields
+    if result["stderr"] is not None:
+        half = 1.96 * result["stderr"]
+        return {"ci_low": result["value"] - half, "ci_high": result["value"] + half,
+                "ci_method": f"normal, 1.96 standard errors over {result['n']} items"}
+    return {}
