@@ -1,9 +1,10 @@
 """The study report, reports/<study>/: index.html (self-contained), report.md, summary.json (every value with its
 interval), metrics.json (the headline: `dvc metrics`), plots/ (`dvc plots`), CSVs and figures.
 
-It reads only what the jobs left on disk: the JSON records (cldsgm.records.records_frame), the training runs'
-loss.csv and the Snakemake benchmark files; it imports no torch. `analysis` turns records into tables and verdicts,
-`figures` draws, `render` writes one ordered list of sections as HTML and as Markdown. Sections: quality against
+It reads only what the jobs left on disk, all of it in `inputs` (the JSON records, the training runs' loss.csv,
+config.yaml and done.json, the Snakemake benchmark files); it imports no torch. `analysis` turns records into tables
+and verdicts (pandas in, tables out; `report_tables` computes each table once), `figures` draws, `render` writes one
+ordered list of sections as HTML and as Markdown. Sections: quality against
 NFE per dataset and metric (trained and oracle rows side by side), NLL, the claims the study can test with a verdict
 computed from the numbers, the SSCS sigma_d sweep, conditional generation (guided and inpainted sets, `conditional`),
 the papers' published numbers (CIFAR-10 studies), loss curves, sample grids, and cost.
@@ -12,18 +13,16 @@ the papers' published numbers (CIFAR-10 studies), loss curves, sample grids, and
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from cldsgm.report.analysis import (
     best_samplers,
-    budgets,
     cost_summary,
-    cost_table,
     grid_paths,
     headline_metrics,
-    loss_histories,
     nll_table,
     published_match,
     published_table,
@@ -33,11 +32,12 @@ from cldsgm.report.analysis import (
     with_interval,
     worse_with_nfe,
 )
-from cldsgm.report.conditional import split_conditional
+from cldsgm.report.inputs import ReportInputs, read_inputs
 from cldsgm.report.render import Figure, Section, figure_name, render_html, render_markdown, write_figures
 from cldsgm.utils.io import atomic_path, atomic_write_json, atomic_write_text
 
-__all__ = ["build_report", "published_match", "read_study", "sections", "sigma_sweep"]
+__all__ = ["ReportTables", "build_report", "published_match", "read_study", "report_tables", "sections",
+           "sigma_sweep"]
 
 
 def read_study(study_path: str | Path) -> dict:
@@ -103,17 +103,16 @@ def _once_per_claim(frame: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
-def _claims_sections(study: dict, rows: list[dict], missing: list[dict], results: Path) -> list[Section]:
+def _claims_sections(study: dict, rows: list[dict], missing: list[dict], budgets: dict) -> list[Section]:
     """The papers' claims, ours, and the claims the study does not decide (with what each lacks), from
     cldsgm.report.claims.claim_rows."""
     from cldsgm.report.claims import COLUMNS
-    from cldsgm.study import replicas
 
     frame = pd.DataFrame(rows, columns=[*COLUMNS, "key", "difference", "ci_low", "ci_high"])
     paper, ours = frame[frame["paper"] != "ours"], frame[frame["paper"] == "ours"]
     shown = [c for c in COLUMNS if c != "paper's figure"]
     out = [Section("What this study shows: the papers' claims", table=_once_per_claim(paper[COLUMNS]),
-                   text=_CLAIMS_TEXT + _verdict_count(paper) + _regime(study, budgets(results, replicas(study))))]
+                   text=_CLAIMS_TEXT + _verdict_count(paper) + _regime(study, budgets))]
     if not ours.empty:
         out.append(Section("What this project adds: our claims", level=3, table=_once_per_claim(ours[shown]),
                            folded=True, text="Claims of this project (not of the papers), decided the same way: "
@@ -134,17 +133,10 @@ def _claim_rows(study: dict, df: pd.DataFrame, curve: pd.DataFrame) -> tuple[lis
     return claim_rows(study, job_table(study), pd.concat([df, curve]))
 
 
-def split_curve(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(the study's rows, its learning-curve rows: the snapshots' sets, curve-...): the quality tables are of the
-    trained models; the claims decide snapshots apart (each a model of its own)."""
-    curve = df["row"].astype(str).str.startswith("curve-")
-    return df[~curve], df[curve]
-
-
-def _conditional_sections(cond: pd.DataFrame, metrics: dict) -> list[Section]:
+def _conditional_sections(cond: pd.DataFrame, tables: ReportTables, metrics: dict) -> list[Section]:
     """'Conditional generation': accuracy against guidance scale, its steps with paired intervals, the
     guided sets, the inpainted sets against their baseline, and inpainting grids; fills metrics['conditional']."""
-    from cldsgm.report.conditional import guidance_figure, guidance_steps, guided_table, inpaint_figure, inpaint_table
+    from cldsgm.report.conditional import guidance_figure, inpaint_figure
 
     for _, row in cond.iterrows():
         metrics.setdefault("conditional", {})[f"{row['source']}/{row['row']}/{row['metric']}"] = _interval_entry(row)
@@ -153,13 +145,13 @@ def _conditional_sections(cond: pd.DataFrame, metrics: dict) -> list[Section]:
     if not guided.empty:
         out.append(Section("Conditional generation: classifier guidance", figures=[
             Figure("conditional_guidance.png", "class accuracy against guidance scale", guidance_figure(cond))],
-            table=guidance_steps(cond), text=(
+            table=tables.conditional["conditional_guidance_steps"], text=(
                 "Samples guided towards a class by a noise-conditioned classifier, s + W grad log p(y | u_t), judged "
                 "by an independent classifier (digits: the FD-digits network; 2-D: the mixture's most probable "
                 "component). The table compares each scale with the one below it: the sets of one source share "
                 "their seed, so the interval of the rise is paired; 'rises' where it lies above 0, 'inconclusive' "
                 "where it holds 0. W = 0 is unguided sampling.")))
-        out.append(Section("Guided sets", level=3, table=guided_table(cond), folded=True, text=(
+        out.append(Section("Guided sets", level=3, table=tables.conditional["conditional_guided"], folded=True, text=(
             "Per-class distance: FD-digits against the training split's images of the class, or sliced W2 against "
             "the mixture component's own law. NFE counts score evaluations; each also costs one classifier gradient "
             "(a forward and a backward pass) where W > 0.")))
@@ -172,7 +164,7 @@ def _conditional_sections(cond: pd.DataFrame, metrics: dict) -> list[Section]:
             png = inpaint_figure(row["samples"], images, title=label) if images and row["samples"] else None
             if png is not None:
                 grids.append(Figure(figure_name("inpaint", label), label, png))
-        out.append(Section("Conditional generation: inpainting", table=inpaint_table(cond), text=(
+        out.append(Section("Conditional generation: inpainting", table=tables.conditional["conditional_inpaint"], text=(
             "The known pixels' data and momentum replaced by a forward-process draw from the image after every step "
             "(the PSLD reference's method), the known pixels put back exactly at the end (known-pixel error 0). "
             "'Classified as the original': the share of completions the judge assigns the label of the image they "
@@ -186,25 +178,53 @@ def _conditional_sections(cond: pd.DataFrame, metrics: dict) -> list[Section]:
     return out
 
 
-def sections(study: dict, df: pd.DataFrame, results: Path, curve: pd.DataFrame | None = None,
-             conditional: pd.DataFrame | None = None, floors: pd.DataFrame | None = None,
-             claims: tuple[list, list] | None = None) -> tuple[list[Section], dict]:
+@dataclass
+class ReportTables:
+    """Every table of a report, computed once from its inputs (pandas in, tables out): the quality tables (data,
+    metric, long rows, wide table), the claims (decided rows, undecided), the best sampler per budget, the rows that
+    get worse with NFE, NLL, the sigma_d sweep, the cost summary, the conditional tables and dvc's plot tables."""
+
+    quality: list
+    claims: tuple[list, list]
+    best: pd.DataFrame
+    rises: pd.DataFrame
+    nll: pd.DataFrame
+    sweep: pd.DataFrame
+    cost: pd.DataFrame
+    conditional: dict
+    plots: dict
+
+
+def report_tables(inputs: ReportInputs) -> ReportTables:
+    """The report's tables from its inputs, each computed once."""
+    from cldsgm.report.claims import claim_rows
+    from cldsgm.report.conditional import guidance_steps, guided_table, inpaint_table
+    from cldsgm.study import job_table
+
+    df, study = inputs.df, inputs.study
+    quality = quality_tables(df)
+    cond = inputs.conditional
+    conditional = ({"conditional_guided": guided_table(cond), "conditional_guidance_steps": guidance_steps(cond),
+                    "conditional_inpaint": inpaint_table(cond)} if not cond.empty else {})
+    return ReportTables(quality, claim_rows(study, job_table(study), pd.concat([df, inputs.curve])), best_samplers(df),
+                        worse_with_nfe(df), nll_table(df), sigma_sweep(df, study["sampling"]),
+                        cost_summary(inputs.cost), conditional, plot_tables(quality))
+
+
+def sections(inputs: ReportInputs, tables: ReportTables) -> tuple[list[Section], dict]:
     """The report's sections, in order, and the content of metrics.json (every value with its interval). First what
     the study shows (the claims, the best sampler per budget, conditional generation), then the plots, then the long
-    tables, folded. df: the records without the learning-curve rows, which come as `curve` (split_curve), without
-    the conditional sets, which come as `conditional` (report.conditional.split_conditional), and without the
-    floors (real data scored like a sample set), which come as `floors`. claims: (rows, undecided) of
-    cldsgm.report.claims.claim_rows, where the caller has them."""
+    tables, folded."""
     from cldsgm.report.figures import learning_curve_figure, loss_figure, quality_figure, sampler_colours
 
+    study, df, curve, floors = inputs.study, inputs.df, inputs.curve, inputs.floors
     metrics = {"study": study["study"], "quality": {}, "nll": {}}
-    curve = curve if curve is not None else df.iloc[:0]
-    claim_rows, undecided = claims if claims is not None else _claim_rows(study, df, curve)
-    claims_parts = _claims_sections(study, claim_rows, undecided, results)
+    claim_rows, undecided = tables.claims
+    claims_parts = _claims_sections(study, claim_rows, undecided, inputs.budgets)
     metrics["claims"] = {c["key"]: {k: c[k] for k in ("claim", "setting", "verdict", "difference", "ci_low",
                                                         "ci_high", "seeds (A/B)", "detectable")}
                          for c in claim_rows}
-    best = best_samplers(df)
+    best = tables.best
     out = [*claims_parts, Section("Best sampler per NFE budget", table=best, folded=len(best) > 40, text=(
         "Per source and NFE budget, the row with the lowest headline metric and the runner-up, with the paired "
         "difference (runner-up minus best) and its 95 % interval: 'best' where the interval lies above 0, 'tied' "
@@ -224,9 +244,9 @@ def sections(study: dict, df: pd.DataFrame, results: Path, curve: pd.DataFrame |
             + (" The samplers compared on every snapshot are decided in the claims tables ('<model> step <s>')."
                if study["sampling"]["curve"].get("compare") else ""))))
     colours = sampler_colours(sample_metrics(df)["sampler"]) if not df.empty else {}
-    plots, tables = [], []
-    floor_of = {(r["data"], r["metric"]): r for _, r in floors.iterrows()} if floors is not None else {}
-    for data, metric, sub, table in quality_tables(df):
+    plots, quality_sections = [], []
+    floor_of = {(r["data"], r["metric"]): r for _, r in floors.iterrows()}
+    for data, metric, sub, table in tables.quality:
         title = f"{data}: {metric} against NFE"
         floor = floor_of.get((data, metric))
         if metric == headline_metrics().get(data):
@@ -236,7 +256,7 @@ def sections(study: dict, df: pd.DataFrame, results: Path, curve: pd.DataFrame |
             f"Floor: {with_interval(floor['value'], floor['ci_low'], floor['ci_high'])}, the {metric} of {floor['n']} "
             "real training items against the same reference: a set near it is as close to the reference as data "
             "of the law itself at that n.")
-        tables.append(Section(title, level=3, table=table, folded=True, text=note))
+        quality_sections.append(Section(title, level=3, table=table, folded=True, text=note))
         if floor is not None:
             metrics.setdefault("floor", {})[f"{data}/{metric}"] = _interval_entry(floor)
         for _, row in sub.iterrows():
@@ -245,8 +265,8 @@ def sections(study: dict, df: pd.DataFrame, results: Path, curve: pd.DataFrame |
         "The headline metric of every sample set: one panel per source (trained models, then the exact-score oracles "
         "of 2-D data), one colour per sampler throughout. Values with their intervals for every metric are in the "
         "folded tables below and in quality_<data>_<metric>.csv.")))
-    out += tables
-    rises = worse_with_nfe(df)
+    out += quality_sections
+    rises = tables.rises
     out.append(Section("Rows that get worse with more NFE", level=3, table=rises, folded=len(rises) > 5, text=(
         "A sampler row whose metric rises from one NFE budget to the next by more than the paired 95 % interval of "
         "the difference (the sets share their seed, so the comparison is paired), with what the study can say about "
@@ -260,10 +280,10 @@ def sections(study: dict, df: pd.DataFrame, results: Path, curve: pd.DataFrame |
         metrics["nll"][f"{row['source']}/{row['metric']}"] = {
             **_interval_entry(row), "upper_bound": row["bound"] is True,
             "exact": row["exact"]["value"] if isinstance(row["exact"], dict) else None}
-    out.append(Section("Negative log-likelihood", table=nll_table(df), text=(
+    out.append(Section("Negative log-likelihood", table=tables.nll, text=(
         "CLD and PSLD give an upper bound on the NLL; where the data were drawn from a known law (the diamond), "
         "its exact NLL on the same points stands beside the estimate, with the paired gap.")))
-    sweep = sigma_sweep(df, study["sampling"])
+    sweep = tables.sweep
     if not sweep.empty:
         for _, row in sweep[sweep["best"] == "best"].iterrows():
             metrics.setdefault("sscs_sigma_best", {})[f"{row['source']}/{row['metric']}/{row['striding']}-nfe"
@@ -271,22 +291,22 @@ def sections(study: dict, df: pd.DataFrame, results: Path, curve: pd.DataFrame |
         out.append(Section("SSCS precision_sigma (sigma_d) sweep", table=sweep, folded=True, text=(
             "The exponential score step with the precision of N(m, sigma_d^2) data; 0 is the point mass (first "
             "order). The best value per source is marked.")))
-    if conditional is not None and not conditional.empty:  # after what the study shows, before the long tables
+    if not inputs.conditional.empty:  # after what the study shows, before the long tables
         at = len(claims_parts) + 1
-        out[at:at] = _conditional_sections(conditional, metrics)
+        out[at:at] = _conditional_sections(inputs.conditional, tables, metrics)
     if "cifar10" in study["data"]:
         out.append(Section("Published numbers (CIFAR-10)", table=published_table(df)))
     if not study["evaluation"].get("fid"):
         out.append(Section("Not computed", items=[
             "FID/KID: not computed in this study (evaluation.fid is off, or no Inception weights)."]))
-    runs = loss_histories(results, study["models"])
-    if runs:
-        out.append(Section("Training loss", figures=[Figure("training_loss.png", "training loss", loss_figure(runs))]))
+    if inputs.losses:
+        out.append(Section("Training loss", figures=[Figure("training_loss.png", "training loss",
+                                                            loss_figure(inputs.losses))]))
     grids = grid_paths(df)
     if grids:
         out.append(Section("Samples", gallery=True, folded=True, figures=[
             Figure(figure_name("grid", label), label, path.read_bytes(), caption=label) for label, path in grids]))
-    out.append(Section("Cost (Snakemake benchmark files)", table=cost_summary(cost_table(results)), folded=True))
+    out.append(Section("Cost (Snakemake benchmark files)", table=tables.cost, folded=True))
     metrics["figures"] = sum(len(s.figures) for s in out)
     return out, metrics
 
@@ -303,13 +323,13 @@ def headline(summary: dict) -> dict:
     return out
 
 
-def plot_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def plot_tables(quality: list) -> dict[str, pd.DataFrame]:
     """The tables `dvc plots show` draws (dvc.yaml, template .dvc/plots/series.json): one per dataset x metric for
     the trained models ('<data>_<metric>') and one for the exact-score oracles ('<data>_<metric>_oracle'), so that
     a plot holds about 10 lines; long, one line per series (source, sampler, striding) over the NFE budget, with its
     interval. Rows without a budget (the adaptive ODE) are not drawn."""
     tables = {}
-    for data, metric, sub, _ in quality_tables(df):
+    for data, metric, sub, _ in quality:
         sub = sub.dropna(subset=["nfe_budget"])
         oracle = sub["source"].astype(str).str.startswith("oracle-")
         for suffix, part in (("", sub[~oracle]), ("_oracle", sub[oracle])):
@@ -325,53 +345,36 @@ def plot_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
 def build_report(study_path: str | Path, results: str | Path, out: str | Path) -> dict:
     """Write reports/<study>/ from the study's records; return the summary.json content (every value with its
     interval; metrics.json is its `headline`)."""
-    from cldsgm.records import records_frame
-
-    study = read_study(study_path)
-    results, out = Path(results), Path(out)
-    if not (results / "records").is_dir():
-        raise ValueError(f"no records under {results / 'records'}: is {results} a study's results folder?")
-    # a row of the report is named by its variant (the sampler's name unless the study gave it another)
-    df = records_frame(results / "records")
-    df = df.assign(sampler=df["variant"])
-    every = df
-    df, conditional = split_conditional(df)  # guided and inpainted sets: their own section
-    df, curve = split_curve(df)  # the tables, CSVs and claims are of the trained models, as the page
-    floors = df[df["kind"] == "floor"]
-    df = df[df["kind"] != "floor"]
-    decided, undecided = _claim_rows(study, df, curve)
-    parts, metrics = sections(study, df, results, curve, conditional, floors, (decided, undecided))
+    inputs = read_inputs(read_study(study_path), results)
+    tables = report_tables(inputs)
+    parts, metrics = sections(inputs, tables)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for data, metric, sub, _ in quality_tables(df):  # long: one row per value, with its interval
+    for data, metric, sub, _ in tables.quality:  # long: one row per value, with its interval
         sub[["source", "sde", "sampler", "striding", "nfe_budget", "nfe", "value", "ci_low", "ci_high", "n"]].to_csv(
             out / f"quality_{data}_{metric}.csv", index=False)
-    sweep = sigma_sweep(df, study["sampling"])
-    if not sweep.empty:
-        sweep.to_csv(out / "sscs_sigma_sweep.csv", index=False)
-    cost_table(results).to_csv(out / "cost.csv", index=False)
-    if not conditional.empty:
-        from cldsgm.report.conditional import guidance_steps, guided_table, inpaint_table
-
-        for name, table in (("conditional_guided", guided_table(conditional)),
-                            ("conditional_guidance_steps", guidance_steps(conditional)),
-                            ("conditional_inpaint", inpaint_table(conditional))):
-            if not table.empty:
-                table.to_csv(out / f"{name}.csv", index=False)
-    if not every.empty:  # long format, every record
-        every.drop(columns=["path", "replicates", "exact", "variance", "extra"]).to_csv(out / "records.csv",
-                                                                                       index=False)
+    if not tables.sweep.empty:
+        tables.sweep.to_csv(out / "sscs_sigma_sweep.csv", index=False)
+    inputs.cost.to_csv(out / "cost.csv", index=False)
+    for name, table in tables.conditional.items():
+        if not table.empty:
+            table.to_csv(out / f"{name}.csv", index=False)
+    if not inputs.records.empty:  # long format, every record
+        inputs.records.drop(columns=["path", "replicates", "exact", "variance", "extra"]).to_csv(
+            out / "records.csv", index=False)
     plots = out / "plots"
     if plots.is_dir():  # only this run's tables: a dataset or metric dropped from the study goes
         shutil.rmtree(plots)
     plots.mkdir()
-    for name, table in plot_tables(df).items():
+    for name, table in tables.plots.items():
         table.to_csv(plots / f"{name}.csv", index=False)
+    decided, undecided = tables.claims
     pd.DataFrame(decided).drop(columns=["metric"], errors="ignore").to_csv(out / "claims.csv", index=False)
     pd.DataFrame(undecided, columns=["claim", "paper", "statement", "paper's figure", "what the study lacks"]).to_csv(
         out / "claims_undecided.csv", index=False)
-    nll = nll_table(df)
-    if not nll.empty:
-        nll.to_csv(out / "nll.csv", index=False)
+    if not tables.nll.empty:
+        tables.nll.to_csv(out / "nll.csv", index=False)
+    study = inputs.study
     title = f"cldsgm study report: {study['study']}"
     write_figures(parts, out / "figures")
     atomic_write_text(out / "report.md", render_markdown(title, study.get("description", ""), parts))

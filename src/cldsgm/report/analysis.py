@@ -16,7 +16,7 @@ import pandas as pd
 
 from cldsgm import catalog, stats
 
-__all__ = ["SAMPLE_METRICS", "budgets", "cost_table", "grid_paths", "headline_metrics", "loss_histories", "nll_table",
+__all__ = ["SAMPLE_METRICS", "cost_summary", "grid_paths", "headline_metrics", "nll_table",
            "paired", "published_match", "published_table", "quality_tables", "sigma_sweep", "with_interval",
            "worse_with_nfe"]
 
@@ -206,57 +206,11 @@ def published_table(df: pd.DataFrame) -> pd.DataFrame:
     return published
 
 
-def cost_table(results: Path) -> pd.DataFrame:
-    """One row per Snakemake benchmark file: rule, job, seconds, peak RSS."""
-    rows = []
-    for path in sorted((results / "benchmarks").rglob("*.tsv")):
-        try:
-            bench = pd.read_csv(path, sep="\t")
-        except (OSError, ValueError, pd.errors.ParserError):
-            continue
-        rel = path.relative_to(results / "benchmarks")
-        rule = rel.parts[0] if len(rel.parts) > 1 else rel.stem  # benchmarks/<rule>/<job>.tsv or <rule>.tsv
-        rows.append({"rule": rule, "job": str(rel.with_suffix(""))[len(rule) + 1:] or rel.stem,
-                     "seconds": float(bench["s"].iloc[0]), "max_rss_mb": float(bench.get("max_rss", [math.nan])[0])})
-    return pd.DataFrame(rows, columns=["rule", "job", "seconds", "max_rss_mb"])
-
-
 def cost_summary(cost: pd.DataFrame) -> pd.DataFrame:
     if cost.empty:
         return pd.DataFrame()
     return (cost.groupby("rule")["seconds"].agg(["count", "sum", "max"]).reset_index()
             .rename(columns={"count": "jobs", "sum": "seconds (total)", "max": "seconds (longest)"}))
-
-
-def budgets(results: Path, replicas: dict) -> dict[str, dict]:
-    """model -> what one of its training replicas cost: steps, batch size, parameters, training seconds (from the
-    run's config.yaml and done.json; the first replica's, the others train the same budget)."""
-    import json
-
-    import yaml
-
-    out = {}
-    for run, replica in replicas.items():
-        if replica["model"] in out:
-            continue
-        config_path, done_path = results / "runs" / run / "config.yaml", results / "runs" / run / "done.json"
-        if not config_path.is_file():
-            continue
-        config = yaml.safe_load(config_path.read_text())
-        done = json.loads(done_path.read_text()) if done_path.is_file() else {}
-        out[replica["model"]] = {"steps": config["train"]["steps"], "batch_size": config["train"]["batch_size"],
-                                 "n_parameters": done.get("n_parameters"), "train_seconds": done.get("train_seconds")}
-    return out
-
-
-def loss_histories(results: Path, models) -> dict[str, pd.DataFrame]:
-    """model -> its loss.csv, for the models that have one."""
-    out = {}
-    for name in models:
-        loss_csv = results / "runs" / name / "loss.csv"
-        if loss_csv.is_file():
-            out[name] = pd.read_csv(loss_csv)
-    return out
 
 
 def grid_paths(df: pd.DataFrame) -> list[tuple[str, Path]]:
