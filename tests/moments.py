@@ -33,13 +33,19 @@ class RowNoise:
         return e
 
 
-class GaussianData:
-    """1-D data N(m, sigma^2) under a phase-space SDE: exact marginals and the exact (affine) score."""
+class _Gaussian1D:
+    """1-D data N(m, sigma^2) under `sde`; subclasses give the exact marginals, the (affine) score and the rows."""
 
-    initial_rows = 3  # the mean and two Cholesky columns
+    initial_rows = 0
 
     def __init__(self, sde, m: float = 0.3, sigma: float = 0.04):
         self.sde, self.m, self.sigma = sde, m, sigma
+
+
+class GaussianData(_Gaussian1D):
+    """1-D data N(m, sigma^2) under a phase-space SDE: exact marginals and the exact (affine) score."""
+
+    initial_rows = 3  # the mean and two Cholesky columns
 
     def mean_cov(self, t):
         t = torch.as_tensor(t, dtype=torch.float64)
@@ -64,13 +70,10 @@ class GaussianData:
         return rows
 
 
-class GaussianDataVP:
+class GaussianDataVP(_Gaussian1D):
     """1-D data N(m, sigma^2) under the VPSDE: x_t ~ N(alpha_t m, alpha_t^2 sigma^2 + 1 - alpha_t^2), score affine."""
 
     initial_rows = 2  # the mean and the standard deviation
-
-    def __init__(self, sde, m: float = 0.3, sigma: float = 0.04):
-        self.sde, self.m, self.sigma = sde, m, sigma
 
     def _mean_var(self, t):
         t = torch.as_tensor(t, dtype=torch.float64)

@@ -27,6 +27,21 @@ def _state(batch=4, channels=2, size=8, seed=1):
     return torch.randn(batch, channels, size, size, generator=gen), 0.05 + 0.9 * torch.rand(batch, generator=gen)
 
 
+def _rel_error(x, exact):
+    """Relative RMS error of x against exact."""
+    return ((x.float() - exact).square().mean().sqrt() / exact.square().mean().sqrt()).item()
+
+
+def _fp32_and_bf16_autocast(net):
+    """(u, t, the float32 output, the bf16 autocast output) of `net` on a fixed batch of 16."""
+    u, t = _state(batch=16)
+    with torch.no_grad():
+        exact = net(u, t)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = net(u, t).float()
+    return u, t, exact, autocast
+
+
 def _block_signatures(net, u, t):
     """The distinct (block class, input shapes, resampling) of one eager forward: the graphs regional compilation
     must make, one each."""
@@ -91,19 +106,14 @@ def test_group_norm_in_the_compute_dtype_is_as_accurate_as_autocasts_float32_one
     the error with autocast's float32 GroupNorm (both mostly the convolutions' bf16 rounding); without autocast the
     setting changes nothing at all."""
     net = _tiny_ncsnpp(nf=16).eval()
-    u, t = _state(batch=16)
+    u, t, exact, fp32_norm = _fp32_and_bf16_autocast(net)
     with torch.no_grad():
-        exact = net(u, t)
+        set_norm_dtype(net, "compute")
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            fp32_norm = net(u, t).float()
-            set_norm_dtype(net, "compute")
             compute_norm = net(u, t).float()
         unchanged = net(u, t)
-
-    def rel(x):
-        return ((x - exact).square().mean().sqrt() / exact.square().mean().sqrt()).item()
-
-    assert 0 < rel(compute_norm) <= 1.1 * rel(fp32_norm) and rel(compute_norm) < 0.02
+    error, error_fp32_norm = _rel_error(compute_norm, exact), _rel_error(fp32_norm, exact)
+    assert 0 < error <= 1.1 * error_fp32_norm and error < 0.02
     assert torch.equal(unchanged, exact)
     with pytest.raises(ValueError, match="norm dtype must be one of"):
         set_norm_dtype(net, "fp8")
@@ -111,17 +121,13 @@ def test_group_norm_in_the_compute_dtype_is_as_accurate_as_autocasts_float32_one
 
 def test_weights_cast_once_keep_the_time_embedding_in_float32():
     net = _tiny_ncsnpp(nf=16).eval()
-    u, t = _state(batch=16)
+    u, t, exact, autocast = _fp32_and_bf16_autocast(net)
     with torch.no_grad():
-        exact = net(u, t)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            autocast = net(u, t).float()
         cast = cast_for_inference(copy.deepcopy(net), torch.bfloat16)
         out = cast(u.bfloat16(), t).float()
     assert cast.fourier.W.dtype == torch.float32 and cast.temb[0].weight.dtype == torch.float32
     assert cast.conv_in.weight.dtype == torch.bfloat16
-    err = (out - exact).square().mean().sqrt() / exact.square().mean().sqrt()
-    err_autocast = (autocast - exact).square().mean().sqrt() / exact.square().mean().sqrt()
+    err, err_autocast = _rel_error(out, exact), _rel_error(autocast, exact)
     assert err < 2 * err_autocast and err < 0.03, (err, err_autocast)
     with pytest.raises(ValueError, match="ToyMLP does not declare which of its parts must stay float32"):
         cast_for_inference(build_network("toy_mlp"), torch.bfloat16)
