@@ -19,7 +19,13 @@ from cldsgm.oracles import GaussianMixture, oracle_law
 from cldsgm.sde import build_sde
 from cldsgm.utils.io import file_sha256, project_path
 
-__all__ = ["FixedRowsNet", "ScoreSource", "checkpoint_source", "fast_network", "load_network", "oracle_source"]
+__all__ = ["FixedRowsNet", "ScoreSource", "checkpoint_source", "compute_dtype", "fast_network", "load_network",
+           "oracle_source"]
+
+
+def compute_dtype(precision: str) -> torch.dtype | None:
+    """The reduced-precision dtype of a catalog.PRECISIONS name (None for fp32)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
 class FixedRowsNet(nn.Module):
@@ -45,7 +51,7 @@ class FixedRowsNet(nn.Module):
             if k < self.rows:
                 block_u = torch.cat([block_u, block_u.new_zeros(self.rows - k, *block_u.shape[1:])])
                 block_t = torch.cat([block_t, block_t.new_full((self.rows - k,), 0.5)])
-            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+            dtype = compute_dtype(self.precision)
             if self.cast_inputs:
                 out = self.net(block_u.to(dtype), block_t)
             else:
@@ -151,7 +157,7 @@ def fast_network(net: nn.Module, speedups, precision: str, *, backend: str = "in
     if unknown:
         raise ValueError(f"unknown speedup(s) {unknown}; choose from {list(catalog.NETWORK_SPEEDUPS)}")
     if "cast-weights" in speedups:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        dtype = compute_dtype(precision)
         if dtype is None:
             raise ValueError(f"cast-weights needs precision bf16 or fp16, not {precision}")
         net = cast_for_inference(net, dtype)

@@ -114,8 +114,6 @@ def model_sde(model: dict) -> str:
     return config.get("sde", {}).get("name", "cld")
 
 
-
-
 def _check_checkpoint(name: str, checkpoint: dict | None, source: str) -> None:
     """An imported model: the user's copy of the released file must be there, and a PSLD file needs its SDE."""
     if checkpoint is None:
@@ -366,7 +364,7 @@ def oracle_source(data: str, sde: str) -> str:
     return f"oracle-{data}-{sde}"
 
 
-# -- conditional generation --------------------------------------------------------------------------------
+# -- conditional generation --------------------------------------------------------------------------------------------
 
 
 def _conditional_source(study: dict, name: str, where: str) -> dict:

@@ -120,8 +120,8 @@ def train_done(model):
 
 def train_priority(wildcards):
     """Image models first (the longest jobs: on 2 cores the digits trainings are the critical path), then point
-    models; every evaluation job waits at priority 0 (docs/workflow.md, "Cost of the default study": 14:20 without, at 4000
-    steps; 10:43 with, at 3000)."""
+    models; every evaluation job waits at priority 0 (docs/workflow.md, "Cost of the default study": 14:20
+    without, at 4000 steps; 10:43 with, at 3000)."""
     return 2 if catalog.DATASETS[model_of(wildcards.model)["data"]].kind == "image" else 1
 
 
@@ -236,8 +236,7 @@ def distance_data(wildcards):
 
 def distance_oracle(wildcards):
     """The data law to measure mode coverage against, where it has few modes."""
-    law = SOURCES[wildcards.source]["modes"]
-    return flag("--oracle", law) if law else ""
+    return mode_law_flag(SOURCES[wildcards.source]["data"])
 
 
 def mode_law_flag(data):
@@ -340,7 +339,8 @@ def conditional_inputs(wildcards):
 
 
 def conditional_args(wildcards):
-    """The flags of one conditional set's verb (`cldsgm sample --classifier` or `cldsgm inpaint`), every value quoted."""
+    """The flags of one conditional set's verb (`cldsgm sample --classifier` or `cldsgm inpaint`), every value
+    quoted."""
     spec = conditional_set(wildcards)
     if spec["source_kind"] == "model":
         source = [flag("--run-dir", f"{RESULTS}/runs/{spec['source']}")]

@@ -125,14 +125,6 @@ def _claims_sections(study: dict, rows: list[dict], missing: list[dict], budgets
     return out
 
 
-def _claim_rows(study: dict, df: pd.DataFrame, curve: pd.DataFrame) -> tuple[list, list]:
-    """cldsgm.report.claims.claim_rows on the study's records and its learning-curve snapshots."""
-    from cldsgm.report.claims import claim_rows
-    from cldsgm.study import job_table
-
-    return claim_rows(study, job_table(study), pd.concat([df, curve]))
-
-
 def _conditional_sections(cond: pd.DataFrame, tables: ReportTables, metrics: dict) -> list[Section]:
     """'Conditional generation': accuracy against guidance scale, its steps with paired intervals, the
     guided sets, the inpainted sets against their baseline, and inpainting grids; fills metrics['conditional']."""

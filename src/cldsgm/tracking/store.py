@@ -42,9 +42,7 @@ class TrackingError(RuntimeError):
 
 def tracking_uri(configured: str | None = None) -> str:
     """$MLFLOW_TRACKING_URI, else `configured`, else sqlite:///<cwd>/mlflow.db; SQLite paths made absolute."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured or "sqlite:///mlflow.db"
-    db = sqlite_path(uri)
-    return f"sqlite:///{db}" if db is not None else uri
+    return absolute_uri(os.environ.get("MLFLOW_TRACKING_URI") or configured or "sqlite:///mlflow.db")
 
 
 def absolute_uri(uri: str | None) -> str | None:
