@@ -84,8 +84,15 @@ def reset_peak(device: torch.device) -> None:
 
 
 def autocast(device: torch.device, precision: str):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    from cldsgm.sources import compute_dtype
+
+    dtype = compute_dtype(precision)
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+def rel_rms(x: torch.Tensor, exact: torch.Tensor) -> float:
+    """Relative RMS difference of x from exact (the denominator guarded: an all-zero output gives a finite ratio)."""
+    return float((x - exact).square().mean().sqrt() / exact.square().mean().sqrt().clamp_min(1e-30))
 
 
 class Results:
@@ -236,16 +243,11 @@ def output_errors(fast, eager, sde, x0, device: torch.device) -> dict:
         with autocast(device, "bf16"):
             out_fast, out_eager = fast(u, t).float(), eager(u, t).float()
 
-    def rel(x):
-        return float((x - exact).square().mean().sqrt() / exact.square().mean().sqrt().clamp_min(1e-30))
-
-    return {"rel_err_fast_vs_fp32": rel(out_fast), "rel_err_eager_bf16_vs_fp32": rel(out_eager)}
+    return {"rel_err_fast_vs_fp32": rel_rms(out_fast, exact), "rel_err_eager_bf16_vs_fp32": rel_rms(out_eager, exact)}
 
 
 def train_fast_child(cfg: dict, device: torch.device, peak: float | None, out_path: Path) -> None:
     """The compiled variants, one row at a time, each written to out_path as soon as it exists."""
-    from cldsgm.models.fast import compile_blocks, set_norm_dtype
-
     rows, flops = [], None
     x0 = synthetic_images(cfg["batch"], cfg["image"], seed=1).to(device)
     variants = [*TRAIN_FAST, *((f"bf16 blocks+gn best layout, batch {b}", "best", b) for b in cfg["large_batches"])]
@@ -257,8 +259,7 @@ def train_fast_child(cfg: dict, device: torch.device, peak: float | None, out_pa
         if flops is None:
             flops = step_flops(net, sde, x0) / len(x0)
         eager = copy.deepcopy(net)
-        set_norm_dtype(net, "compute")
-        compile_blocks(net, backend=cfg["compile_backend"])
+        make_fast(net, cfg)
         xb = synthetic_images(batch, cfg["image"], seed=1).to(device) if batch else x0
         reset_peak(device)
         start = time.perf_counter()
@@ -442,7 +443,7 @@ def output_error(cfg: dict, device: torch.device, net) -> float:
     t = torch.full((cfg["net_batch"],), 0.3, device=device)
     with torch.inference_mode():
         exact, fast = exact_net(u, t), net(u, t)
-    return float((fast - exact).square().mean().sqrt() / exact.square().mean().sqrt().clamp_min(1e-30))
+    return rel_rms(fast, exact)
 
 
 def sampling_row(cfg: dict, device: torch.device, name: str, speedups=(), precision: str = "bf16") -> dict:
@@ -565,14 +566,19 @@ def _top_kernels(prof, device: torch.device, wall_s: float, k: int = 12) -> dict
     return out
 
 
-def fast_training(cfg: dict, device: torch.device, best: dict | None):
-    """(net, sde) of the fastest measured training configuration (the config's eager one without a measurement)."""
+def make_fast(net, cfg: dict):
+    """The training fast path in place: GroupNorm in bf16, every repeated block compiled."""
     from cldsgm.models.fast import compile_blocks, set_norm_dtype
 
+    set_norm_dtype(net, "compute")
+    return compile_blocks(net, backend=cfg["compile_backend"])
+
+
+def fast_training(cfg: dict, device: torch.device, best: dict | None):
+    """(net, sde) of the fastest measured training configuration (the config's eager one without a measurement)."""
     net, sde = build_training(cfg, cfg["network"], "cld", device, channels_last=best["channels_last"] if best else True)
     if best:
-        set_norm_dtype(net, "compute")
-        compile_blocks(net, backend=cfg["compile_backend"])
+        make_fast(net, cfg)
     return net, sde
 
 
