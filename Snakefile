@@ -26,6 +26,7 @@ localrules:
 
 onstart:
     check_store_for_executor()
+    check_nodes_for_executor()
 
 
 rule all:

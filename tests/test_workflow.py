@@ -102,7 +102,7 @@ def test_dry_run_with_the_slurm_profile(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["misspelt", "sscs_vpsde", "gpus", "cifar_path", "inception", "released",
-                                  "psld_sde", "shell_in_override", "path_in_name", "override_key"])
+                                  "psld_sde", "shell_in_override", "path_in_name", "override_key", "nodes"])
 def test_bad_studies_stop_before_any_job(tmp_path, case):
     project = project_copy(tmp_path / "p")
     study = yaml.safe_load((project / "params" / "smoke.yaml").read_text())
@@ -136,6 +136,10 @@ def test_bad_studies_stop_before_any_job(tmp_path, case):
     elif case == "override_key":
         study["models"]["diamond_cld"]["overrides"]["train.stepz"] = 5
         expected = "models.diamond_cld.overrides on params/train/toy_cld.yaml: invalid value at train: Additional"
+    elif case == "nodes":  # a training over several nodes needs srun: a cluster executor
+        study["models"]["diamond_cld"]["nodes"] = 2
+        expected = ("the training runs diamond_cld ask for several nodes (models.<m>.nodes), which only a cluster "
+                    "executor gives: run with --profile workflow/profiles/slurm")
     elif case == "cifar_path":
         study = yaml.safe_load((project / "params" / "cifar10_cld.yaml").read_text())
         expected = "data.cifar10.source 'resources/cifar10' does not exist"

@@ -626,7 +626,8 @@ def job_table(study: dict) -> dict:
     rows: sample_rows, each with its `num_samples`. sources: name -> {kind, data, sde, oracle, evaluation (the verb
     scoring its sets, or None), metrics (of that verb), modes (the law to measure mode coverage against, or None),
     model and train_seed (a training replica's model and seed)}. replicas: run name -> {model, seed}. nll: run
-    name -> NLL metric (empty when evaluation.nll is null). trained / imported: run names. smoothness: the sources
+    name -> NLL metric (empty when evaluation.nll is null). trained / imported: run names; multinode: the trained
+    runs whose job spans several nodes (models.<m>.nodes > 1). smoothness: the sources
     whose score Jacobian is measured; loss_variance: the runs whose HSM and DSM gradients are; equilibrium: the
     data laws (_laws); floors: dataset -> n, the real items each floor is measured on; records: the files under
     results/<study>/ the report waits for (record_files).
@@ -648,6 +649,7 @@ def job_table(study: dict) -> dict:
     loss_variance = evaluation.get("loss_variance")
     table = {"rows": rows, "sources": sources, "nll": nll, "imported": imported, "replicas": runs,
              "trained": sorted(name for name in runs if name not in imported), "conditional": conditional_table(study),
+             "multinode": sorted(name for name, r in runs.items() if study["models"][r["model"]]["nodes"] > 1),
              "smoothness": [name for name, src in sources.items() if evaluation.get("smoothness") and not _ablation(
                  study, src)],
              "loss_variance": [name for name, src in sources.items() if loss_variance and src["kind"] == "model"

@@ -29,6 +29,7 @@ BENCH = f"{RESULTS}/benchmarks"
 ROWS = TABLE["rows"]
 SOURCES = TABLE["sources"]
 TRAINED, IMPORTED = TABLE["trained"], TABLE["imported"]
+MULTINODE = TABLE["multinode"]  # trained over several nodes: the rule train_nodes (train.smk)
 SAMPLING = STUDY["sampling"]
 SHARDED = SAMPLING["shard_jobs"] > 1  # a sampling job per slice, then a gathering step (sample.smk)
 EVALUATION = STUDY["evaluation"]
@@ -106,12 +107,28 @@ def train_flags(wildcards, input):
 
 
 def train_launcher(wildcards, resources, threads):
-    """torchrun for several GPUs on one node (one worker per GPU, threads shared), else plain python."""
-    gpus = int(resources.gpu)
+    """torchrun for several GPUs on one node (one worker per GPU, threads shared), else plain python; a job over
+    several nodes starts one torchrun per node through srun, which meet (c10d) on the job's first node, where the
+    batch script runs."""
+    model = model_of(wildcards.model)
+    gpus, nodes = int(model["gpus"]), int(model["nodes"])
+    if nodes > 1:
+        workers = max(gpus, 1)
+        # a port per job, so that two jobs whose first node is the same do not meet each other
+        return (f"OMP_NUM_THREADS={max(1, threads // workers)} srun --nodes={nodes} --ntasks-per-node=1 "
+                f"--cpus-per-task={threads} --kill-on-bad-exit=1 torchrun --nnodes={nodes} "
+                f"--nproc-per-node={workers} --rdzv-backend=c10d --rdzv-id=$SLURM_JOB_ID "
+                "--rdzv-endpoint=$(hostname):$((29400 + SLURM_JOB_ID % 1000)) -m cldsgm")
     if gpus > 1:
         return (f"OMP_NUM_THREADS={max(1, threads // gpus)} torchrun --standalone --nnodes=1 "
                 f"--nproc_per_node={gpus} -m cldsgm")
     return "cldsgm"
+
+
+def train_gres(wildcards):
+    """`--gres=gpu:N` (N per node) for a job over several nodes, whose `--gpus` would be a total over them."""
+    model = model_of(wildcards.model)
+    return f"gpu:{model['gpus']}" if model["nodes"] > 1 and model["gpus"] else ""
 
 
 def train_done(model):
@@ -138,6 +155,15 @@ def check_store_for_executor():
             "this node (`mlflow server --backend-store-uri sqlite:///$PWD/mlflow.db --host 0.0.0.0 --port 5000`, "
             "docs/cluster.md) and `export MLFLOW_TRACKING_URI=http://$(hostname):5000`, or set "
             "tracking.enabled: false in the study")
+
+
+def check_nodes_for_executor():
+    """Before any job runs (onstart): a training job over several nodes needs a cluster executor (srun)."""
+    plugin = workflow.executor_plugin
+    if TABLE["multinode"] and (plugin is None or plugin.common_settings.local_exec):
+        raise WorkflowError(
+            f"{STUDY_FILE}: the training runs {', '.join(TABLE['multinode'])} ask for several nodes (models.<m>.nodes), which only "
+            "a cluster executor gives: run with --profile workflow/profiles/slurm (docs/cluster.md), or set nodes: 1")
 
 
 def one_of(names):

@@ -10,7 +10,7 @@ rule train:
     output:
         done=f"{RESULTS}/runs/{{model}}/done.json",
     wildcard_constraints:
-        model=one_of(TRAINED),
+        model=one_of([run for run in TRAINED if run not in MULTINODE]),
     params:
         flags=train_flags,
         tracking=parent_flag,
@@ -31,6 +31,21 @@ rule train:
     shell:
         "{params.launcher} train --config {input.config:q} --run-dir {params.run_dir:q} {params.flags} "
         "{params.tracking} --done {output.done:q} > {log:q} 2>&1"
+
+
+# The same training over several nodes (a cluster executor): the batch script runs Snakemake's job step on the
+# first node without wrapping it in srun (the `mpi` resource), and the command's own srun starts one torchrun per
+# node; --gres asks for `gpus` on every node.
+use rule train as train_nodes with:
+    wildcard_constraints:
+        model=one_of(MULTINODE),
+    resources:
+        gpu=0,
+        gres=train_gres,
+        nodes=lambda wc: model_of(wc.model)["nodes"],
+        tasks=lambda wc: model_of(wc.model)["nodes"],
+        tasks_per_gpu=0,  # else the SLURM plugin turns `tasks` into --ntasks-per-gpu
+        mpi="srun",
 
 
 # A model of the authors' released weights: imported (`cldsgm import-checkpoint`), not trained.
