@@ -1,4 +1,9 @@
-"""A throwaway single-node SLURM cluster on 127.0.0.1 for the tests (Debian's slurm-wlm, as root, no systemd).
+"""A throwaway SLURM cluster on this machine for the tests (Debian's slurm-wlm, as root, no systemd).
+
+One node is this host on 127.0.0.1. Two nodes (`LocalSlurm(state, nodes=2)`) are two network namespaces joined by a
+bridge (`Network`): each node has its own address, hostname (a UTS namespace) and /etc/hosts (a mount namespace
+with a bind mount), and one slurmd runs in each; slurmctld and munged stay on the host, whose bridge address the
+nodes reach (as compute nodes reach a login node). The file system is shared, as on a cluster.
 
 `LocalSlurm(state_dir).start(gpus=0)` installs `slurmctld slurmd slurm-client munge` with apt when they are absent,
 writes `slurm.conf` (and `gres.conf` for fake GPUs) under `state_dir`, links it to `/etc/slurm/slurm.conf` (the
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -33,6 +39,79 @@ def why_unavailable() -> str | None:
     if ETC_CONF.exists() and not ETC_CONF.is_symlink():
         return f"{ETC_CONF} belongs to a real SLURM installation; the tests do not touch it"
     return None
+
+
+def why_no_network_namespaces() -> str | None:
+    """A reason two nodes cannot be made here (no `ip`/`unshare`, or no right to make a namespace), or None."""
+    for tool in ("ip", "unshare", "nsenter"):
+        if not shutil.which(tool):
+            return f"two SLURM nodes need network namespaces: `{tool}` not found (Debian: iproute2, util-linux)"
+    probe = "cldsgm-probe"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, timeout=30)
+    if made.returncode != 0:
+        return f"two SLURM nodes need network namespaces: `ip netns add` failed ({made.stderr.strip()})"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=30)
+    return None
+
+
+class Network:
+    """A bridge on the host (the controller's address .1) and one network namespace per node (.11, .12, ...).
+
+    Each namespace gets a veth pair into the bridge and a default route through the host, so a node reaches every
+    address of the host (srun's and the MLflow server's) and every other node.
+    """
+
+    PREFIX = "10.213.7"
+    BRIDGE = "cldsgm-br0"
+
+    def __init__(self, nodes: list[str]):
+        self.nodes = nodes
+        self.host = f"{self.PREFIX}.1"
+        self.address = {node: f"{self.PREFIX}.{11 + k}" for k, node in enumerate(nodes)}
+
+    @staticmethod
+    def namespace(node: str) -> str:
+        return f"cldsgm-{node}"
+
+    @staticmethod
+    def _ip(*args: str, check: bool = True) -> None:
+        done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+
+    def up(self) -> None:
+        self.down()  # what a killed earlier session left
+        self._ip("link", "add", self.BRIDGE, "type", "bridge")
+        self._ip("addr", "add", f"{self.host}/24", "dev", self.BRIDGE)
+        self._ip("link", "set", self.BRIDGE, "up")
+        for k, node in enumerate(self.nodes):
+            ns, veth = self.namespace(node), f"cldsgm-v{k}"
+            self._ip("netns", "add", ns)
+            self._ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            self._ip("link", "set", veth, "master", self.BRIDGE, "up")
+            self._ip("-n", ns, "addr", "add", f"{self.address[node]}/24", "dev", "eth0")
+            self._ip("-n", ns, "link", "set", "eth0", "up")
+            self._ip("-n", ns, "link", "set", "lo", "up")
+            self._ip("-n", ns, "route", "add", "default", "via", self.host)
+
+    def down(self) -> None:
+        for node in self.nodes:  # deleting a namespace deletes its end of the veth pair, and so the pair
+            self._ip("netns", "del", self.namespace(node), check=False)
+        self._ip("link", "del", self.BRIDGE, check=False)
+
+    def hosts_file(self, path: Path, controller: str) -> Path:
+        """/etc/hosts as every node sees it: the controller (host) and each node by name."""
+        lines = ["127.0.0.1 localhost", f"{self.host} {controller}",
+                 *(f"{address} {node}" for node, address in self.address.items())]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def run_in(self, node: str, hosts: Path, argv: list[str]) -> list[str]:
+        """argv run as on `node`: its network namespace, its hostname, its /etc/hosts."""
+        inner = f"hostname {node} && mount --bind {shlex.quote(str(hosts))} /etc/hosts && exec {shlex.join(argv)}"
+        # nsenter, not `ip netns exec`: that one mounts a fresh /sys, without the cgroup tree slurmd needs
+        return ["nsenter", f"--net=/var/run/netns/{self.namespace(node)}", "unshare", "--uts", "--mount", "sh", "-c",
+                inner]
 
 
 def install_packages(log: Path) -> None:
@@ -62,40 +141,54 @@ def _alive(pid: int) -> bool:
 
 
 class LocalSlurm:
-    """One node (this host as 127.0.0.1), one partition `debug`, accounting off, optional fake GPUs."""
+    """One partition `debug` of one node (this host as 127.0.0.1) or two (network namespaces, `Network`), accounting
+    off, optional fake GPUs on every node."""
 
-    def __init__(self, state: Path, cpus: int = 4, port: int = 6817):
+    def __init__(self, state: Path, cpus: int = 4, port: int = 6817, nodes: int = 1):
         self.state = Path(state).resolve()
         self.cpus, self.port = cpus, port
-        self.node = socket.gethostname().split(".")[0]
+        self.host = socket.gethostname().split(".")[0]  # where slurmctld runs (and Snakemake, sbatch, squeue)
+        self.network = Network([f"node{k + 1}" for k in range(nodes)]) if nodes > 1 else None
+        self.nodes = self.network.nodes if self.network else [self.host]
+        # the controller's address as the nodes reach it: where a server for the jobs (MLflow) must listen
+        self.host_address = self.network.host if self.network else "127.0.0.1"
         self.conf = self.state / "slurm.conf"
         self.pids: dict[str, int] = {}
+        self.network_up = False
         self.gpus = 0
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    def node_address(self, node: str) -> str:
+        return self.network.address[node] if self.network else "127.0.0.1"
 
     # -- configuration ---------------------------------------------------------------------------------------------
     def _node_memory_mb(self) -> int:
         probe = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, timeout=30).stdout
         real = int(probe.split("RealMemory=")[1].split()[0])
-        return real * 9 // 10  # slurmd refuses a node that advertises more than it measures
+        # under the machine's memory, which each node advertises whole (config_overrides): the profile's 8 GB per
+        # training would otherwise run one training per node at a time
+        return real * 9 // 10
 
     def write_config(self, gpus: int) -> None:
-        """slurm.conf for one node; `gpus` fake GPUs are empty files declared as gres (no CUDA behind them)."""
+        """slurm.conf for the nodes; `gpus` fake GPUs per node are empty files declared as gres (no CUDA behind
+        them)."""
         s = self.state
         lines = [
-            "ClusterName=local", f"SlurmctldHost={self.node}(127.0.0.1)", f"SlurmctldPort={self.port}",
+            "ClusterName=local", f"SlurmctldHost={self.host}({self.host_address})", f"SlurmctldPort={self.port}",
             f"SlurmdPort={self.port + 1}", "SlurmUser=root", "SlurmdUser=root", "AuthType=auth/munge",
             "CredType=cred/munge", f"AuthInfo=socket={s / 'munge.sock'}", f"StateSaveLocation={s / 'ctld'}",
-            f"SlurmdSpoolDir={s / 'd'}", f"SlurmctldPidFile={s / 'slurmctld.pid'}",
-            f"SlurmdPidFile={s / 'slurmd.pid'}", f"SlurmctldLogFile={s / 'slurmctld.log'}",
-            f"SlurmdLogFile={s / 'slurmd.log'}", "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
+            # %n: the node's name, one spool, pid file and log per slurmd
+            f"SlurmdSpoolDir={s / 'd' / '%n'}", f"SlurmctldPidFile={s / 'slurmctld.pid'}",
+            f"SlurmdPidFile={s / 'slurmd-%n.pid'}", f"SlurmctldLogFile={s / 'slurmctld.log'}",
+            f"SlurmdLogFile={s / 'slurmd-%n.log'}", "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
             # accounting off: `sacct` fails, so the profile's status command must be squeue (MinJobAge keeps
             # finished jobs visible to squeue for an hour: the tests list every job of a study run that takes
             # minutes, SLURM's default of 300 s would forget the first ones)
             "AccountingStorageType=accounting_storage/none", "JobAcctGatherType=jobacct_gather/none",
             "JobCompType=jobcomp/none", "MpiDefault=none", "SelectType=select/cons_tres",
-            # without a default memory per CPU, a job with no --mem takes the whole node
-            "SelectTypeParameters=CR_Core_Memory", "DefMemPerCPU=256", "SchedulerType=sched/backfill",
+            # CR_LLN: each job on the least loaded node, so that shard jobs spread over two nodes; without a
+            # default memory per CPU, a job with no --mem takes the whole node
+            "SelectTypeParameters=CR_Core_Memory,CR_LLN", "DefMemPerCPU=256", "SchedulerType=sched/backfill",
             # refuse impossible requests at submission instead of leaving them PENDING forever
             "EnforcePartLimits=ALL", "ReturnToService=2", "MinJobAge=3600",
             # advertise more CPUs than the machine has, so that 3 small jobs run at once on 2 cores
@@ -103,19 +196,21 @@ class LocalSlurm:
         ]
         gres = ""
         if gpus:
-            devices = []
-            for k in range(gpus):
-                device = s / f"fake-gpu{k}"
-                device.touch()
-                devices.append(str(device))
-            (s / "gres.conf").write_text(
-                "".join(f"NodeName={self.node} Name=gpu File={d}\n" for d in devices))
+            conf = []
+            for node in self.nodes:
+                for k in range(gpus):
+                    device = s / f"fake-gpu-{node}-{k}"
+                    device.touch()
+                    conf.append(f"NodeName={node} Name=gpu File={device}\n")
+            (s / "gres.conf").write_text("".join(conf))
             lines.append("GresTypes=gpu")
             gres = f" Gres=gpu:{gpus}"
         else:
             (s / "gres.conf").unlink(missing_ok=True)
-        lines.append(f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} "
-                     f"RealMemory={self._node_memory_mb()}{gres} State=UNKNOWN")
+        memory = self._node_memory_mb()
+        for node in self.nodes:
+            lines.append(f"NodeName={node} NodeAddr={self.node_address(node)} CPUs={self.cpus} "
+                         f"RealMemory={memory}{gres} State=UNKNOWN")
         lines.append("PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP")
         self.conf.write_text("\n".join(lines) + "\n")
 
@@ -165,7 +260,11 @@ class LocalSlurm:
         self.state.mkdir(parents=True, exist_ok=True)
         install_packages(self.state / "apt.log")
         (self.state / "ctld").mkdir(exist_ok=True)
-        (self.state / "d").mkdir(exist_ok=True)
+        for node in self.nodes:
+            (self.state / "d" / node).mkdir(parents=True, exist_ok=True)
+        if self.network and not self.network_up:
+            self.network.up()  # the namespaces stay until stop(), across restarts
+            self.network_up = True
         self.gpus = gpus
         self.write_config(gpus)
         ETC_CONF.parent.mkdir(parents=True, exist_ok=True)
@@ -187,27 +286,36 @@ class LocalSlurm:
         self._wait_ports_free()
         # -c: a clean controller state, so that a node drained by an earlier config cannot stay drained
         self._start("slurmctld", ["slurmctld", "-c", "-f", str(self.conf)], self.state / "slurmctld.pid")
-        self._start("slurmd", ["slurmd", "-f", str(self.conf)], self.state / "slurmd.pid")
+        for node in self.nodes:
+            argv = ["slurmd", "-f", str(self.conf)]
+            if self.network:
+                argv = self.network.run_in(node, self.network.hosts_file(self.state / "hosts", self.host), argv)
+            self._start(f"slurmd-{node}", argv, self.state / f"slurmd-{node}.pid")
         self._wait_idle()
 
+    def _daemons(self) -> list[str]:
+        return ["slurmctld", *(f"slurmd-{node}" for node in self.nodes)]
+
     def _wait_idle(self, timeout: float = 60) -> None:
-        deadline, state = time.time() + timeout, ""
+        deadline, states = time.time() + timeout, {}
         while time.time() < deadline:
-            for name in ("slurmctld", "slurmd"):
+            for name in self._daemons():
                 if not _alive(self.pids[name]):
                     raise RuntimeError(f"{name} died: {self._tail(name)}")
             try:  # sinfo blocks when slurmctld is gone: bound every call
-                state = subprocess.run(["sinfo", "-h", "-N", "-n", self.node, "-o", "%t"], capture_output=True,
-                                       text=True, env=self.env, timeout=5).stdout.strip()
+                out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True,
+                                     env=self.env, timeout=5).stdout
+                states = dict(line.split() for line in out.splitlines() if line.strip())
             except subprocess.TimeoutExpired:
-                state = "sinfo timed out"
-            if state in ("idle", "mix", "alloc"):
+                states = {"sinfo": "timed out"}
+            if all(states.get(node) in ("idle", "mix", "alloc") for node in self.nodes):
                 break
             time.sleep(0.2)
         else:
-            raise RuntimeError(f"node {self.node} not idle after {timeout} s (state {state!r}): "
-                               f"{self._tail('slurmctld')}{self._tail('slurmd')}")
-        probe = subprocess.run(["srun", "-N1", "-n1", "-t", "1", "-J", "probe", "true"], capture_output=True,
+            raise RuntimeError(f"nodes not idle after {timeout} s (states {states}): "
+                               f"{''.join(self._tail(name) for name in self._daemons())}")
+        n = str(len(self.nodes))  # one task on every node: each slurmd runs a step
+        probe = subprocess.run(["srun", "-N", n, "-n", n, "-t", "1", "-J", "probe", "true"], capture_output=True,
                                text=True, env=self.env, timeout=60)
         if probe.returncode != 0:
             raise RuntimeError(f"srun probe failed: {probe.stderr}")
@@ -227,7 +335,7 @@ class LocalSlurm:
     def restart(self, gpus: int) -> None:
         """The same cluster with another node configuration (e.g. with or without fake GPUs)."""
         self.cancel_all()
-        self._stop("slurmd", "slurmctld")
+        self._stop(*self._daemons())
         self.start(gpus)
 
     def cancel_all(self) -> None:
@@ -237,8 +345,11 @@ class LocalSlurm:
     def stop(self) -> None:
         """Cancel every job, stop the daemons this object started (by PID) and remove the config link."""
         self.cancel_all()
-        self._stop("slurmd", "slurmctld")
+        self._stop(*self._daemons())
         self._stop("munged")
+        if self.network_up:
+            self.network.down()
+            self.network_up = False
         if ETC_CONF.is_symlink() and Path(os.readlink(ETC_CONF)) == self.conf:
             ETC_CONF.unlink()
 
