@@ -20,12 +20,16 @@ def f64(*values):
 
 
 # -- helpers shared by the training, fault-injection and tracking tests -------------------------------------------
+import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 import urllib.request  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 # subprocesses of tests: one intra-op thread each (2 cores are shared with the xdist workers)
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -49,17 +53,21 @@ def run_cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
 
 
 class MlflowServer:
-    """A real `mlflow server` on 127.0.0.1 over a SQLite file; stop() and start() again on the same port."""
+    """A real `mlflow server` over a SQLite file (or any backend store URI, e.g. PostgreSQL's), listening on `host`
+    (127.0.0.1; a cluster's nodes reach it on the host's bridge address); stop() and start() again on the same
+    port."""
 
-    def __init__(self, db, artifacts, port=None):
+    def __init__(self, db, artifacts, port=None, host="127.0.0.1", backend=None):
         self.db, self.artifacts, self.port = db, artifacts, port or free_port()
-        self.uri, self.proc = f"http://127.0.0.1:{self.port}", None
+        self.backend = backend or f"sqlite:///{db}"
+        self.host = host
+        self.uri, self.proc = f"http://{host}:{self.port}", None
 
     def start(self) -> "MlflowServer":
         env = {**SUBPROCESS_ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         self.proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                                      f"sqlite:///{self.db}", "--artifacts-destination", str(self.artifacts),
-                                      "--host", "127.0.0.1", "--port", str(self.port), "-w", "1"],
+                                      self.backend, "--artifacts-destination", str(self.artifacts),
+                                      "--host", self.host, "--port", str(self.port), "-w", "1"],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         deadline = time.time() + 60
@@ -83,6 +91,57 @@ class MlflowServer:
             pass
         self.proc.wait(30)
         self.proc = None
+
+
+class Postgres:
+    """A throwaway PostgreSQL server from Debian's `postgresql`: initdb in a temporary folder, 127.0.0.1 on a free
+    port, trust authentication, one database `mlflow` (MLflow's backend store for a team). As root it runs as the
+    `postgres` user (the server refuses root)."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="cldsgm-pg-"))  # not under pytest's 0700 folders: another user
+        self.data = self.root / "data"
+        self.uri = f"postgresql://mlflow@127.0.0.1:{self.port}/mlflow"
+
+    @staticmethod
+    def bindir() -> Path | None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        return found[-1].parent if found else (Path(shutil.which("initdb")).parent if shutil.which("initdb") else None)
+
+    @staticmethod
+    def why_unavailable() -> str | None:
+        if Postgres.bindir() is None:
+            return "PostgreSQL's initdb not found (Debian: apt-get install postgresql)"
+        try:
+            import psycopg2  # noqa: F401  (MLflow's driver for postgresql:// stores)
+        except ImportError:
+            return "psycopg2 is not installed (pip install -e '.[dev]')"
+        if os.geteuid() == 0 and not shutil.which("runuser"):
+            return "PostgreSQL refuses root and runuser is not available"
+        return None
+
+    def _run(self, *argv: str) -> None:
+        user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        done = subprocess.run([*user, str(self.bindir() / argv[0]), *argv[1:]], capture_output=True, text=True,
+                              timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{argv[0]} failed: {done.stdout[-1500:]}{done.stderr[-1500:]}")
+
+    def start(self) -> "Postgres":
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-U", "mlflow", "--auth=trust", "-E", "UTF8", "--no-sync")
+        # fsync off: a test database, thrown away at the end
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", options, "-w", "start")
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "mlflow", "mlflow")
+        return self
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -153,8 +212,6 @@ def toy_run(diamond_data, tmp_path_factory):
 
 
 # -- the workflow as a user runs it: a copy of the project, snakemake in a subprocess ------------------------------
-import shutil  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent
@@ -187,26 +244,33 @@ def run_snakemake(cwd, *args, env=None, timeout=600, check=True):
 
 
 # -- the smoke study end to end, shared by test_workflow.py and test_slurm.py (xdist group "smoke") -----------------
-# Both runs of the smoke study, the local one (killed during training, then rerun) and the one on the live SLURM
-# cluster (tests/slurm_local.py), start together: the SLURM run spends most of its time waiting for the scheduler
-# and its status polls, so the two overlap instead of adding up.
+# Everything that runs on the live SLURM cluster (tests/slurm_local.py) starts together with the local smoke run
+# (killed during training, then rerun): the smoke study under the SLURM profile, logging to an MLflow server on
+# PostgreSQL that is killed and restarted mid-study, and the two-node training scenario (tests/slurm_scenarios.py).
+# The cluster jobs spend much of their time waiting for the scheduler and its status polls, so the three overlap
+# instead of adding up; the tests then only read what they left.
 SLURM_PROFILE = ("--profile", "workflow/profiles/slurm")
 # the tests poll the scheduler every second at first (the profile's 5 s suits a real cluster's queue); the rest of
 # the profile is what users run
 SLURM_FAST_POLL = ("--slurm-init-seconds-before-status-checks", "1")
+CLUSTER_GPUS = 2  # fake GPUs per node, declared from the start: one cluster start serves every SLURM test
 
 
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
-    """A live single-node SLURM cluster (skipped where one cannot be stood up: off Debian, without root)."""
-    from slurm_local import LocalSlurm, why_unavailable
+    """A live SLURM cluster: two nodes (network namespaces) where the machine allows them, else one (then
+    `cluster.one_node` says why); skipped where none can be stood up (off Debian, without root)."""
+    from slurm_local import LocalSlurm, why_no_network_namespaces, why_unavailable
 
     reason = why_unavailable()
     if reason:
         pytest.skip(reason)
-    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"), cpus=4)
+    one_node = why_no_network_namespaces()
+    # 6 CPUs per node (the machine has 2 cores): a 4-CPU training job leaves room for the smoke study's small jobs
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"), cpus=6 if not one_node else 4, nodes=1 if one_node else 2)
+    cluster.one_node = one_node
     try:
-        cluster.start(gpus=0)
+        cluster.start(gpus=CLUSTER_GPUS)
         yield cluster
     finally:
         cluster.stop()
@@ -230,26 +294,77 @@ def _local_smoke(project: Path) -> dict:
             "wall_s": time.time() - started}
 
 
+def _outage(server: "MlflowServer", project: Path, facts: dict) -> None:
+    """Kill the tracking server once the study's first training has finished; start it again on the same port
+    after two more jobs have finished without it (their runs are the ones `cldsgm track` must log later)."""
+    results = project / "results" / "smoke"
+
+    def finished() -> int:
+        return len(list(results.glob("runs/*/done.json"))) + len(list(results.glob("records/**/*.json")))
+
+    deadline = time.time() + 600
+    while not list(results.glob("runs/*/done.json")):
+        if time.time() > deadline or facts.get("over"):
+            return
+        time.sleep(0.2)
+    server.stop()
+    facts["killed_after"], down_since = finished(), time.time()
+    while finished() < facts["killed_after"] + 2 and time.time() < down_since + 60 and not facts.get("over"):
+        time.sleep(0.2)
+    facts["finished_while_down"] = finished() - facts["killed_after"]
+    server.start()
+    facts["down_s"] = time.time() - down_since
+
+
+def _in_thread(target, *args) -> tuple[threading.Thread, dict]:
+    """target(*args) in a thread; its return value or exception in the dict."""
+    out: dict = {}
+
+    def run():
+        try:
+            out["value"] = target(*args)
+        except BaseException as err:  # noqa: BLE001  (handed to the test that reads it)
+            out["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
 @pytest.fixture(scope="session")
 def smoke_runs(request, tmp_path_factory):
-    """{'local': the local smoke run, 'slurm': the SLURM one or the reason it was skipped}, run at the same time."""
-    slurm_run = None
+    """{'local': the local smoke run, 'slurm': the SLURM one (or the reason it was skipped), 'nodes': the two-node
+    scenario's facts (or the reason)}, all run at the same time."""
+    from slurm_scenarios import two_node_training
+
+    slurm_run, scenario = None, None
     try:
         cluster = request.getfixturevalue("slurm")
     except pytest.skip.Exception as skipped:
         slurm_run = {"skipped": str(skipped)}
     if slurm_run is None:
-        if cluster.gpus:
-            cluster.restart(0)
         remote = project_copy(tmp_path_factory.mktemp("slurm_smoke") / "project")
-        # the store of a cluster run: an MLflow server (the slurm profile refuses a SQLite file, common.smk)
-        server = MlflowServer(remote.parent / "server.db", remote.parent / "artifacts").start()
+        # the store of a cluster run: an MLflow server (the slurm profile refuses a SQLite file, common.smk) on
+        # PostgreSQL where there is one, listening where the nodes reach it
+        no_postgres = Postgres.why_unavailable()
+        postgres = None if no_postgres else Postgres().start()
+        if postgres:
+            request.addfinalizer(postgres.stop)
+        server = MlflowServer(remote.parent / "server.db", remote.parent / "artifacts", host=cluster.host_address,
+                              backend=postgres.uri if postgres else None).start()
         request.addfinalizer(server.stop)
+        outage: dict = {}
+        watcher = threading.Thread(target=_outage, args=(server, remote, outage), daemon=True)
         started = time.time()
         proc = subprocess.Popen([str(BIN / "snakemake"), *SLURM_PROFILE, *SLURM_FAST_POLL, "--configfile",
                                  "params/smoke.yaml"], cwd=remote, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 env={**WORKFLOW_ENV, "SLURM_CONF": str(cluster.conf),
                                      "MLFLOW_TRACKING_URI": server.uri}, text=True)
+        watcher.start()
+        if cluster.one_node:
+            scenario = (None, {"value": {"skipped": cluster.one_node}})
+        else:
+            scenario = _in_thread(two_node_training, cluster, tmp_path_factory.mktemp("nodes"))
     try:
         local = _local_smoke(project_copy(tmp_path_factory.mktemp("smoke") / "project"))
     except BaseException:
@@ -259,10 +374,16 @@ def smoke_runs(request, tmp_path_factory):
         raise
     if slurm_run is None:
         output, _ = proc.communicate(timeout=900)
+        outage["over"] = True
+        watcher.join(120)
         assert proc.returncode == 0, output[-4000:]
         slurm_run = {"project": remote, "log": output, "wall_s": time.time() - started, "jobs": cluster.jobs(),
-                     "store": server.uri}
-    return {"local": local, "slurm": slurm_run}
+                     "store": server.uri, "backend": server.backend, "no_postgres": no_postgres, "outage": outage}
+        thread, result = scenario
+        if thread is not None:
+            thread.join(900)
+        scenario = result
+    return {"local": local, "slurm": slurm_run, "nodes": scenario}
 
 
 @pytest.fixture(scope="session")
