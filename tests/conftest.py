@@ -29,6 +29,8 @@ import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import urllib.request  # noqa: E402
+from concurrent.futures import Future, ThreadPoolExecutor  # noqa: E402
+from concurrent.futures import wait as futures_wait  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 # subprocesses of tests: one intra-op thread each (2 cores are shared with the xdist workers)
@@ -99,6 +101,7 @@ class Postgres:
     `postgres` user (the server refuses root)."""
 
     def __init__(self):
+        self.bin = self.bindir()
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="cldsgm-pg-"))  # not under pytest's 0700 folders: another user
         self.data = self.root / "data"
@@ -107,7 +110,8 @@ class Postgres:
     @staticmethod
     def bindir() -> Path | None:
         found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-        return found[-1].parent if found else (Path(shutil.which("initdb")).parent if shutil.which("initdb") else None)
+        initdb = found[-1] if found else shutil.which("initdb")
+        return Path(initdb).parent if initdb else None
 
     @staticmethod
     def why_unavailable() -> str | None:
@@ -123,7 +127,7 @@ class Postgres:
 
     def _run(self, *argv: str) -> None:
         user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        done = subprocess.run([*user, str(self.bindir() / argv[0]), *argv[1:]], capture_output=True, text=True,
+        done = subprocess.run([*user, str(self.bin / argv[0]), *argv[1:]], capture_output=True, text=True,
                               timeout=120)
         if done.returncode != 0:
             raise RuntimeError(f"{argv[0]} failed: {done.stdout[-1500:]}{done.stderr[-1500:]}")
@@ -316,25 +320,10 @@ def _outage(server: "MlflowServer", project: Path, facts: dict) -> None:
     facts["down_s"] = time.time() - down_since
 
 
-def _in_thread(target, *args) -> tuple[threading.Thread, dict]:
-    """target(*args) in a thread; its return value or exception in the dict."""
-    out: dict = {}
-
-    def run():
-        try:
-            out["value"] = target(*args)
-        except BaseException as err:  # noqa: BLE001  (handed to the test that reads it)
-            out["error"] = err
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, out
-
-
 @pytest.fixture(scope="session")
 def smoke_runs(request, tmp_path_factory):
     """{'local': the local smoke run, 'slurm': the SLURM one (or the reason it was skipped), 'nodes': the two-node
-    scenario's facts (or the reason)}, all run at the same time."""
+    scenario's future (or the reason it was skipped)}, all run at the same time."""
     from slurm_scenarios import two_node_training
 
     slurm_run, scenario = None, None
@@ -362,9 +351,11 @@ def smoke_runs(request, tmp_path_factory):
                                      "MLFLOW_TRACKING_URI": server.uri}, text=True)
         watcher.start()
         if cluster.one_node:
-            scenario = (None, {"value": {"skipped": cluster.one_node}})
+            scenario = {"skipped": cluster.one_node}
         else:
-            scenario = _in_thread(two_node_training, cluster, tmp_path_factory.mktemp("nodes"))
+            pool = ThreadPoolExecutor(1)
+            scenario = pool.submit(two_node_training, cluster, tmp_path_factory.mktemp("nodes"))
+            pool.shutdown(wait=False)
     try:
         local = _local_smoke(project_copy(tmp_path_factory.mktemp("smoke") / "project"))
     except BaseException:
@@ -379,10 +370,8 @@ def smoke_runs(request, tmp_path_factory):
         assert proc.returncode == 0, output[-4000:]
         slurm_run = {"project": remote, "log": output, "wall_s": time.time() - started, "jobs": cluster.jobs(),
                      "store": server.uri, "backend": server.backend, "no_postgres": no_postgres, "outage": outage}
-        thread, result = scenario
-        if thread is not None:
-            thread.join(900)
-        scenario = result
+        if isinstance(scenario, Future):
+            futures_wait([scenario], timeout=900)  # the cluster is the later tests' once the scenario is over
     return {"local": local, "slurm": slurm_run, "nodes": scenario}
 
 

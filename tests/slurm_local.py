@@ -286,10 +286,11 @@ class LocalSlurm:
         self._wait_ports_free()
         # -c: a clean controller state, so that a node drained by an earlier config cannot stay drained
         self._start("slurmctld", ["slurmctld", "-c", "-f", str(self.conf)], self.state / "slurmctld.pid")
+        hosts = self.network.hosts_file(self.state / "hosts", self.host) if self.network else None
         for node in self.nodes:
             argv = ["slurmd", "-f", str(self.conf)]
             if self.network:
-                argv = self.network.run_in(node, self.network.hosts_file(self.state / "hosts", self.host), argv)
+                argv = self.network.run_in(node, hosts, argv)
             self._start(f"slurmd-{node}", argv, self.state / f"slurmd-{node}.pid")
         self._wait_idle()
 

@@ -153,12 +153,10 @@ def two_nodes(smoke_runs):
     """What the two-node scenario (slurm_scenarios.two_node_training, run beside the smoke study) saw."""
     if "skipped" in smoke_runs["slurm"]:
         pytest.skip(smoke_runs["slurm"]["skipped"])
-    result = smoke_runs["nodes"]
-    if "error" in result:
-        raise result["error"]
-    if "skipped" in result["value"]:
-        pytest.skip(f"two SLURM nodes: {result['value']['skipped']}")
-    return result["value"]
+    scenario = smoke_runs["nodes"]
+    if isinstance(scenario, dict):
+        pytest.skip(f"two SLURM nodes: {scenario['skipped']}")
+    return scenario.result(timeout=0)  # done (smoke_runs waited); its exception, if any, raised here
 
 
 def test_a_training_over_two_nodes_cancelled_mid_run_resumes_over_both(two_nodes):

@@ -142,11 +142,16 @@ def train_priority(wildcards):
     return 2 if catalog.DATASETS[model_of(wildcards.model)["data"]].kind == "image" else 1
 
 
+def on_cluster():
+    """Whether the jobs run elsewhere (a cluster executor such as SLURM's), not on this machine."""
+    plugin = workflow.executor_plugin
+    return plugin is not None and not plugin.common_settings.local_exec
+
+
 def check_store_for_executor():
     """Before any job is submitted (onstart): jobs on other machines (SLURM) must not write a SQLite store, whose
     locking over a cluster's network file system is the textbook way to corrupt it. One line says what to do."""
-    plugin = workflow.executor_plugin
-    if plugin is None or plugin.common_settings.local_exec or not TRACKING:
+    if not on_cluster() or not TRACKING:
         return
     uri = tracking_uri(STUDY["tracking"]["uri"])  # $MLFLOW_TRACKING_URI first, as every job reads it
     if sqlite_path(uri) is not None:
@@ -159,11 +164,11 @@ def check_store_for_executor():
 
 def check_nodes_for_executor():
     """Before any job runs (onstart): a training job over several nodes needs a cluster executor (srun)."""
-    plugin = workflow.executor_plugin
-    if TABLE["multinode"] and (plugin is None or plugin.common_settings.local_exec):
+    if MULTINODE and not on_cluster():
         raise WorkflowError(
-            f"{STUDY_FILE}: the training runs {', '.join(TABLE['multinode'])} ask for several nodes (models.<m>.nodes), which only "
-            "a cluster executor gives: run with --profile workflow/profiles/slurm (docs/cluster.md), or set nodes: 1")
+            f"{STUDY_FILE}: the training runs {', '.join(MULTINODE)} ask for several nodes (models.<m>.nodes), "
+            "which only a cluster executor gives: run with --profile workflow/profiles/slurm (docs/cluster.md), or "
+            "set nodes: 1")
 
 
 def one_of(names):
